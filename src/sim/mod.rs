@@ -1,0 +1,1 @@
+//! The IntelePeer simulator (placeholder; see the brief).
