@@ -4,12 +4,26 @@
 //! Module map (data flows one way: `server` → `access` → `route` → `proxy` → `token`):
 //!
 //! - [`config`]: the TOML file and `IPPROXY_*` variables → a validated [`config::Config`].
-//! - [`token`]: one shared, self-refreshing token per credential (`ArcSwap`), single flight.
+//! - [`server`]: listeners, the request pipeline, load shedding, graceful shutdown.
+//! - [`access`]: path safety, inbound client keys, the path allowlist.
 //! - [`route`]: longest-prefix route table → upstream, credential, header format.
-//! - [`proxy`]: the forwarding handler: header rules, replay buffer, the one retry on 401.
-//! - [`error`]: the proxy's own answers (the JSON error table of DESIGN.md), in one place.
-//! - [`server`]: listeners, layers, load shedding, graceful shutdown.
+//! - [`proxy`]: forwarding: header rules, replay buffer, the one retry on 401.
+//! - [`token`]: one shared, self-refreshing token per credential (`ArcSwap`), single flight.
+//! - [`admin`]: `/healthz`, `/readyz`, `/refresh`, `/metrics`.
+//! - [`error`]: the proxy's own answers (DESIGN.md's error table), in one place.
+//! - [`telemetry`]: logging and metrics set-up and recording.
 //! - [`sim`]: the IntelePeer simulator; stands apart (the proxy never imports it).
 
+pub mod access;
+pub mod admin;
 pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod request_id;
+pub mod route;
+pub mod server;
 pub mod sim;
+pub mod telemetry;
+pub mod token;
+
+pub use server::{Listeners, serve};

@@ -1,0 +1,157 @@
+//! The proxy's own answers: every status code and JSON error body of DESIGN.md's error
+//! table is decided here and nowhere else.
+//!
+//! Upstream responses (a 401 after the retry included) never pass through this module:
+//! they are IntelePeer's answers and go back to the client unchanged. Messages are
+//! fixed sentences or carry only non-secret facts (a route name, a limit, a duration).
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::request_id::{self, RequestId};
+
+/// Everything the proxy itself may answer instead of an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("this path is not allowed through the proxy")]
+    PathNotAllowed,
+    #[error("no route matches this path")]
+    NoRoute,
+    #[error("a valid proxy key is required (Proxy-Authorization: Bearer <key>)")]
+    ProxyAuthRequired,
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the upstream could not be reached or gave a bad response")]
+    UpstreamUnreachable,
+    #[error("no valid token is available for credential {credential}; try again later")]
+    TokenUnavailable {
+        credential: String,
+        retry_after: Duration,
+    },
+    #[error("the proxy has too many requests in flight; try again shortly")]
+    Overloaded,
+    #[error("the proxy is shutting down; retry on another instance")]
+    ShuttingDown,
+    #[error("the upstream sent no response within {0:?}")]
+    UpstreamTimeout(Duration),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: String,
+    request_id: &'a str,
+}
+
+/// `Retry-After` sent with `503 overloaded` and `503 shutting_down`.
+const SHORT_RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
+
+impl ProxyError {
+    /// The status code and the stable `error` code of DESIGN.md's table.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::PathNotAllowed => (StatusCode::FORBIDDEN, "path_not_allowed"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            Self::ProxyAuthRequired => (
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "proxy_auth_required",
+            ),
+            Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            Self::TokenUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        }
+    }
+
+    /// The JSON response, carrying the request's id.
+    pub fn into_response_for(self, request_id: &RequestId) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: code,
+            message: self.to_string(),
+            request_id: request_id.as_str(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(request_id::HEADER, request_id.header_value());
+        match self {
+            Self::ProxyAuthRequired => {
+                headers.insert(
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            Self::TokenUnavailable { retry_after, .. } => {
+                // Whole seconds, at least one: a client must not spin.
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Self::Overloaded => {
+                headers.insert(header::RETRY_AFTER, SHORT_RETRY_AFTER);
+            }
+            Self::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, SHORT_RETRY_AFTER);
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn error_body_has_code_message_and_request_id() {
+        let id = RequestId::generate();
+        let response = ProxyError::NoRoute.into_response_for(&id);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/json"
+        );
+        let body = body_json(response).await;
+        assert_eq!(body["error"], "no_route");
+        assert_eq!(body["request_id"], id.as_str());
+        assert!(!body["message"].as_str().expect("message").is_empty());
+    }
+
+    #[tokio::test]
+    async fn token_unavailable_carries_whole_second_retry_after() {
+        let error = ProxyError::TokenUnavailable {
+            credential: "default".into(),
+            retry_after: Duration::from_millis(1500),
+        };
+        let response = error.into_response_for(&RequestId::generate());
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn proxy_auth_required_asks_for_bearer() {
+        let response = ProxyError::ProxyAuthRequired.into_response_for(&RequestId::generate());
+        assert_eq!(response.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        assert_eq!(response.headers()[header::PROXY_AUTHENTICATE], "Bearer");
+    }
+}

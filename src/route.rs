@@ -1,0 +1,152 @@
+//! The route table: the longest matching path prefix decides the upstream, the
+//! credential and the header the token goes in.
+//!
+//! Built once from the validated config; lookups are a scan over a handful of
+//! prefixes, longest first, matching on whole path segments.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderName;
+use url::Url;
+
+use crate::config::{Config, HeaderFormat};
+use crate::token::{BackgroundTask, Credential};
+
+/// One route, resolved: everything the proxy needs to forward a matching request.
+#[derive(Debug)]
+pub struct Route {
+    /// The `route` label in logs and metrics.
+    pub name: Arc<str>,
+    pub prefix: String,
+    /// Scheme and authority of the target, plus a base path without a trailing `/`.
+    target: String,
+    pub credential: Credential,
+    /// Header the token goes in.
+    pub header: HeaderName,
+    /// Which of the credential's prebuilt header values this route sends.
+    pub format_index: usize,
+    pub strip_prefix: bool,
+}
+
+impl Route {
+    /// The upstream URL for a client's path (already checked to be safe) and query.
+    pub fn upstream_url(&self, path: &str, query: Option<&str>) -> Result<Url, url::ParseError> {
+        let forwarded = if self.strip_prefix {
+            path.strip_prefix(self.prefix.trim_end_matches('/'))
+                .unwrap_or(path)
+        } else {
+            path
+        };
+        let mut text = String::with_capacity(
+            self.target.len() + forwarded.len() + query.map_or(0, |query| query.len() + 2),
+        );
+        text.push_str(&self.target);
+        if !forwarded.starts_with('/') {
+            text.push('/');
+        }
+        text.push_str(forwarded);
+        if let Some(query) = query {
+            text.push('?');
+            text.push_str(query);
+        }
+        Url::parse(&text)
+    }
+
+}
+
+/// `prefix` matches `path` on a segment boundary (`/a/b` matches `/a/b` and `/a/b/c`,
+/// not `/a/bc`; `/a/` matches everything under `/a/`).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// All routes, longest prefix first, and the credentials they use.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    credentials: BTreeMap<String, Credential>,
+}
+
+impl RouteTable {
+    /// Resolves the configured routes; creates one [`Credential`] per credential that
+    /// some route uses (an unused credential never logs in).
+    pub fn build(config: &Config, client: &reqwest::Client) -> Self {
+        // Formats per credential: index 0 is the credential's own, then each distinct
+        // route override, so every token header value is built once per token.
+        let mut formats: BTreeMap<&str, Vec<HeaderFormat>> = BTreeMap::new();
+        let mut format_index = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let credential = &config.credentials[&route.credential];
+            let list = formats
+                .entry(route.credential.as_str())
+                .or_insert_with(|| vec![credential.format.clone()]);
+            let wanted = route.format.as_ref().unwrap_or(&credential.format);
+            let index = match list.iter().position(|format| format == wanted) {
+                Some(index) => index,
+                None => {
+                    list.push(wanted.clone());
+                    list.len() - 1
+                }
+            };
+            format_index.push(index);
+        }
+        let credentials: BTreeMap<String, Credential> = formats
+            .into_iter()
+            .map(|(name, formats)| {
+                let credential = Credential::new(
+                    &config.credentials[name],
+                    formats,
+                    client.clone(),
+                    config.server.request_timeout,
+                );
+                (name.to_owned(), credential)
+            })
+            .collect();
+        let mut routes: Vec<Route> = config
+            .routes
+            .iter()
+            .zip(format_index)
+            .map(|(route, format_index)| {
+                let credential_config = &config.credentials[&route.credential];
+                Route {
+                    name: Arc::from(route.name.as_str()),
+                    prefix: route.prefix.clone(),
+                    target: route.upstream.as_str().trim_end_matches('/').to_owned(),
+                    credential: credentials[&route.credential].clone(),
+                    header: route
+                        .header
+                        .clone()
+                        .unwrap_or_else(|| credential_config.header.clone()),
+                    format_index,
+                    strip_prefix: route.strip_prefix,
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Self {
+            routes,
+            credentials,
+        }
+    }
+
+    /// The route with the longest prefix matching `path` on segment boundaries.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| prefix_matches(&route.prefix, path))
+    }
+
+    /// The credentials that routes use, by name.
+    pub fn credentials(&self) -> &BTreeMap<String, Credential> {
+        &self.credentials
+    }
+
+    /// Starts every credential's first fetch and refresh task.
+    pub fn start(&self) -> Vec<BackgroundTask> {
+        self.credentials.values().map(Credential::start).collect()
+    }
+}

@@ -1,0 +1,306 @@
+//! Listeners, the request pipeline around the forwarding handler, load shedding and
+//! graceful shutdown.
+//!
+//! [`serve`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0`
+//! and run everything in process; [`run`] adds what a process needs (binding, signals).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::header;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+use crate::access::{self, Access};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::proxy::{self, ClientError, Limits};
+use crate::request_id::RequestId;
+use crate::route::RouteTable;
+use crate::telemetry;
+
+/// Largest request head (request line + headers) a client may send, in bytes.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Shared by the proxy handler and the admin listener.
+#[derive(Debug)]
+pub struct AppState {
+    pub(crate) routes: RouteTable,
+    pub(crate) shutting_down: AtomicBool,
+    client: reqwest::Client,
+    limits: Limits,
+    access: Access,
+    /// One permit per request in flight; none left → `503 overloaded`.
+    inflight: Arc<Semaphore>,
+}
+
+/// The two bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `server.listen` and `server.admin_listen`.
+    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        let bind = |addr: SocketAddr, key: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { key, addr, source })
+        };
+        Ok(Self {
+            proxy: bind(config.server.listen, "server.listen").await?,
+            admin: bind(config.server.admin_listen, "server.admin_listen").await?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{key} {addr}: cannot listen: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Binds the listeners, serves until SIGTERM or SIGINT, drains, returns.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let listeners = Listeners::bind(&config).await?;
+    serve(config, listeners, shutdown_signal()).await
+}
+
+/// Serves the proxy and admin listeners until `shutdown` resolves, then: readiness
+/// turns 503 at once, the proxy listener closes, in-flight requests finish (up to
+/// `shutdown_grace`), and the function returns.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let client = proxy::build_client(&config.upstream)?;
+    let routes = RouteTable::build(&config, &client);
+    let state = Arc::new(AppState {
+        routes,
+        shutting_down: AtomicBool::new(false),
+        client,
+        limits: Limits::from_config(&config),
+        access: Access::new(&config.access),
+        inflight: Arc::new(Semaphore::new(config.server.max_concurrency)),
+    });
+    let _refreshers = state.routes.start();
+
+    let proxy_app = Router::new()
+        .fallback(handle)
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+        ]))
+        .with_state(Arc::clone(&state));
+    let admin_app = crate::admin::router(Arc::clone(&state));
+
+    let (stop_proxy, proxy_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let header_read_timeout = config.server.header_read_timeout;
+    tracing::info!(
+        proxy = %local_addr(&listeners.proxy),
+        admin = %local_addr(&listeners.admin),
+        routes = config.routes.len(),
+        "listening"
+    );
+    let proxy_task = tokio::spawn(accept_loop(
+        listeners.proxy,
+        proxy_app,
+        proxy_stopped,
+        header_read_timeout,
+    ));
+    let admin_task = tokio::spawn(accept_loop(
+        listeners.admin,
+        admin_app,
+        admin_stopped,
+        header_read_timeout,
+    ));
+
+    shutdown.await;
+    state.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!(
+        grace_ms = config.server.shutdown_grace.as_millis() as u64,
+        "shutting down: readiness is 503, draining in-flight requests"
+    );
+    let _ = stop_proxy.send(true);
+    match tokio::time::timeout(config.server.shutdown_grace, proxy_task).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!("shutdown_grace elapsed with requests still in flight"),
+    }
+    let _ = stop_admin.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    Ok(())
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
+}
+
+/// Accepts connections until `stop` turns true, then waits for open connections to
+/// finish their in-flight requests (hyper closes idle keep-alive connections and sends
+/// `Connection: close` on the last response of busy ones).
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEAD as u32);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off briefly
+                        // instead of spinning.
+                        tracing::warn!(cause = %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let builder = Arc::clone(&builder);
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    // Errors here are client-side (reset, malformed request): hyper
+                    // already answered what it could.
+                    let _ = watcher.watch(connection).await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The proxy pipeline: request id → shutdown and load checks → access → route →
+/// forward, then one log line and the request metrics.
+async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let request_id = RequestId::from_headers(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    telemetry::inflight(1.0);
+    let result = admit_and_forward(&state, request, &request_id).await;
+    telemetry::inflight(-1.0);
+    let (response, route, retried) = match result {
+        Ok((response, route, outcome)) => (response, route, outcome.retried),
+        Err((error, route)) => (error.into_response_for(&request_id), route, false),
+    };
+    let status = response.status().as_u16();
+    let duration = started.elapsed();
+    let route_label = route.as_deref().unwrap_or("-");
+    telemetry::request_finished(route_label, method.as_str(), status, duration, retried);
+    tracing::info!(
+        request_id = request_id.as_str(),
+        method = method.as_str(),
+        route = route_label,
+        path = path.as_str(),
+        status,
+        duration_ms = duration.as_secs_f64() * 1000.0,
+        retried,
+        "request"
+    );
+    response
+}
+
+type Admitted = (Response, Option<Arc<str>>, proxy::Outcome);
+
+async fn admit_and_forward(
+    state: &AppState,
+    request: Request<Body>,
+    request_id: &RequestId,
+) -> Result<Admitted, (ProxyError, Option<Arc<str>>)> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err((ProxyError::ShuttingDown, None));
+    }
+    let Ok(_permit) = Arc::clone(&state.inflight).try_acquire_owned() else {
+        return Err((ProxyError::Overloaded, None));
+    };
+    let path = request.uri().path();
+    access::check_path(path).map_err(|error| (error, None))?;
+    state
+        .access
+        .check_allowed(request.method(), path)
+        .map_err(|error| (error, None))?;
+    let route = state
+        .routes
+        .find(path)
+        .ok_or((ProxyError::NoRoute, None))?;
+    let name = Some(Arc::clone(&route.name));
+    match proxy::forward(&state.client, &state.limits, route, request, request_id).await {
+        Ok((response, outcome)) => Ok((response, name, outcome)),
+        Err(error) => Err((error, name)),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
+pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
