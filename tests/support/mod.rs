@@ -1,0 +1,229 @@
+//! Shared spawning helpers for the integration tests: the simulator and the proxy run
+//! in process on `127.0.0.1:0` sockets; everything is stopped when its handle drops.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ipproxy::config;
+use ipproxy::sim::{Counters, SimConfig, Simulator};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running simulator.
+pub struct Sim {
+    pub sim: Simulator,
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Sim {
+    pub async fn start(config: SimConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+        let addr = listener.local_addr().expect("sim addr");
+        let sim = Simulator::new(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(sim.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            sim,
+            addr,
+            _stop: stop,
+        }
+    }
+
+    pub async fn default() -> Self {
+        Self::start(SimConfig::default()).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.sim.counters()
+    }
+
+    /// Variables that point the default credential and upstream at this simulator.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let defaults = SimConfig::default();
+        vars(&[
+            ("IPPROXY_UPSTREAM__URL", &self.url()),
+            (
+                "IPPROXY_AUTH__URL",
+                &format!("{}/_rest/v4/authenticate", self.url()),
+            ),
+            ("IPPROXY_AUTH__USERNAME", &defaults.username),
+            ("IPPROXY_AUTH__PASSWORD", &defaults.password),
+        ])
+    }
+}
+
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+/// A running proxy (proxy and admin listeners on ephemeral loopback ports).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ipproxy::server::ServeError>>>,
+    _config_dir: Option<tempfile::TempDir>,
+}
+
+impl Proxy {
+    /// Starts a proxy configured by `vars` only.
+    pub async fn start(vars: Vec<(String, String)>) -> Self {
+        Self::start_with(None, vars).await
+    }
+
+    /// Starts a proxy configured by a TOML file (written to a temp dir) and `vars`.
+    pub async fn start_with_file(toml: &str, vars: Vec<(String, String)>) -> Self {
+        Self::start_with(Some(toml), vars).await
+    }
+
+    async fn start_with(toml: Option<&str>, vars: Vec<(String, String)>) -> Self {
+        let dir = toml.map(|_| tempfile::tempdir().expect("temp dir"));
+        let file = dir.as_ref().zip(toml).map(|(dir, toml)| {
+            let path = dir.path().join("ipproxy.toml");
+            std::fs::write(&path, toml).expect("write config");
+            path
+        });
+        let config = config::load(file.as_deref(), vars).expect("valid test configuration");
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = proxy.local_addr().expect("proxy addr");
+        let admin_addr = admin.local_addr().expect("admin addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ipproxy::serve(
+            config,
+            ipproxy::Listeners { proxy, admin },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+            _config_dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Signals shutdown and waits for `serve` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("serve task").expect("serve result");
+        }
+    }
+}
+
+/// A client that never pools connections across tests and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Waits until `condition` holds, checking every 20 ms, at most `limit`. Returns
+/// whether it held. For conditions that are driven by time passing (a token's
+/// refresh time), not a stand-in for an awaitable event.
+pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A test upstream that answers every request with `status` and `body`, counting
+/// requests; for 401 pass-through and retry limits.
+pub struct FixedUpstream {
+    pub addr: SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl FixedUpstream {
+    pub async fn start(status: u16, body: &'static str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&hits);
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let counter = Arc::clone(&counter);
+            async move {
+                // Read the whole body, as a real upstream would.
+                let _ = axum::body::to_bytes(request.into_body(), usize::MAX).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                (
+                    http::StatusCode::from_u16(status).expect("test status"),
+                    [("content-type", "application/json"), ("x-upstream", "fixed")],
+                    body,
+                )
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self {
+            addr,
+            hits,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A loopback address where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}
