@@ -9,13 +9,13 @@
 #      every YAML under deploy/ (probes, securityContext, resources, secrets as files,
 #      grace periods, the shared service's replicas and inbound keys, compose), and
 #      extraction of every ipproxy config the manifests mount;
-#   4. only when IPPROXY_BIN names a built ipproxy binary: `ipproxy check` on
+#   4. only when PROXY_BIN names a built ipproxy binary: `ipproxy check` on
 #      config/container.toml, on every extracted config, and on the image config with
 #      the compose file's environment, with the secret files pointed at temporary files.
 #      It also asserts that `check` never prints the password or the client key.
 #
 #   deploy/check.sh                                   # 1 to 3
-#   IPPROXY_BIN=target/release/ipproxy deploy/check.sh # 1 to 4
+#   PROXY_BIN=target/release/ipproxy deploy/check.sh # 1 to 4
 #
 # Run from anywhere; it works from the repository root. Stops at the first failure.
 set -euo pipefail
@@ -74,15 +74,15 @@ python3 deploy/check_manifests.py --extract-configs "$configs_dir" \
   || die "deploy/check_manifests.py found a problem (see FAIL above)"
 
 # --- 4. ipproxy check (optional) ----------------------------------------------------------
-if [[ -z "${IPPROXY_BIN:-}" ]]; then
-  step "ipproxy check: skipped (set IPPROXY_BIN=path/to/ipproxy to run it)"
+if [[ -z "${PROXY_BIN:-}" ]]; then
+  step "ipproxy check: skipped (set PROXY_BIN=path/to/ipproxy to run it)"
   echo
   echo "check.sh: all checks passed"
   exit 0
 fi
 
-step "ipproxy check with IPPROXY_BIN=$IPPROXY_BIN"
-[[ -x "$IPPROXY_BIN" ]] || die "IPPROXY_BIN=$IPPROXY_BIN is not an executable file"
+step "ipproxy check with PROXY_BIN=$PROXY_BIN"
+[[ -x "$PROXY_BIN" ]] || die "PROXY_BIN=$PROXY_BIN is not an executable file"
 
 # Secrets the checked configs read, as temporary files. Unique values, so that a leak
 # into `check`'s output can be detected.
@@ -90,13 +90,13 @@ password="ci-password-$RANDOM$RANDOM"
 client_key="ci-client-key-$RANDOM$RANDOM"
 printf '%s\n' "$password" > "$workdir/password"
 # The keys file holds the SHA-256 hex of each client key, made by ipproxy itself.
-printf '%s' "$client_key" | env -u IPPROXY_BIN "$IPPROXY_BIN" hash-key > "$workdir/keys" \
+printf '%s' "$client_key" | env -u PROXY_BIN "$PROXY_BIN" hash-key > "$workdir/keys" \
   || die "ipproxy hash-key failed"
 grep -Eq '^[0-9a-f]{64}$' "$workdir/keys" || die "ipproxy hash-key did not print one SHA-256 hex line"
 echo "ok: ipproxy hash-key printed a SHA-256 hex line"
 
 # Runs `ipproxy check --config FILE` in a clean environment: no inherited IPPROXY_*
-# variable (unknown ones are errors, and IPPROXY_BIN itself is not a config key), the
+# variable (unknown ones are errors, and PROXY_BIN itself is not a config key), the
 # secret-file keys pointed at the temporary files, plus any extra VAR=VALUE given.
 run_check() {
   local config="$1"; shift
@@ -114,9 +114,9 @@ run_check() {
     unset_args+=(-u "$name")
   done < <(compgen -e | grep '^IPPROXY_' || true)
 
-  echo "-- $IPPROXY_BIN check --config $config  (${vars[*]})"
+  echo "-- $PROXY_BIN check --config $config  (${vars[*]})"
   local out="$workdir/check.out" rc=0
-  env "${unset_args[@]}" "${vars[@]}" "$IPPROXY_BIN" check --config "$config" > "$out" 2>&1 || rc=$?
+  env "${unset_args[@]}" "${vars[@]}" "$PROXY_BIN" check --config "$config" > "$out" 2>&1 || rc=$?
   cat "$out"
   [[ $rc -eq 0 ]] || die "ipproxy check rejected $config (exit $rc)"
   if grep -qF -e "$password" -e "$client_key" "$out"; then
