@@ -1,0 +1,242 @@
+//! [`Config`] → the redacted TOML that `ipproxy check` prints.
+//!
+//! Secrets never reach the serializer: each is replaced by [`REDACTED`] while building
+//! the view below, so no formatting path can leak one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{AllowRule, Config, CredentialConfig, CredentialSource, LogFormat, StaticToken};
+
+/// What every secret is shown as.
+pub(super) const REDACTED: &str = "***";
+
+#[derive(Serialize)]
+struct View {
+    server: ServerView,
+    upstream: UpstreamView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<CredentialView>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    credentials: BTreeMap<String, CredentialView>,
+    route: Vec<RouteView>,
+    access: AccessView,
+    log: LogView,
+}
+
+#[derive(Serialize)]
+struct ServerView {
+    listen: String,
+    admin_listen: String,
+    request_timeout: String,
+    max_body: String,
+    replay_limit: String,
+    max_concurrency: u64,
+    shutdown_grace: String,
+    header_read_timeout: String,
+}
+
+#[derive(Serialize)]
+struct UpstreamView {
+    url: String,
+    connect_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CredentialView {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_before: Option<String>,
+    header: String,
+    format: String,
+}
+
+#[derive(Serialize)]
+struct RouteView {
+    name: String,
+    prefix: String,
+    upstream: String,
+    credential: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    strip_prefix: bool,
+}
+
+#[derive(Serialize)]
+struct AccessView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys_file: Option<String>,
+    allow: Vec<AllowView>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AllowView {
+    Prefix(String),
+    Rule {
+        prefix: String,
+        methods: Vec<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct LogView {
+    format: &'static str,
+    level: String,
+}
+
+pub(super) fn redacted_toml(config: &Config) -> String {
+    let mut credentials: BTreeMap<String, CredentialView> = config
+        .credentials
+        .iter()
+        .map(|(name, credential)| (name.clone(), credential_view(credential)))
+        .collect();
+    let auth = credentials.remove(super::DEFAULT_CREDENTIAL);
+    let view = View {
+        server: ServerView {
+            listen: config.server.listen.to_string(),
+            admin_listen: config.server.admin_listen.to_string(),
+            request_timeout: duration(config.server.request_timeout),
+            max_body: size(config.server.max_body),
+            replay_limit: size(config.server.replay_limit),
+            max_concurrency: u64::try_from(config.server.max_concurrency).unwrap_or(u64::MAX),
+            shutdown_grace: duration(config.server.shutdown_grace),
+            header_read_timeout: duration(config.server.header_read_timeout),
+        },
+        upstream: UpstreamView {
+            url: config.upstream.url.to_string(),
+            connect_timeout: duration(config.upstream.connect_timeout),
+            ca_file: config
+                .upstream
+                .ca_file
+                .as_ref()
+                .map(|path| path.display().to_string()),
+        },
+        auth,
+        credentials,
+        route: config
+            .routes
+            .iter()
+            .map(|route| RouteView {
+                name: route.name.clone(),
+                prefix: route.prefix.clone(),
+                upstream: route.upstream.to_string(),
+                credential: route.credential.clone(),
+                header: route.header.as_ref().map(ToString::to_string),
+                format: route.format.as_ref().map(ToString::to_string),
+                strip_prefix: route.strip_prefix,
+            })
+            .collect(),
+        access: AccessView {
+            keys_file: config
+                .access
+                .keys_file
+                .as_ref()
+                .map(|path| path.display().to_string()),
+            allow: config.access.allow.iter().map(allow_view).collect(),
+        },
+        log: LogView {
+            format: match config.log.format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            },
+            level: config.log.level.clone(),
+        },
+    };
+    // Only strings, integers, booleans and tables in a fixed shape: serializing cannot fail.
+    toml::to_string(&view).expect("the redacted view is plain TOML")
+}
+
+fn credential_view(credential: &CredentialConfig) -> CredentialView {
+    let mut view = CredentialView {
+        kind: "session",
+        url: None,
+        username: None,
+        password: None,
+        token: None,
+        token_file: None,
+        token_ttl: None,
+        refresh_before: None,
+        header: credential.header.to_string(),
+        format: credential.format.to_string(),
+    };
+    match &credential.source {
+        CredentialSource::Session { url, username, .. } => {
+            view.url = Some(url.to_string());
+            view.username = Some(username.clone());
+            view.password = Some(REDACTED);
+            view.token_ttl = Some(duration(credential.token_ttl));
+            view.refresh_before = Some(duration(credential.refresh_before));
+        }
+        CredentialSource::Static(StaticToken::Inline(_)) => {
+            view.kind = "static";
+            view.token = Some(REDACTED);
+        }
+        CredentialSource::Static(StaticToken::File(path)) => {
+            view.kind = "static";
+            view.token_file = Some(path.display().to_string());
+        }
+    }
+    view
+}
+
+fn allow_view(rule: &AllowRule) -> AllowView {
+    if rule.methods.is_empty() {
+        AllowView::Prefix(rule.prefix.clone())
+    } else {
+        AllowView::Rule {
+            prefix: rule.prefix.clone(),
+            methods: rule.methods.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Durations in the largest unit that divides them exactly (`24h`, `90s`, `500ms`),
+/// as the file reads them.
+fn duration(duration: Duration) -> String {
+    const UNITS: &[(u128, &str)] = &[
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+    ];
+    let nanos = duration.as_nanos();
+    UNITS
+        .iter()
+        .find(|(unit, _)| nanos != 0 && nanos % unit == 0)
+        .map_or_else(
+            || format!("{nanos}ns"),
+            |(unit, name)| format!("{}{name}", nanos / unit),
+        )
+}
+
+/// Exact sizes in the largest binary unit that divides them, as the file reads them.
+fn size(bytes: u64) -> String {
+    const UNITS: &[(u64, &str)] = &[(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes != 0 && bytes % unit == 0)
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, name)| format!("{}{name}", bytes / unit),
+        )
+}

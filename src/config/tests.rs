@@ -1,0 +1,1026 @@
+//! Unit tests of loading, layering, validation and redaction. Hermetic: variables are
+//! passed to [`load`] as a list, files live in temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::*;
+
+const PASSWORD: &str = "s3cret-Pass-Zq9";
+const TOKEN: &str = "static-Token-Xw7";
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+fn login() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("IPPROXY_AUTH__USERNAME", "api-user"),
+        ("IPPROXY_AUTH__PASSWORD", PASSWORD),
+    ]
+}
+
+/// A temporary directory holding files for one test.
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn new() -> Self {
+        Self(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        std::fs::write(&path, content).expect("write a test file");
+        path
+    }
+
+    fn missing(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+}
+
+/// Loads `toml` as the file, with `extra` variables over it.
+fn load_toml(toml: &str, extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let files = Files::new();
+    let path = files.write("ipproxy.toml", toml);
+    load(Some(&path), vars(extra))
+}
+
+/// `toml` plus a valid `[auth]` section.
+fn with_auth(toml: &str) -> String {
+    format!("[auth]\nusername = \"api-user\"\npassword = \"{PASSWORD}\"\n{toml}")
+}
+
+fn keys(error: &ConfigError) -> Vec<&str> {
+    error.problems().iter().map(|p| p.key.as_str()).collect()
+}
+
+#[track_caller]
+fn expect_problem(result: Result<Config, ConfigError>, key: &str) -> ConfigError {
+    let error = result.expect_err("the configuration should be refused");
+    assert!(
+        keys(&error).contains(&key),
+        "expected a problem at {key}, got:\n{error}"
+    );
+    let text = error.to_string();
+    assert!(
+        !text.contains(PASSWORD) && !text.contains(TOKEN),
+        "a secret leaked:\n{text}"
+    );
+    error
+}
+
+#[track_caller]
+fn expect_ok(result: Result<Config, ConfigError>) -> Config {
+    match result {
+        Ok(config) => config,
+        Err(error) => panic!("the configuration should load, got:\n{error}"),
+    }
+}
+
+fn password_of(config: &Config, name: &str) -> String {
+    match &config.credentials[name].source {
+        CredentialSource::Session { password, .. } => password.expose_secret().to_owned(),
+        CredentialSource::Static(_) => panic!("{name} is not a session credential"),
+    }
+}
+
+// --- layering and variables ---
+
+#[test]
+fn username_and_password_vars_alone_give_the_documented_defaults() {
+    let config = expect_ok(load(None, vars(&login())));
+    let server = &config.server;
+    assert_eq!(server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(server.admin_listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(server.request_timeout, Duration::from_secs(30));
+    assert_eq!(server.max_body, 10 * 1024 * 1024);
+    assert_eq!(server.replay_limit, 1024 * 1024);
+    assert_eq!(server.max_concurrency, 1024);
+    assert_eq!(server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.upstream.url.as_str(), "https://api.intelepeer.com/");
+    assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(config.upstream.ca_file, None);
+
+    let auth = &config.credentials[DEFAULT_CREDENTIAL];
+    assert_eq!(auth.name, "default");
+    match &auth.source {
+        CredentialSource::Session {
+            url,
+            username,
+            password,
+        } => {
+            assert_eq!(
+                url.as_str(),
+                "https://customer.intelepeer.com/_rest/v4/authenticate"
+            );
+            assert_eq!(username, "api-user");
+            assert_eq!(password.expose_secret(), PASSWORD);
+        }
+        CredentialSource::Static(_) => panic!("the default kind is session"),
+    }
+    assert_eq!(auth.token_ttl, Duration::from_secs(86_400));
+    assert_eq!(auth.refresh_before, Duration::from_secs(3_600));
+    assert_eq!(auth.header.as_str(), "authorization");
+    assert_eq!(
+        auth.format,
+        HeaderFormat::parse("Bearer {token}").expect("valid")
+    );
+
+    assert_eq!(config.routes.len(), 1);
+    let route = &config.routes[0];
+    assert_eq!((route.name.as_str(), route.prefix.as_str()), ("/", "/"));
+    assert_eq!(route.upstream, config.upstream.url);
+    assert_eq!(route.credential, DEFAULT_CREDENTIAL);
+    assert!(route.header.is_none() && route.format.is_none() && !route.strip_prefix);
+
+    assert!(config.access.keys_file.is_none() && config.access.allow.is_empty());
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.log.level, "info");
+}
+
+#[test]
+fn text_keys_keep_number_and_bool_looking_values_as_strings() {
+    let config = expect_ok(load(
+        None,
+        vars(&[
+            ("IPPROXY_AUTH__USERNAME", "true"),
+            ("IPPROXY_AUTH__PASSWORD", "0012345"),
+        ]),
+    ));
+    assert_eq!(password_of(&config, DEFAULT_CREDENTIAL), "0012345");
+    match &config.credentials[DEFAULT_CREDENTIAL].source {
+        CredentialSource::Session { username, .. } => assert_eq!(username, "true"),
+        CredentialSource::Static(_) => panic!("session expected"),
+    }
+}
+
+#[test]
+fn number_key_parses_a_number_from_a_var() {
+    let mut pairs = login();
+    pairs.push(("IPPROXY_SERVER__MAX_CONCURRENCY", "64"));
+    pairs.push(("IPPROXY_SERVER__MAX_BODY", "2048"));
+    let config = expect_ok(load(None, vars(&pairs)));
+    assert_eq!(config.server.max_concurrency, 64);
+    assert_eq!(config.server.max_body, 2048);
+    // Unset, the replay limit follows the smaller max_body.
+    assert_eq!(config.server.replay_limit, 2048);
+}
+
+#[test]
+fn non_number_var_for_a_number_key_names_key_and_variable() {
+    let mut pairs = login();
+    pairs.push(("IPPROXY_SERVER__MAX_CONCURRENCY", "lots"));
+    let error = expect_problem(load(None, vars(&pairs)), "server.max_concurrency");
+    assert!(
+        error
+            .to_string()
+            .contains("IPPROXY_SERVER__MAX_CONCURRENCY"),
+        "{error}"
+    );
+}
+
+#[test]
+fn var_overrides_the_file() {
+    let config = expect_ok(load_toml(
+        &with_auth("[server]\nlisten = \"127.0.0.1:1000\"\nmax_concurrency = 5\n"),
+        &[("IPPROXY_SERVER__LISTEN", "0.0.0.0:2000")],
+    ));
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:2000");
+    assert_eq!(config.server.max_concurrency, 5);
+}
+
+#[test]
+fn list_var_in_toml_array_form_sets_access_allow() {
+    let mut pairs = login();
+    pairs.push((
+        "IPPROXY_ACCESS__ALLOW",
+        r#"["/_rest/v4/app/sms/", {prefix = "/rest/v1/", methods = ["get", "POST"]}]"#,
+    ));
+    let config = expect_ok(load(None, vars(&pairs)));
+    assert_eq!(
+        config.access.allow,
+        vec![
+            AllowRule {
+                prefix: "/_rest/v4/app/sms/".into(),
+                methods: vec![]
+            },
+            AllowRule {
+                prefix: "/rest/v1/".into(),
+                methods: vec![http::Method::GET, http::Method::POST],
+            },
+        ]
+    );
+}
+
+#[test]
+fn list_var_that_is_not_a_toml_array_is_named() {
+    let mut pairs = login();
+    pairs.push(("IPPROXY_ACCESS__ALLOW", "/_rest/v4/app/sms/"));
+    expect_problem(load(None, vars(&pairs)), "IPPROXY_ACCESS__ALLOW");
+}
+
+#[test]
+fn config_var_names_the_file() {
+    let files = Files::new();
+    let path = files.write(
+        "ipproxy.toml",
+        &with_auth("[server]\nmax_concurrency = 7\n"),
+    );
+    let config = expect_ok(load(
+        None,
+        vars(&[("IPPROXY_CONFIG", path.to_str().expect("utf-8 path"))]),
+    ));
+    assert_eq!(config.server.max_concurrency, 7);
+}
+
+#[test]
+fn credential_var_overrides_a_named_credential_key() {
+    let files = Files::new();
+    let token = files.write("token", TOKEN);
+    let toml = with_auth("[credentials.cpaas]\nkind = \"static\"\ntoken_file = \"/nonexistent\"\n");
+    let config = expect_ok(load_toml(
+        &toml,
+        &[(
+            "IPPROXY_CREDENTIALS__CPAAS__TOKEN_FILE",
+            token.to_str().expect("utf-8"),
+        )],
+    ));
+    match &config.credentials["cpaas"].source {
+        CredentialSource::Static(StaticToken::File(path)) => assert_eq!(path, &token),
+        other => panic!("expected a token file, got {other:?}"),
+    }
+}
+
+#[test]
+fn password_var_replaces_the_files_password_file_and_vice_versa() {
+    let files = Files::new();
+    let secret = files.write("password", "from-file\n");
+    let toml = "[auth]\nusername = \"u\"\npassword_file = \"/nonexistent\"\n";
+    let config = expect_ok(load_toml(toml, &[("IPPROXY_AUTH__PASSWORD", PASSWORD)]));
+    assert_eq!(password_of(&config, DEFAULT_CREDENTIAL), PASSWORD);
+
+    let toml = "[auth]\nusername = \"u\"\npassword = \"inline\"\n";
+    let config = expect_ok(load_toml(
+        toml,
+        &[(
+            "IPPROXY_AUTH__PASSWORD_FILE",
+            secret.to_str().expect("utf-8"),
+        )],
+    ));
+    assert_eq!(password_of(&config, DEFAULT_CREDENTIAL), "from-file");
+}
+
+#[test]
+fn both_password_forms_in_vars_are_refused() {
+    let files = Files::new();
+    let secret = files.write("password", "x");
+    let mut pairs = login();
+    pairs.push((
+        "IPPROXY_AUTH__PASSWORD_FILE",
+        secret.to_str().expect("utf-8"),
+    ));
+    expect_problem(load(None, vars(&pairs)), "auth.password");
+}
+
+// --- unknown keys and type errors ---
+
+#[test]
+fn unknown_key_in_the_file_is_named() {
+    let toml = "[auth]\nusername = \"u\"\npasword = \"x\"\npassword = \"y\"\n";
+    let error = expect_problem(load_toml(toml, &[]), "auth.pasword");
+    assert!(
+        error.to_string().contains("auth.pasword: unknown key"),
+        "{error}"
+    );
+}
+
+#[test]
+fn several_unknown_keys_in_the_file_are_all_named() {
+    let toml = format!(
+        "colour = \"blue\"\n{}",
+        with_auth(
+            r#"
+        [server]
+        lisen = "127.0.0.1:1"
+        [credentials.cpaas]
+        kind = "static"
+        token = "abc"
+        tokn = "abc"
+        [[route]]
+        prefix = "/a/"
+        nme = "a"
+        [access]
+        allow = [{ prefix = "/a/", metods = ["GET"] }]
+        "#,
+        )
+    );
+    let error = load_toml(&toml, &[]).expect_err("unknown keys");
+    for key in [
+        "colour",
+        "server.lisen",
+        "credentials.cpaas.tokn",
+        "route[0].nme",
+        "access.allow[0].metods",
+    ] {
+        assert!(keys(&error).contains(&key), "{key} missing from:\n{error}");
+    }
+}
+
+#[test]
+fn unknown_vars_are_all_named_with_the_key_they_would_set() {
+    let mut pairs = login();
+    pairs.push(("IPPROXY_AUTH__PASWORD", "x"));
+    pairs.push(("IPPROXY_FOO__BAR", "x"));
+    pairs.push(("IPPROXY_SERVER", "x"));
+    pairs.push(("IPPROXY_ROUTE__PREFIX", "/x/"));
+    pairs.push(("OTHER_AUTH__PASWORD", "ignored: not ours"));
+    let error = load(None, vars(&pairs)).expect_err("unknown variables");
+    let text = error.to_string();
+    assert!(
+        text.contains("IPPROXY_AUTH__PASWORD: unknown variable (no key auth.pasword)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("IPPROXY_FOO__BAR: unknown variable (no key foo.bar)"),
+        "{text}"
+    );
+    assert!(keys(&error).contains(&"IPPROXY_SERVER"), "{text}");
+    assert!(keys(&error).contains(&"IPPROXY_ROUTE__PREFIX"), "{text}");
+    assert_eq!(error.problems().len(), 4, "{text}");
+}
+
+#[test]
+fn type_errors_in_different_sections_are_all_named_with_unknown_keys() {
+    let toml = with_auth(
+        "[server]\nmax_concurrency = \"lots\"\nlisen = 1\n[[route]]\nprefix = \"/a/\"\nstrip_prefix = \"yes\"\n[[route]]\nprefix = 1\n",
+    );
+    let error = load_toml(&toml, &[]).expect_err("type errors");
+    for key in [
+        "server.max_concurrency",
+        "server.lisen",
+        "route[0].strip_prefix",
+        "route[1].prefix",
+    ] {
+        assert!(keys(&error).contains(&key), "{key} missing from:\n{error}");
+    }
+}
+
+#[test]
+fn type_error_names_the_key() {
+    let error = expect_problem(
+        load_toml(&with_auth("[server]\nmax_concurrency = \"lots\"\n"), &[]),
+        "server.max_concurrency",
+    );
+    assert_eq!(error.problems().len(), 1, "{error}");
+    expect_problem(
+        load_toml(&with_auth("[[route]]\nprefix = 5\n"), &[]),
+        "route[0].prefix",
+    );
+    expect_problem(
+        load_toml(&with_auth("[log]\nformat = \"xml\"\n"), &[]),
+        "log.format",
+    );
+}
+
+#[test]
+fn secret_of_the_wrong_type_is_refused_without_echoing_it() {
+    let toml = "[auth]\nusername = \"u\"\npassword = 987654321\n";
+    let error = expect_problem(load_toml(toml, &[]), "auth.password");
+    assert!(!error.to_string().contains("987654321"), "{error}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let files = Files::new();
+    let path = files.missing("absent.toml");
+    let error = expect_problem(
+        load(Some(&path), vars(&login())),
+        &path.display().to_string(),
+    );
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
+fn invalid_toml_is_named_without_echoing_the_line() {
+    let files = Files::new();
+    let path = files.write("bad.toml", "[auth]\npassword = s3cret-Pass-Zq9\n");
+    let error = expect_problem(load(Some(&path), vec![]), &path.display().to_string());
+    assert!(error.to_string().contains("line 2"), "{error}");
+}
+
+#[test]
+fn display_has_one_key_prefixed_line_per_problem() {
+    let toml = with_auth("[server]\nlisten = \"nowhere\"\nmax_body = \"huge\"\n");
+    let error = load_toml(&toml, &[]).expect_err("two problems");
+    let text = error.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("server.listen: "), "{text}");
+    assert!(lines[1].starts_with("server.max_body: "), "{text}");
+}
+
+// --- [server] and [upstream] ---
+
+#[test]
+fn durations_and_sizes_read_human_units_and_plain_bytes() {
+    let toml = with_auth(
+        "[server]\nrequest_timeout = \"500ms\"\nshutdown_grace = \"5m\"\nheader_read_timeout = \"2s\"\nmax_body = \"64KiB\"\nreplay_limit = 1000\n",
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    assert_eq!(config.server.request_timeout, Duration::from_millis(500));
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(300));
+    assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(config.server.max_body, 64 * 1024);
+    assert_eq!(config.server.replay_limit, 1000);
+}
+
+#[test]
+fn bad_server_values_are_each_named() {
+    let toml = with_auth(
+        r#"[server]
+        listen = "localhost"
+        admin_listen = "127.0.0.1"
+        request_timeout = "soon"
+        header_read_timeout = "0s"
+        shutdown_grace = "30"
+        max_body = "big"
+        max_concurrency = 0
+        "#,
+    );
+    let error = load_toml(&toml, &[]).expect_err("bad values");
+    for key in [
+        "server.listen",
+        "server.admin_listen",
+        "server.request_timeout",
+        "server.header_read_timeout",
+        "server.shutdown_grace",
+        "server.max_body",
+        "server.max_concurrency",
+    ] {
+        assert!(keys(&error).contains(&key), "{key} missing from:\n{error}");
+    }
+}
+
+#[test]
+fn replay_limit_above_max_body_is_refused() {
+    let toml = with_auth("[server]\nmax_body = \"1KiB\"\nreplay_limit = \"2KiB\"\n");
+    expect_problem(load_toml(&toml, &[]), "server.replay_limit");
+}
+
+#[test]
+fn upstream_url_must_be_http_with_a_host_and_no_query_or_fragment() {
+    for url in [
+        "ftp://api.intelepeer.com",
+        "https://api.intelepeer.com/?a=b",
+        "https://api.intelepeer.com/#x",
+        "not a url",
+        "unix:/run/sock",
+    ] {
+        let toml = with_auth(&format!("[upstream]\nurl = \"{url}\"\n"));
+        expect_problem(load_toml(&toml, &[]), "upstream.url");
+    }
+}
+
+#[test]
+fn upstream_url_with_user_info_is_refused_without_echoing_it() {
+    let toml = with_auth(&format!(
+        "[upstream]\nurl = \"https://me:{PASSWORD}@api.intelepeer.com\"\n"
+    ));
+    expect_problem(load_toml(&toml, &[]), "upstream.url");
+}
+
+#[test]
+fn upstream_url_may_have_a_base_path() {
+    let toml = with_auth("[upstream]\nurl = \"http://127.0.0.1:9000/base\"\n");
+    let config = expect_ok(load_toml(&toml, &[]));
+    assert_eq!(config.upstream.url.path(), "/base");
+    assert_eq!(
+        config.routes[0].upstream.as_str(),
+        "http://127.0.0.1:9000/base"
+    );
+}
+
+#[test]
+fn ca_file_must_exist() {
+    let files = Files::new();
+    let missing = files.missing("ca.pem");
+    let toml = with_auth(&format!(
+        "[upstream]\nca_file = {:?}\n",
+        missing.display().to_string()
+    ));
+    expect_problem(load_toml(&toml, &[]), "upstream.ca_file");
+    let present = files.write("ca.pem", "PEM");
+    let toml = with_auth(&format!(
+        "[upstream]\nca_file = {:?}\n",
+        present.display().to_string()
+    ));
+    assert_eq!(
+        expect_ok(load_toml(&toml, &[])).upstream.ca_file,
+        Some(present)
+    );
+}
+
+// --- credentials ---
+
+#[test]
+fn nothing_configured_names_the_missing_login_keys() {
+    let error = load(None, vec![]).expect_err("no login");
+    assert!(keys(&error).contains(&"auth.username"), "{error}");
+    assert!(keys(&error).contains(&"auth.password"), "{error}");
+}
+
+#[test]
+fn session_needs_exactly_one_of_password_and_password_file() {
+    expect_problem(
+        load_toml("[auth]\nusername = \"u\"\n", &[]),
+        "auth.password",
+    );
+    let toml = "[auth]\nusername = \"u\"\npassword = \"a\"\npassword_file = \"/p\"\n";
+    expect_problem(load_toml(toml, &[]), "auth.password");
+    expect_problem(
+        load_toml("[auth]\npassword = \"a\"\n", &[]),
+        "auth.username",
+    );
+    expect_problem(
+        load_toml("[auth]\nusername = \"u\"\npassword = \"\"\n", &[]),
+        "auth.password",
+    );
+}
+
+#[test]
+fn session_keys_on_a_static_credential_are_named_and_vice_versa() {
+    let toml = format!(
+        "[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\nusername = \"u\"\npassword_file = \"/p\"\nurl = \"https://x\"\n"
+    );
+    let error = load_toml(&toml, &[]).expect_err("session keys on static");
+    for key in ["auth.username", "auth.password_file", "auth.url"] {
+        assert!(keys(&error).contains(&key), "{key} missing from:\n{error}");
+    }
+    let toml = format!(
+        "[auth]\nusername = \"u\"\npassword = \"p\"\ntoken = \"{TOKEN}\"\ntoken_file = \"/t\"\n"
+    );
+    let error = load_toml(&toml, &[]).expect_err("static keys on session");
+    assert!(
+        keys(&error).contains(&"auth.token") && keys(&error).contains(&"auth.token_file"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(TOKEN));
+}
+
+#[test]
+fn static_needs_exactly_one_of_token_and_token_file() {
+    expect_problem(load_toml("[auth]\nkind = \"static\"\n", &[]), "auth.token");
+    let toml = format!("[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\ntoken_file = \"/t\"\n");
+    expect_problem(load_toml(&toml, &[]), "auth.token");
+    let config = expect_ok(load_toml(
+        &format!("[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n"),
+        &[],
+    ));
+    match &config.credentials[DEFAULT_CREDENTIAL].source {
+        CredentialSource::Static(StaticToken::Inline(token)) => {
+            assert_eq!(token.expose_secret(), TOKEN)
+        }
+        other => panic!("expected an inline token, got {other:?}"),
+    }
+}
+
+#[test]
+fn token_file_stays_a_path_but_must_be_readable_and_non_empty() {
+    let files = Files::new();
+    let token = files.write("token", &format!("{TOKEN}\n"));
+    let toml = format!(
+        "[auth]\nkind = \"static\"\ntoken_file = {:?}\n",
+        token.display().to_string()
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    match &config.credentials[DEFAULT_CREDENTIAL].source {
+        CredentialSource::Static(StaticToken::File(path)) => assert_eq!(path, &token),
+        other => panic!("expected a token file, got {other:?}"),
+    }
+
+    let empty = files.write("empty", "\n");
+    let toml = format!(
+        "[auth]\nkind = \"static\"\ntoken_file = {:?}\n",
+        empty.display().to_string()
+    );
+    let error = expect_problem(load_toml(&toml, &[]), "auth.token_file");
+    assert!(
+        error.to_string().contains(&empty.display().to_string()),
+        "{error}"
+    );
+
+    let missing = files.missing("absent");
+    let toml = format!(
+        "[auth]\nkind = \"static\"\ntoken_file = {:?}\n",
+        missing.display().to_string()
+    );
+    expect_problem(load_toml(&toml, &[]), "auth.token_file");
+}
+
+#[test]
+fn password_file_is_read_and_its_trailing_newline_trimmed() {
+    let files = Files::new();
+    let secret = files.write("password", &format!("{PASSWORD}\n"));
+    let toml = format!(
+        "[auth]\nusername = \"u\"\npassword_file = {:?}\n",
+        secret.display().to_string()
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    assert_eq!(password_of(&config, DEFAULT_CREDENTIAL), PASSWORD);
+}
+
+#[test]
+fn empty_or_missing_password_file_names_key_and_path() {
+    let files = Files::new();
+    let empty = files.write("password", " \n");
+    let toml = format!(
+        "[auth]\nusername = \"u\"\npassword_file = {:?}\n",
+        empty.display().to_string()
+    );
+    let error = expect_problem(load_toml(&toml, &[]), "auth.password_file");
+    assert!(
+        error.to_string().contains(&empty.display().to_string()),
+        "{error}"
+    );
+
+    let missing = files.missing("absent");
+    let toml = format!(
+        "[auth]\nusername = \"u\"\npassword_file = {:?}\n",
+        missing.display().to_string()
+    );
+    expect_problem(load_toml(&toml, &[]), "auth.password_file");
+}
+
+#[test]
+fn header_is_stored_lowercase_and_must_be_a_usable_header_name() {
+    let config = expect_ok(load_toml(&with_auth("header = \"X-Api-Token\"\n"), &[]));
+    assert_eq!(
+        config.credentials[DEFAULT_CREDENTIAL].header.as_str(),
+        "x-api-token"
+    );
+    expect_problem(
+        load_toml(&with_auth("header = \"bad header\"\n"), &[]),
+        "auth.header",
+    );
+    expect_problem(
+        load_toml(&with_auth("header = \"Host\"\n"), &[]),
+        "auth.header",
+    );
+}
+
+#[test]
+fn format_needs_the_placeholder_once_and_header_safe_text() {
+    let config = expect_ok(load_toml(
+        &with_auth("format = \"Token {token};v=1\"\n"),
+        &[],
+    ));
+    let format = &config.credentials[DEFAULT_CREDENTIAL].format;
+    assert_eq!(
+        (format.prefix.as_str(), format.suffix.as_str()),
+        ("Token ", ";v=1")
+    );
+    for bad in [
+        "Bearer",
+        "{token}{token}",
+        "Bearer\\n{token}",
+        "Bearer {TOKEN}",
+    ] {
+        expect_problem(
+            load_toml(&with_auth(&format!("format = \"{bad}\"\n")), &[]),
+            "auth.format",
+        );
+    }
+}
+
+#[test]
+fn bad_durations_of_a_credential_are_named() {
+    expect_problem(
+        load_toml(&with_auth("token_ttl = \"1 fortnight\"\n"), &[]),
+        "auth.token_ttl",
+    );
+    expect_problem(
+        load_toml(&with_auth("refresh_before = \"x\"\n"), &[]),
+        "auth.refresh_before",
+    );
+    expect_problem(
+        load_toml(&with_auth("url = \"ftp://x\"\n"), &[]),
+        "auth.url",
+    );
+}
+
+#[test]
+fn credential_names_are_lowercase_words_and_not_default() {
+    let extra = format!("[credentials.Bad]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n");
+    expect_problem(load_toml(&with_auth(&extra), &[]), "credentials.Bad");
+    let extra = format!("[credentials.default]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n");
+    expect_problem(load_toml(&with_auth(&extra), &[]), "credentials.default");
+    let extra = format!("[credentials.ok_name-2]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n");
+    let config = expect_ok(load_toml(&with_auth(&extra), &[]));
+    assert_eq!(config.credentials["ok_name-2"].name, "ok_name-2");
+}
+
+#[test]
+fn default_credential_is_required_only_when_a_route_uses_it() {
+    let toml = format!(
+        "[credentials.cpaas]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n[[route]]\nprefix = \"/rest/v1/\"\ncredential = \"cpaas\"\n"
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    assert!(!config.credentials.contains_key(DEFAULT_CREDENTIAL));
+
+    let toml = format!("{toml}[[route]]\nprefix = \"/sms/\"\n");
+    expect_problem(load_toml(&toml, &[]), "auth.username");
+}
+
+// --- routes ---
+
+#[test]
+fn route_defaults_name_upstream_credential_and_strip_prefix() {
+    let toml = with_auth(
+        "[upstream]\nurl = \"https://eu.api.intelepeer.com\"\n[[route]]\nprefix = \"/sms/\"\n",
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    let route = &config.routes[0];
+    assert_eq!(route.name, "/sms/");
+    assert_eq!(route.upstream.as_str(), "https://eu.api.intelepeer.com/");
+    assert_eq!(route.credential, DEFAULT_CREDENTIAL);
+    assert!(!route.strip_prefix && route.header.is_none() && route.format.is_none());
+}
+
+#[test]
+fn route_overrides_are_kept() {
+    let toml = with_auth(
+        "[[route]]\nname = \"my\"\nprefix = \"/my/\"\nupstream = \"https://customer.intelepeer.com\"\nheader = \"X-Token\"\nformat = \"{token}\"\nstrip_prefix = true\n",
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    let route = &config.routes[0];
+    assert_eq!(route.name, "my");
+    assert_eq!(route.upstream.host_str(), Some("customer.intelepeer.com"));
+    assert_eq!(
+        route.header.as_ref().map(HeaderName::as_str),
+        Some("x-token")
+    );
+    assert_eq!(route.format, HeaderFormat::parse("{token}"));
+    assert!(route.strip_prefix);
+}
+
+#[test]
+fn route_prefix_must_be_a_clean_absolute_path() {
+    for bad in ["sms/", "/a/../b/", "/a//b/", "/a%2Fb/", "/a?b"] {
+        let toml = with_auth(&format!("[[route]]\nprefix = \"{bad}\"\n"));
+        expect_problem(load_toml(&toml, &[]), "route[0].prefix");
+    }
+    expect_problem(
+        load_toml(&with_auth("[[route]]\nname = \"x\"\n"), &[]),
+        "route[0].prefix",
+    );
+}
+
+#[test]
+fn route_names_and_prefixes_are_unique() {
+    let toml = with_auth(
+        "[[route]]\nname = \"a\"\nprefix = \"/a/\"\n[[route]]\nname = \"a\"\nprefix = \"/b/\"\n",
+    );
+    expect_problem(load_toml(&toml, &[]), "route[1].name");
+    let toml = with_auth(
+        "[[route]]\nname = \"a\"\nprefix = \"/a/\"\n[[route]]\nname = \"b\"\nprefix = \"/a/\"\n",
+    );
+    expect_problem(load_toml(&toml, &[]), "route[1].prefix");
+}
+
+#[test]
+fn route_credential_must_exist_and_overrides_must_be_valid() {
+    let toml = with_auth("[[route]]\nprefix = \"/a/\"\ncredential = \"nope\"\n");
+    expect_problem(load_toml(&toml, &[]), "route[0].credential");
+    let toml = with_auth(
+        "[[route]]\nprefix = \"/a/\"\nformat = \"Bearer\"\nheader = \"a b\"\nupstream = \"ftp://x\"\n",
+    );
+    let error = load_toml(&toml, &[]).expect_err("bad overrides");
+    for key in ["route[0].format", "route[0].header", "route[0].upstream"] {
+        assert!(keys(&error).contains(&key), "{key} missing from:\n{error}");
+    }
+}
+
+// --- [access] and [log] ---
+
+#[test]
+fn keys_file_must_exist() {
+    let files = Files::new();
+    let missing = files.missing("keys");
+    let toml = with_auth(&format!(
+        "[access]\nkeys_file = {:?}\n",
+        missing.display().to_string()
+    ));
+    expect_problem(load_toml(&toml, &[]), "access.keys_file");
+    let present = files.write("keys", "");
+    let toml = with_auth(&format!(
+        "[access]\nkeys_file = {:?}\n",
+        present.display().to_string()
+    ));
+    assert_eq!(
+        expect_ok(load_toml(&toml, &[])).access.keys_file,
+        Some(present)
+    );
+}
+
+#[test]
+fn allow_entries_follow_the_prefix_rules_and_name_real_methods() {
+    let toml = with_auth(
+        r#"[access]
+        allow = ["/a/", { prefix = "/b/", methods = ["get", "GET", "delete"] }]
+        "#,
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    assert_eq!(
+        config.access.allow[1].methods,
+        vec![http::Method::GET, http::Method::DELETE]
+    );
+
+    expect_problem(
+        load_toml(&with_auth("[access]\nallow = [\"a/\"]\n"), &[]),
+        "access.allow[0]",
+    );
+    let toml = with_auth("[access]\nallow = [{ prefix = \"/a/\", methods = [\"GTE\"] }]\n");
+    expect_problem(load_toml(&toml, &[]), "access.allow[0].methods");
+    let toml = with_auth("[access]\nallow = [{ prefix = \"/a/\", methods = [] }]\n");
+    expect_problem(load_toml(&toml, &[]), "access.allow[0].methods");
+    let toml = with_auth("[access]\nallow = [{ methods = [\"GET\"] }]\n");
+    expect_problem(load_toml(&toml, &[]), "access.allow[0].prefix");
+}
+
+#[test]
+fn log_format_and_level_are_checked() {
+    let config = expect_ok(load_toml(
+        &with_auth("[log]\nformat = \"text\"\nlevel = \"ipproxy=debug,warn\"\n"),
+        &[],
+    ));
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert_eq!(config.log.level, "ipproxy=debug,warn");
+    expect_problem(
+        load_toml(&with_auth("[log]\nlevel = \"ipproxy=loud\"\n"), &[]),
+        "log.level",
+    );
+}
+
+// --- redaction ---
+
+#[test]
+fn redacted_toml_hides_every_secret_and_still_parses() {
+    let files = Files::new();
+    let token_path = files.write("token", TOKEN);
+    let toml = format!(
+        "[auth]\nusername = \"api-user\"\npassword = \"{PASSWORD}\"\n\
+         [credentials.inline]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n\
+         [credentials.file]\nkind = \"static\"\ntoken_file = {:?}\n\
+         [[route]]\nprefix = \"/a/\"\n",
+        token_path.display().to_string()
+    );
+    let config = expect_ok(load_toml(&toml, &[]));
+    let text = config.to_redacted_toml();
+    assert!(!text.contains(PASSWORD) && !text.contains(TOKEN), "{text}");
+    assert!(text.contains("password = \"***\""), "{text}");
+    assert!(text.contains("token = \"***\""), "{text}");
+    assert!(text.contains(&token_path.display().to_string()), "{text}");
+    assert!(text.contains("max_body = \"10MiB\""), "{text}");
+    assert!(text.contains("header_read_timeout = \"10s\""), "{text}");
+    assert!(text.contains("token_ttl = \"24h\""), "{text}");
+    toml::from_str::<toml::Table>(&text).expect("the redacted output is TOML");
+}
+
+#[test]
+fn redacted_toml_reloads_into_the_same_settings_once_secrets_are_given() {
+    let config = expect_ok(load(None, vars(&login())));
+    let text = config.to_redacted_toml();
+    let reloaded = expect_ok(load_toml(&text, &[("IPPROXY_AUTH__PASSWORD", PASSWORD)]));
+    assert_eq!(reloaded.to_redacted_toml(), text);
+}
+
+// --- the example configurations ---
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+#[test]
+fn simple_example_config_loads() {
+    let files = Files::new();
+    let password = files.write("intelepeer_password", &format!("{PASSWORD}\n"));
+    let config = expect_ok(load(
+        Some(&example("ipproxy.example.toml")),
+        vars(&[(
+            "IPPROXY_AUTH__PASSWORD_FILE",
+            password.to_str().expect("utf-8"),
+        )]),
+    ));
+    assert_eq!(password_of(&config, DEFAULT_CREDENTIAL), PASSWORD);
+    assert_eq!(config.routes.len(), 1);
+}
+
+#[test]
+fn intelepeer_example_config_loads_with_a_route_per_api_family() {
+    let files = Files::new();
+    let password = files.write("intelepeer_password", PASSWORD);
+    let token = files.write("cpaas_token", TOKEN);
+    let config = expect_ok(load(
+        Some(&example("intelepeer.toml")),
+        vars(&[
+            (
+                "IPPROXY_AUTH__PASSWORD_FILE",
+                password.to_str().expect("utf-8"),
+            ),
+            (
+                "IPPROXY_CREDENTIALS__CPAAS__TOKEN_FILE",
+                token.to_str().expect("utf-8"),
+            ),
+        ]),
+    ));
+    let route = |prefix: &str| {
+        config
+            .routes
+            .iter()
+            .find(|route| route.prefix == prefix)
+            .unwrap_or_else(|| panic!("no route for {prefix}"))
+    };
+    for prefix in [
+        "/_rest/v4/app/sms/",
+        "/_rest/v4/my/did/sms/",
+        "/_rest/v4/sfgen/",
+    ] {
+        assert_eq!(
+            route(prefix).upstream.host_str(),
+            Some("api.intelepeer.com")
+        );
+        assert_eq!(route(prefix).credential, DEFAULT_CREDENTIAL);
+    }
+    for prefix in ["/_rest/v4/carrier/", "/_rest/v4/my/"] {
+        assert_eq!(
+            route(prefix).upstream.host_str(),
+            Some("customer.intelepeer.com")
+        );
+        assert_eq!(route(prefix).format, HeaderFormat::parse("{token}"));
+    }
+    assert_eq!(
+        route("/rest/v1/").upstream.host_str(),
+        Some("atmosphere-api.intelepeer.com")
+    );
+    assert_eq!(route("/rest/v1/").credential, "cpaas");
+}
+
+// --- the variable table agrees with the file's structs ---
+
+/// The field names serde knows for struct `T`.
+fn struct_fields<T: for<'de> Deserialize<'de>>() -> Vec<&'static str> {
+    struct Capture<'a>(&'a mut Vec<&'static str>);
+    impl<'de> Deserializer<'de> for Capture<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only structs are inspected"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.extend_from_slice(fields);
+            Err(de::Error::custom("fields captured"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            enum identifier ignored_any
+        }
+    }
+    let mut fields = Vec::new();
+    let _ = T::deserialize(Capture(&mut fields));
+    fields
+}
+
+#[test]
+fn every_file_key_of_a_plain_section_can_be_set_by_a_variable() {
+    let sections = [
+        ("server", struct_fields::<raw::RawServer>()),
+        ("upstream", struct_fields::<raw::RawUpstream>()),
+        ("access", struct_fields::<raw::RawAccess>()),
+        ("log", struct_fields::<raw::RawLog>()),
+    ];
+    for (section, fields) in sections {
+        let (_, table) = env::SECTION_KEYS
+            .iter()
+            .find(|(name, _)| *name == section)
+            .unwrap_or_else(|| panic!("{section} missing from SECTION_KEYS"));
+        let table: Vec<&str> = table.iter().map(|(key, _)| *key).collect();
+        assert_eq!(fields, table, "[{section}]");
+    }
+    assert_eq!(struct_fields::<raw::RawCredential>(), env::CREDENTIAL_KEYS);
+}
