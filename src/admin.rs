@@ -27,7 +27,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"})))
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
 }
 
 #[derive(Serialize)]
@@ -79,7 +82,10 @@ struct AdminError {
 
 /// Forces a token refresh for one credential (`?credential=NAME`) or for all, through
 /// each credential's single flight.
-async fn refresh(State(state): State<Arc<AppState>>, Query(query): Query<RefreshQuery>) -> Response {
+async fn refresh(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<RefreshQuery>,
+) -> Response {
     let credentials = state.routes.credentials();
     let selected: Vec<_> = match &query.credential {
         Some(name) => match credentials.get(name) {
@@ -122,7 +128,10 @@ async fn refresh(State(state): State<Arc<AppState>>, Query(query): Query<Refresh
 async fn metrics() -> Response {
     let text = crate::telemetry::metrics_handle().render();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

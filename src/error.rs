@@ -127,10 +127,7 @@ mod tests {
         let id = RequestId::generate();
         let response = ProxyError::NoRoute.into_response_for(&id);
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "application/json"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let body = body_json(response).await;
         assert_eq!(body["error"], "no_route");
         assert_eq!(body["request_id"], id.as_str());

@@ -14,7 +14,10 @@ use ipproxy::sim::{SimConfig, Simulator};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Credential-injecting sidecar proxy for IntelePeer's REST APIs")]
+#[command(
+    version,
+    about = "Credential-injecting sidecar proxy for IntelePeer's REST APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -171,7 +174,8 @@ fn demo(listen: SocketAddr) -> ExitCode {
                  -d '{{\"from\":\"+15550001111\",\"to\":\"+15550002222\",\"text\":\"hello\"}}'\n\n\
                  Ctrl-C stops both.\n"
             );
-            let served = ipproxy::serve(config, listeners, ipproxy::server::shutdown_signal()).await;
+            let served =
+                ipproxy::serve(config, listeners, ipproxy::server::shutdown_signal()).await;
             let _ = stop_sim.send(());
             let _ = sim_task.await;
             served.context("the demo proxy stopped")

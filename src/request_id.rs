@@ -55,7 +55,10 @@ mod tests {
 
     fn with_id(id: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER, HeaderValue::from_str(id).expect("valid test header"));
+        headers.insert(
+            HEADER,
+            HeaderValue::from_str(id).expect("valid test header"),
+        );
         headers
     }
 

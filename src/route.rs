@@ -52,7 +52,6 @@ impl Route {
         }
         Url::parse(&text)
     }
-
 }
 
 /// `prefix` matches `path` on a segment boundary (`/a/b` matches `/a/b` and `/a/b/c`,
@@ -126,7 +125,7 @@ impl RouteTable {
                 }
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Self {
             routes,
             credentials,

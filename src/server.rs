@@ -261,10 +261,7 @@ async fn admit_and_forward(
         .access
         .check_allowed(request.method(), path)
         .map_err(|error| (error, None))?;
-    let route = state
-        .routes
-        .find(path)
-        .ok_or((ProxyError::NoRoute, None))?;
+    let route = state.routes.find(path).ok_or((ProxyError::NoRoute, None))?;
     let name = Some(Arc::clone(&route.name));
     match proxy::forward(&state.client, &state.limits, route, request, request_id).await {
         Ok((response, outcome)) => Ok((response, name, outcome)),

@@ -42,12 +42,12 @@ impl OutboundBody {
             return Ok(Self::Replayable(Bytes::new()));
         }
         let mut body = body;
-        let mut buffered = BytesMut::with_capacity(
-            content_length.unwrap_or(0).min(replay_limit) as usize,
-        );
+        let mut buffered =
+            BytesMut::with_capacity(content_length.unwrap_or(0).min(replay_limit) as usize);
         // Read until the body ends or passes the replay limit.
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ProxyError::BadRequest("the request body could not be read"))?;
+            let frame =
+                frame.map_err(|_| ProxyError::BadRequest("the request body could not be read"))?;
             if let Ok(data) = frame.into_data() {
                 buffered.extend_from_slice(&data);
                 if buffered.len() as u64 > max_body {

@@ -100,8 +100,7 @@ mod tests {
     #[test]
     fn custom_token_header_from_the_client_is_dropped() {
         let inbound = headers(&[("x-api-token", "forged"), ("authorization", "x")]);
-        let outbound =
-            upstream_request_headers(&inbound, &HeaderName::from_static("x-api-token"));
+        let outbound = upstream_request_headers(&inbound, &HeaderName::from_static("x-api-token"));
         assert!(outbound.is_empty());
     }
 

@@ -65,17 +65,18 @@ pub fn build_client(upstream: &UpstreamConfig) -> Result<reqwest::Client, Client
             path: path.display().to_string(),
             reason: source.to_string(),
         })?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
-            ClientError::CaFile {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| ClientError::CaFile {
                 path: path.display().to_string(),
                 reason: error.to_string(),
-            }
-        })?;
+            })?;
         for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
     }
-    builder.build().map_err(|error| ClientError::Build(error.to_string()))
+    builder
+        .build()
+        .map_err(|error| ClientError::Build(error.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +139,10 @@ pub async fn forward(
         other => other?,
     };
     if response.status() != StatusCode::UNAUTHORIZED || !body.is_replayable() {
-        return Ok((into_client_response(response, request_id), Outcome::default()));
+        return Ok((
+            into_client_response(response, request_id),
+            Outcome::default(),
+        ));
     }
     let Some(fresh) = credential
         .lease_after_rejection(route.format_index, lease.generation, limits.request_timeout)
@@ -146,7 +150,10 @@ pub async fn forward(
     else {
         // Nothing fresher exists or the refresh failed: IntelePeer's 401 goes back as
         // it came.
-        return Ok((into_client_response(response, request_id), Outcome::default()));
+        return Ok((
+            into_client_response(response, request_id),
+            Outcome::default(),
+        ));
     };
     drop(response);
     let second = send(fresh.header, body.attempt()).await?;

@@ -266,8 +266,7 @@ impl Credential {
             return Ok(self.lease_from(&token, format_index));
         }
         // The flight may have finished between the checks above.
-        self.current(format_index)
-            .ok_or_else(|| self.unavailable())
+        self.current(format_index).ok_or_else(|| self.unavailable())
     }
 
     /// After the upstream rejected generation `rejected` with a 401: a newer token if
@@ -315,7 +314,11 @@ impl Credential {
         let now = Instant::now();
         CredentialStatus {
             name: self.inner.name.clone(),
-            kind: if self.is_static() { "static" } else { "session" },
+            kind: if self.is_static() {
+                "static"
+            } else {
+                "session"
+            },
             ready: token.as_ref().is_some_and(|token| token.is_usable(now)) && !health.rejected,
             rejected: health.rejected,
             generation: token.as_ref().map_or(0, |token| token.generation),
@@ -386,9 +389,10 @@ impl Credential {
     async fn fetch_and_store(&self, reason: RefreshReason) -> FlightResult {
         let started = Instant::now();
         let fetched_wall = SystemTime::now();
-        let result = self.fetch().await.and_then(|token| {
-            self.build_token(token.expose_secret(), started, fetched_wall)
-        });
+        let result = self
+            .fetch()
+            .await
+            .and_then(|token| self.build_token(token.expose_secret(), started, fetched_wall));
         let elapsed = started.elapsed();
         let name = self.inner.name.as_str();
         let outcome = match result {

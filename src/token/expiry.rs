@@ -105,7 +105,9 @@ pub fn usable_for(lifetime: Duration) -> Duration {
 pub fn backoff(failures: u32, retry_after: Option<Duration>, jitter_draw: f64) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     let ceiling = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_CAP);
-    let jittered = ceiling.mul_f64(jitter_draw.clamp(0.0, 1.0)).max(BACKOFF_FLOOR);
+    let jittered = ceiling
+        .mul_f64(jitter_draw.clamp(0.0, 1.0))
+        .max(BACKOFF_FLOOR);
     match retry_after {
         Some(asked) => jittered.max(asked.min(BACKOFF_CAP)),
         None => jittered,
@@ -153,7 +155,10 @@ mod tests {
     fn opaque_token_uses_token_ttl() {
         assert_eq!(token_lifetime("not-a-jwt", 0.0, HOUR), Some(HOUR));
         assert_eq!(token_lifetime("a.b.c", 0.0, HOUR), Some(HOUR));
-        assert_eq!(token_lifetime(&jwt(r#"{"sub":"x"}"#), 0.0, HOUR), Some(HOUR));
+        assert_eq!(
+            token_lifetime(&jwt(r#"{"sub":"x"}"#), 0.0, HOUR),
+            Some(HOUR)
+        );
     }
 
     #[test]

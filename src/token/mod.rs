@@ -6,8 +6,8 @@
 //!
 //! Knows nothing of client requests: the proxy asks for a [`Lease`] and reports 401s.
 
-pub mod expiry;
 mod credential;
+pub mod expiry;
 mod source;
 
 pub use credential::{

@@ -189,12 +189,17 @@ impl FixedUpstream {
                 counter.fetch_add(1, Ordering::SeqCst);
                 (
                     http::StatusCode::from_u16(status).expect("test status"),
-                    [("content-type", "application/json"), ("x-upstream", "fixed")],
+                    [
+                        ("content-type", "application/json"),
+                        ("x-upstream", "fixed"),
+                    ],
                     body,
                 )
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -226,4 +231,29 @@ pub async fn closed_port() -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     addr
+}
+
+/// Sends `head` (a raw request head, without the final blank line) on a fresh
+/// connection with `Connection: close`, and returns the raw response. For requests a
+/// normal client would rewrite (dot segments, odd encodings).
+pub async fn raw_request(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("{head}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("response within 5 s")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line")
 }
