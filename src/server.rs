@@ -94,6 +94,8 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    // Installed before the first request so that no early metric is lost.
+    let _ = telemetry::metrics_handle();
     let client = proxy::build_client(&config.upstream)?;
     let routes = RouteTable::build(&config, &client);
     let state = Arc::new(AppState {

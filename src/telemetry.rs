@@ -4,6 +4,7 @@
 //! Metric labels are route and credential names from the configuration, methods and
 //! status codes: bounded sets, never raw paths, never secrets.
 
+use std::io::IsTerminal as _;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +31,8 @@ pub fn init_logging(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = match config.format {
         LogFormat::Json => builder
             .json()
