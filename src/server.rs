@@ -15,12 +15,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::header;
+use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::access::{self, Access};
@@ -220,9 +221,7 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    telemetry::inflight(1.0);
     let result = admit_and_forward(&state, request, &request_id).await;
-    telemetry::inflight(-1.0);
     let (response, route, retried) = match result {
         Ok((response, route, outcome)) => (response, route, outcome.retried),
         Err((error, route)) => (error.into_response_for(&request_id), route, false),
@@ -244,6 +243,37 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     response
 }
 
+/// A request counted against `max_concurrency` and `ipproxy_inflight_requests`, from
+/// admission until its response body has been sent (or dropped): a slow download
+/// holds an upstream connection and memory just as a slow upstream does.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn admit(state: &AppState) -> Option<Self> {
+        let permit = Arc::clone(&state.inflight).try_acquire_owned().ok()?;
+        telemetry::inflight(1.0);
+        Some(Self { _permit: permit })
+    }
+
+    /// Moves the count into `response`'s body, released when the body is done.
+    fn hold_until_sent(self, response: Response) -> Response {
+        response.map(|body| {
+            Body::new(body.map_frame(move |frame| {
+                let _in_flight = &self;
+                frame
+            }))
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        telemetry::inflight(-1.0);
+    }
+}
+
 type Admitted = (Response, Option<Arc<str>>, proxy::Outcome);
 
 async fn admit_and_forward(
@@ -254,7 +284,7 @@ async fn admit_and_forward(
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err((ProxyError::ShuttingDown, None));
     }
-    let Ok(_permit) = Arc::clone(&state.inflight).try_acquire_owned() else {
+    let Some(in_flight) = InFlight::admit(state) else {
         return Err((ProxyError::Overloaded, None));
     };
     let path = request.uri().path();
@@ -266,40 +296,69 @@ async fn admit_and_forward(
     let route = state.routes.find(path).ok_or((ProxyError::NoRoute, None))?;
     let name = Some(Arc::clone(&route.name));
     match proxy::forward(&state.client, &state.limits, route, request, request_id).await {
-        Ok((response, outcome)) => Ok((response, name, outcome)),
+        Ok((response, outcome)) => Ok((in_flight.hold_until_sent(response), name, outcome)),
         Err(error) => Err((error, name)),
     }
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
+///
+/// The signal streams are created once, before the first wait, and kept for the
+/// second: a second signal that arrives before the task watching for it first runs is
+/// still seen.
 pub async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
+    let mut signals = Signals::new();
+    signals.recv().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
 }
 
-async fn wait_for_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (only Ctrl-C off Unix).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.terminate.as_mut()) => {}
+                () = next(self.interrupt.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
