@@ -112,11 +112,17 @@ fn run(file: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     ipproxy::telemetry::init_logging(&config.log);
-    finish(runtime().and_then(|runtime| {
-        runtime
-            .block_on(ipproxy::server::run(config))
-            .context("the proxy stopped")
-    }))
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => return finish(Err(error)),
+    };
+    match runtime.block_on(ipproxy::server::run(config)) {
+        Err(error) if error.is_configuration() => {
+            eprintln!("ipproxy: invalid configuration:\n{error}");
+            ExitCode::from(2)
+        }
+        result => finish(result.context("the proxy stopped")),
+    }
 }
 
 fn check(file: Option<PathBuf>) -> ExitCode {

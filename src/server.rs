@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::access::{self, Access};
+use crate::access::{self, Access, AccessError};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::{self, ClientError, Limits};
@@ -79,6 +79,19 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+impl ServeError {
+    /// The configuration names something unusable (a keys file, a CA file): exit 2
+    /// like any other configuration error.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Access(_) | Self::Client(ClientError::CaFile { .. })
+        )
+    }
 }
 
 /// Binds the listeners, serves until SIGTERM or SIGINT, drains, returns.
@@ -98,16 +111,18 @@ pub async fn serve(
     // Installed before the first request so that no early metric is lost.
     let _ = telemetry::metrics_handle();
     let client = proxy::build_client(&config.upstream)?;
+    let access = Access::new(&config.access)?;
     let routes = RouteTable::build(&config, &client);
     let state = Arc::new(AppState {
         routes,
         shutting_down: AtomicBool::new(false),
         client,
         limits: Limits::from_config(&config),
-        access: Access::new(&config.access),
+        access,
         inflight: Arc::new(Semaphore::new(config.server.max_concurrency)),
     });
     let _refreshers = state.routes.start();
+    let _keys_watch = state.access.watch_keys_file();
 
     let proxy_app = Router::new()
         .fallback(handle)
@@ -284,6 +299,11 @@ async fn admit_and_forward(
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err((ProxyError::ShuttingDown, None));
     }
+    // The key first: a caller without one learns nothing about paths or load.
+    state
+        .access
+        .check_key(request.headers())
+        .map_err(|error| (error, None))?;
     let Some(in_flight) = InFlight::admit(state) else {
         return Err((ProxyError::Overloaded, None));
     };
