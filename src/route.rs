@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::HeaderName;
-use url::Url;
+use http::uri::InvalidUri;
+use http::{HeaderName, Uri};
 
 use crate::config::{Config, HeaderFormat};
 use crate::token::{BackgroundTask, Credential};
@@ -30,8 +30,10 @@ pub struct Route {
 }
 
 impl Route {
-    /// The upstream URL for a client's path (already checked to be safe) and query.
-    pub fn upstream_url(&self, path: &str, query: Option<&str>) -> Result<Url, url::ParseError> {
+    /// The upstream URI for a client's path (already checked to be safe) and query.
+    /// Built as text and parsed without normalisation: the path sent is the path
+    /// that was checked.
+    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, InvalidUri> {
         let forwarded = if self.strip_prefix {
             path.strip_prefix(self.prefix.trim_end_matches('/'))
                 .unwrap_or(path)
@@ -50,7 +52,7 @@ impl Route {
             text.push('?');
             text.push_str(query);
         }
-        Url::parse(&text)
+        Uri::try_from(text)
     }
 }
 

@@ -40,7 +40,7 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 pub struct AppState {
     pub(crate) routes: RouteTable,
     pub(crate) shutting_down: AtomicBool,
-    client: reqwest::Client,
+    client: proxy::UpstreamClient,
     limits: Limits,
     access: Access,
     /// One permit per request in flight; none left → `503 overloaded`.
@@ -111,8 +111,9 @@ pub async fn serve(
     // Installed before the first request so that no early metric is lost.
     let _ = telemetry::metrics_handle();
     let client = proxy::build_client(&config.upstream)?;
+    let login_client = proxy::build_login_client(&config.upstream)?;
     let access = Access::new(&config.access)?;
-    let routes = RouteTable::build(&config, &client);
+    let routes = RouteTable::build(&config, &login_client);
     let state = Arc::new(AppState {
         routes,
         shutting_down: AtomicBool::new(false),

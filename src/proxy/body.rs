@@ -21,7 +21,7 @@ pub enum OutboundBody {
     /// Larger than `replay_limit`: streams once. The flag is set when the client sent
     /// more than `max_body`, so that the failed upstream request becomes a 413.
     Streaming {
-        body: reqwest::Body,
+        body: Body,
         over_limit: Arc<AtomicBool>,
     },
 }
@@ -62,12 +62,10 @@ impl OutboundBody {
     }
 
     /// The body for one attempt. A streaming body can be taken once.
-    pub fn attempt(&mut self) -> reqwest::Body {
+    pub fn attempt(&mut self) -> Body {
         match self {
-            Self::Replayable(bytes) => reqwest::Body::from(bytes.clone()),
-            Self::Streaming { body, .. } => {
-                std::mem::replace(body, reqwest::Body::from(Bytes::new()))
-            }
+            Self::Replayable(bytes) => Body::from(bytes.clone()),
+            Self::Streaming { body, .. } => std::mem::replace(body, Body::empty()),
         }
     }
 
@@ -98,7 +96,7 @@ impl OutboundBody {
         });
         let stream = stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(rest);
         Self::Streaming {
-            body: reqwest::Body::wrap_stream(stream),
+            body: Body::from_stream(stream),
             over_limit,
         }
     }

@@ -9,11 +9,19 @@
 mod body;
 pub mod headers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::error::ProxyError;
@@ -50,33 +58,85 @@ pub struct Outcome {
     pub retried: bool,
 }
 
-/// Builds the pooled HTTPS client used for upstream requests and logins: rustls with
-/// the standard web roots plus `ca_file`, verification always on, no redirects
-/// followed (a redirect is the upstream's answer to the client), no decompression.
-pub fn build_client(upstream: &UpstreamConfig) -> Result<reqwest::Client, ClientError> {
+/// The pooled upstream client used for forwarding.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Builds the pooled HTTPS client for forwarding: rustls (ring) with the standard web
+/// roots plus `ca_file`, verification always on, HTTP/1.1 or HTTP/2 by ALPN, no
+/// redirects followed (a redirect is the upstream's answer to the client), no
+/// decompression (bodies pass through byte for byte).
+pub fn build_client(upstream: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for certificate in extra_roots(upstream)? {
+        roots
+            .add(certificate)
+            .map_err(|error| ca_file_error(upstream, error.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ClientError::Build(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(upstream.connect_timeout));
+    http.set_nodelay(true);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(https))
+}
+
+/// Builds the client used for logins (reqwest: JSON in, JSON out), trusting the same
+/// roots as the forwarding client.
+pub fn build_login_client(upstream: &UpstreamConfig) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(upstream.connect_timeout)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
-    if let Some(path) = &upstream.ca_file {
-        let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
-            path: path.display().to_string(),
-            reason: source.to_string(),
-        })?;
-        let certificates =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| ClientError::CaFile {
-                path: path.display().to_string(),
-                reason: error.to_string(),
-            })?;
-        for certificate in certificates {
-            builder = builder.add_root_certificate(certificate);
-        }
+    for certificate in extra_roots(upstream)? {
+        let certificate = reqwest::Certificate::from_der(certificate.as_ref())
+            .map_err(|error| ca_file_error(upstream, error.to_string()))?;
+        builder = builder.add_root_certificate(certificate);
     }
     builder
         .build()
         .map_err(|error| ClientError::Build(error.to_string()))
+}
+
+/// The certificates of `upstream.ca_file` (none when unset).
+fn extra_roots(upstream: &UpstreamConfig) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let Some(path) = &upstream.ca_file else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|error| ca_file_error(upstream, error.to_string()))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| ca_file_error(upstream, error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(ca_file_error(
+            upstream,
+            "no PEM certificate found".to_owned(),
+        ));
+    }
+    Ok(certificates)
+}
+
+fn ca_file_error(upstream: &UpstreamConfig, reason: String) -> ClientError {
+    let path = upstream
+        .ca_file
+        .as_ref()
+        .map_or_else(String::new, |path| path.display().to_string());
+    ClientError::CaFile { path, reason }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,15 +149,15 @@ pub enum ClientError {
 
 /// Forwards `request` along `route`. The path has already passed the access checks.
 pub async fn forward(
-    client: &reqwest::Client,
+    client: &UpstreamClient,
     limits: &Limits,
     route: &Route,
     request: Request<Body>,
     request_id: &RequestId,
 ) -> Result<(Response, Outcome), ProxyError> {
     let (parts, body) = request.into_parts();
-    let url = route
-        .upstream_url(parts.uri.path(), parts.uri.query())
+    let uri = route
+        .upstream_uri(parts.uri.path(), parts.uri.query())
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
     let mut upstream_headers = headers::upstream_request_headers(&parts.headers, &route.header);
     upstream_headers.insert(request_id::HEADER, request_id.header_value());
@@ -118,20 +178,19 @@ pub async fn forward(
             retry_after: unavailable.retry_after,
         })?;
 
-    let send = |token: HeaderValue, body: reqwest::Body| {
-        let mut headers = upstream_headers.clone();
+    let send = |token: HeaderValue, body: Body| {
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        *headers = upstream_headers.clone();
         headers.insert(route.header.clone(), token);
-        let request = client
-            .request(parts.method.clone(), url.clone())
-            .headers(headers)
-            .body(body);
-        attempt(request, limits.request_timeout)
+        attempt(client, request, limits.request_timeout)
     };
 
     let first = send(lease.header, body.attempt()).await;
     let response = match first {
-        Err(error) if body.exceeded_limit() => {
-            drop(error);
+        Err(_) if body.exceeded_limit() => {
             return Err(ProxyError::BodyTooLarge {
                 limit: limits.max_body,
             });
@@ -165,16 +224,14 @@ pub async fn forward(
 
 /// One upstream attempt, bounded until response headers arrive.
 async fn attempt(
-    request: reqwest::RequestBuilder,
+    client: &UpstreamClient,
+    request: Request<Body>,
     timeout: Duration,
-) -> Result<reqwest::Response, ProxyError> {
-    match tokio::time::timeout(timeout, request.send()).await {
+) -> Result<http::Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) if error.is_timeout() && !error.is_connect() => {
-            Err(ProxyError::UpstreamTimeout(timeout))
-        }
         Ok(Err(error)) => {
-            tracing::debug!(cause = %error, "upstream request failed");
+            tracing::debug!(cause = %error, connect = error.is_connect(), "upstream request failed");
             Err(ProxyError::UpstreamUnreachable)
         }
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout(timeout)),
@@ -182,8 +239,7 @@ async fn attempt(
 }
 
 /// The upstream response, streamed, less hop-by-hop headers, with the request id.
-fn into_client_response(response: reqwest::Response, request_id: &RequestId) -> Response {
-    let response: http::Response<reqwest::Body> = response.into();
+fn into_client_response(response: http::Response<Incoming>, request_id: &RequestId) -> Response {
     let (mut parts, body) = response.into_parts();
     headers::strip_response_headers(&mut parts.headers);
     parts
