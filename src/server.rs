@@ -110,6 +110,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Installed before the first request so that no early metric is lost.
     let _ = telemetry::metrics_handle();
+    let _metrics_upkeep = telemetry::start_upkeep();
     let client = proxy::build_client(&config.upstream)?;
     let login_client = proxy::build_login_client(&config.upstream)?;
     let access = Access::new(&config.access)?;

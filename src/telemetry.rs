@@ -71,6 +71,22 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Histogram samples wait in memory until upkeep folds them into buckets; without
+/// it, memory grows with traffic between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`] until the guard drops.
+pub fn start_upkeep() -> crate::token::BackgroundTask {
+    crate::token::BackgroundTask::spawn(async {
+        let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            metrics_handle().run_upkeep();
+        }
+    })
+}
+
 /// One finished client request.
 pub fn request_finished(route: &str, method: &str, status: u16, duration: Duration, retried: bool) {
     let route = route.to_owned();

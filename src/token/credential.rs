@@ -576,6 +576,13 @@ impl Credential {
 #[derive(Debug)]
 pub struct BackgroundTask(JoinHandle<()>);
 
+impl BackgroundTask {
+    /// Spawns `task` on the current runtime.
+    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(tokio::spawn(task))
+    }
+}
+
 impl Drop for BackgroundTask {
     fn drop(&mut self) {
         self.0.abort();
