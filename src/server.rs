@@ -237,22 +237,24 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let started = Instant::now();
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // A cheap clone (shared bytes) so the log line can name the path after the
+    // request has moved on.
+    let uri = request.uri().clone();
     let result = admit_and_forward(&state, request, &request_id).await;
     let (response, route, retried) = match result {
         Ok((response, route, outcome)) => (response, route, outcome.retried),
         Err((error, route)) => (error.into_response_for(&request_id), route, false),
     };
-    let status = response.status().as_u16();
+    let status = response.status();
     let duration = started.elapsed();
+    telemetry::request_finished(route.as_ref(), &method, status, duration, retried);
     let route_label = route.as_deref().unwrap_or("-");
-    telemetry::request_finished(route_label, method.as_str(), status, duration, retried);
     tracing::info!(
         request_id = request_id.as_str(),
         method = method.as_str(),
         route = route_label,
-        path = path.as_str(),
-        status,
+        path = uri.path(),
+        status = status.as_u16(),
         duration_ms = duration.as_secs_f64() * 1000.0,
         retried,
         "request"

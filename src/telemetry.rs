@@ -5,10 +5,11 @@
 //! status codes: bounded sets, never raw paths, never secrets.
 
 use std::io::IsTerminal as _;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use metrics::{counter, gauge, histogram};
+use http::{Method, StatusCode};
+use metrics::{SharedString, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -87,20 +88,70 @@ pub fn start_upkeep() -> crate::token::BackgroundTask {
     })
 }
 
-/// One finished client request.
-pub fn request_finished(route: &str, method: &str, status: u16, duration: Duration, retried: bool) {
-    let route = route.to_owned();
+/// One finished client request. `route` is `None` for requests refused before
+/// routing (labelled `-`). Labels are shared or static strings where possible: this
+/// runs on every request.
+pub fn request_finished(
+    route: Option<&Arc<str>>,
+    method: &Method,
+    status: StatusCode,
+    duration: Duration,
+    retried: bool,
+) {
+    let route = || {
+        route.map_or(SharedString::const_str("-"), |route| {
+            SharedString::from(Arc::clone(route))
+        })
+    };
     counter!(
         "ipproxy_requests_total",
-        "route" => route.clone(),
-        "method" => method.to_owned(),
-        "status" => status.to_string()
+        "route" => route(),
+        "method" => method_label(method),
+        "status" => status_label(status)
     )
     .increment(1);
-    histogram!("ipproxy_request_duration_seconds", "route" => route.clone())
+    histogram!("ipproxy_request_duration_seconds", "route" => route())
         .record(duration.as_secs_f64());
     if retried {
-        counter!("ipproxy_upstream_retries_total", "route" => route).increment(1);
+        counter!("ipproxy_upstream_retries_total", "route" => route()).increment(1);
+    }
+}
+
+fn method_label(method: &Method) -> SharedString {
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return SharedString::from(method.as_str().to_owned()),
+    };
+    SharedString::const_str(name)
+}
+
+fn status_label(status: StatusCode) -> SharedString {
+    /// The statuses an IntelePeer proxy answers most, without a per-request string.
+    const COMMON: [(u16, &str); 14] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (407, "407"),
+        (413, "413"),
+        (429, "429"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    match COMMON.iter().find(|(code, _)| *code == status.as_u16()) {
+        Some((_, text)) => SharedString::const_str(text),
+        None => SharedString::from(status.as_str().to_owned()),
     }
 }
 
