@@ -5,8 +5,6 @@
 //! The Prometheus recorder is process-global, so metric assertions use route and
 //! credential names that no other test in this binary uses.
 
-#[path = "support/child.rs"]
-mod child;
 mod support;
 
 use std::collections::BTreeMap;
@@ -15,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use child::ChildProxy;
 use futures_util::future::join_all;
 use ipproxy::sim::{AuthMode, SimConfig};
 use serde_json::Value;
+use support::child::ChildProxy;
 use support::{Proxy, Sim, client, eventually};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
 async fn readyz_status(client: &reqwest::Client, url: &str) -> Option<u16> {
@@ -621,16 +619,8 @@ async fn held_stream_upstream(release: Arc<Notify>) -> (String, oneshot::Sender<
             axum::body::Body::from_stream(chunks)
         }
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (addr, stop) = support::serve_app(app).await;
+    let url = format!("http://{addr}");
     (url, stop)
 }
 

@@ -153,8 +153,16 @@ async fn a_body_over_replay_limit_is_not_retried() {
     );
 }
 
-/// When the first refresh after a token is stored happens, as seen by the simulator.
-async fn time_to_second_login(sim: &Sim, started: Instant) -> Duration {
+/// Starts a proxy against `sim_config` with `auth.token_ttl = token_ttl` and asserts
+/// that the refresh ahead of expiry comes at half of a 2 s lifetime (margin
+/// `min(1h, 2s/2)` = 1 s, minus up to 10 % jitter), as seen by the simulator.
+async fn assert_refresh_at_half_of_two_seconds(sim_config: SimConfig, token_ttl: &str) {
+    let sim = Sim::start(sim_config).await;
+    let mut vars = sim.vars();
+    vars.push(("IPPROXY_AUTH__TOKEN_TTL".into(), token_ttl.into()));
+    let started = Instant::now();
+    let proxy = Proxy::start(vars).await;
+    wait_ready(&proxy).await;
     assert!(
         eventually(Duration::from_secs(6), || async {
             sim.counters().tokens_issued >= 2
@@ -162,46 +170,29 @@ async fn time_to_second_login(sim: &Sim, started: Instant) -> Duration {
         .await,
         "a refresh ahead of expiry happened"
     );
-    started.elapsed()
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(850) && elapsed < Duration::from_millis(1800),
+        "refreshed after {elapsed:?}"
+    );
 }
 
 #[tokio::test]
 async fn jwt_exp_sets_expiry_even_when_token_ttl_differs() {
-    let sim = Sim::start(SimConfig {
+    let jwt_lifetime_2s = SimConfig {
         token_ttl: Duration::from_secs(2),
         ..SimConfig::default()
-    })
-    .await;
-    let mut vars = sim.vars();
-    vars.push(("IPPROXY_AUTH__TOKEN_TTL".into(), "1h".into()));
-    let started = Instant::now();
-    let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
-    // Lifetime 2 s from the JWT → margin 1 s → refresh between 0.9 s and 1 s.
-    let elapsed = time_to_second_login(&sim, started).await;
-    assert!(
-        elapsed >= Duration::from_millis(850) && elapsed < Duration::from_millis(1800),
-        "refreshed after {elapsed:?}"
-    );
+    };
+    assert_refresh_at_half_of_two_seconds(jwt_lifetime_2s, "1h").await;
 }
 
 #[tokio::test]
 async fn opaque_token_expiry_comes_from_token_ttl() {
-    let sim = Sim::start(SimConfig {
+    let opaque_day_long = SimConfig {
         opaque_tokens: true,
         ..SimConfig::default()
-    })
-    .await;
-    let mut vars = sim.vars();
-    vars.push(("IPPROXY_AUTH__TOKEN_TTL".into(), "2s".into()));
-    let started = Instant::now();
-    let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
-    let elapsed = time_to_second_login(&sim, started).await;
-    assert!(
-        elapsed >= Duration::from_millis(850) && elapsed < Duration::from_millis(1800),
-        "refreshed after {elapsed:?}"
-    );
+    };
+    assert_refresh_at_half_of_two_seconds(opaque_day_long, "2s").await;
 }
 
 #[tokio::test]

@@ -7,8 +7,6 @@
 //! to the simulator: that way the test knows every token the proxy ever held, and
 //! checks that it knows all of them against the simulator's count of logins.
 
-#[path = "support/child.rs"]
-mod child;
 mod support;
 
 use std::collections::BTreeSet;
@@ -17,13 +15,12 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use child::ChildProxy;
 use ipproxy::sim::{AuthMode, SimConfig};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use serde_json::Value;
+use support::child::ChildProxy;
 use support::{Sim, client, eventually, raw_request, raw_status};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 fn random(prefix: &str) -> String {
@@ -80,16 +77,8 @@ impl Recorder {
                 Response::from((status, bytes.to_vec()).into_response())
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let (addr, stop) = support::serve_app(app).await;
+        let url = format!("http://{addr}");
         Self {
             url,
             seen,

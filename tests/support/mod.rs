@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod child;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -197,18 +199,7 @@ impl FixedUpstream {
                 )
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let (addr, stop) = serve_app(app).await;
         Self {
             addr,
             hits,
@@ -256,4 +247,21 @@ pub fn raw_status(response: &str) -> u16 {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("a status line")
+}
+
+/// Serves a test app on `127.0.0.1:0` until the returned sender is dropped.
+pub async fn serve_app(app: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind test app");
+    let addr = listener.local_addr().expect("test app addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (addr, stop)
 }
