@@ -22,11 +22,11 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, header};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
-use tokio::task::JoinHandle;
 
 use crate::config::{AccessConfig, AllowRule};
 use crate::error::ProxyError;
 use crate::route::prefix_matches;
+use crate::task::BackgroundTask;
 
 /// How often the keys file is re-read: a rotated key works (and a revoked one stops
 /// working) within this time, at the cost of one small read.
@@ -120,9 +120,9 @@ impl Access {
 
     /// Starts re-reading the keys file every [`KEYS_FILE_POLL`]; `None` without one.
     /// Dropping the guard stops the task.
-    pub fn watch_keys_file(&self) -> Option<KeysWatch> {
+    pub fn watch_keys_file(&self) -> Option<BackgroundTask> {
         let store = Arc::clone(self.keys.as_ref()?);
-        Some(KeysWatch(tokio::spawn(watch_keys_file(store))))
+        Some(BackgroundTask::spawn(watch_keys_file(store)))
     }
 
     /// Checks the client key in `Proxy-Authorization: Bearer <key>` when keys are
@@ -271,16 +271,6 @@ fn parse_digests(path: &Path, content: &[u8]) -> Result<KeySet, AccessError> {
         digests.push(KeyDigest(digest));
     }
     Ok(KeySet(digests))
-}
-
-/// A background task that is stopped when this guard is dropped.
-#[derive(Debug)]
-pub struct KeysWatch(JoinHandle<()>);
-
-impl Drop for KeysWatch {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Re-reads the keys file every [`KEYS_FILE_POLL`] and stores its digests when they

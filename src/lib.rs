@@ -12,6 +12,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/refresh`, `/metrics`.
 //! - [`error`]: the proxy's own answers (DESIGN.md's error table), in one place.
 //! - [`telemetry`]: logging and metrics set-up and recording.
+//! - [`task`]: background tasks that stop when their guard drops.
 //! - [`sim`]: the IntelePeer simulator; stands apart (the proxy never imports it).
 
 pub mod access;
@@ -23,6 +24,7 @@ pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod task;
 pub mod telemetry;
 pub mod token;
 

@@ -11,7 +11,8 @@ use http::uri::InvalidUri;
 use http::{HeaderName, Uri};
 
 use crate::config::{Config, HeaderFormat};
-use crate::token::{BackgroundTask, Credential};
+use crate::task::BackgroundTask;
+use crate::token::Credential;
 
 /// One route, resolved: everything the proxy needs to forward a matching request.
 #[derive(Debug)]

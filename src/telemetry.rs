@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::task::BackgroundTask;
 use crate::token::Token;
 
 /// Request latency buckets, seconds: sub-millisecond proxy overhead up to the default
@@ -77,8 +78,8 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`] until the guard drops.
-pub fn start_upkeep() -> crate::token::BackgroundTask {
-    crate::token::BackgroundTask::spawn(async {
+pub fn start_upkeep() -> BackgroundTask {
+    BackgroundTask::spawn(async {
         let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

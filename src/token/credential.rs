@@ -16,11 +16,11 @@ use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use super::expiry;
 use super::source::{AuthError, SessionLogin, read_token_file};
 use crate::config::{CredentialConfig, CredentialSource, HeaderFormat, StaticToken};
+use crate::task::BackgroundTask;
 
 /// How often a `token_file` is checked for a new token (DESIGN.md: within 5 s).
 const TOKEN_FILE_POLL: Duration = Duration::from_secs(2);
@@ -228,14 +228,13 @@ impl Credential {
     pub fn start(&self) -> BackgroundTask {
         let _first = self.join_or_start(RefreshReason::Startup);
         let this = self.clone();
-        let handle = match &self.inner.source {
-            Source::Session(_) => tokio::spawn(async move { this.refresh_loop().await }),
+        match &self.inner.source {
+            Source::Session(_) => BackgroundTask::spawn(async move { this.refresh_loop().await }),
             Source::Static(StaticToken::File(_)) => {
-                tokio::spawn(async move { this.watch_token_file().await })
+                BackgroundTask::spawn(async move { this.watch_token_file().await })
             }
-            Source::Static(StaticToken::Inline(_)) => tokio::spawn(async {}),
-        };
-        BackgroundTask(handle)
+            Source::Static(StaticToken::Inline(_)) => BackgroundTask::spawn(async {}),
+        }
     }
 
     /// The current token for format `format_index` when it is usable: one `ArcSwap`
@@ -569,22 +568,5 @@ impl Credential {
                 let _ = self.join_or_start(RefreshReason::FileChanged).await;
             }
         }
-    }
-}
-
-/// A background task that is stopped when this guard is dropped.
-#[derive(Debug)]
-pub struct BackgroundTask(JoinHandle<()>);
-
-impl BackgroundTask {
-    /// Spawns `task` on the current runtime.
-    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Self {
-        Self(tokio::spawn(task))
-    }
-}
-
-impl Drop for BackgroundTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -11,7 +11,6 @@ pub mod expiry;
 mod source;
 
 pub use credential::{
-    BackgroundTask, Credential, CredentialStatus, Lease, RefreshReason, Token, TokenGeneration,
-    TokenUnavailable,
+    Credential, CredentialStatus, Lease, RefreshReason, Token, TokenGeneration, TokenUnavailable,
 };
 pub use source::AuthError;
