@@ -115,9 +115,14 @@ fn run(file: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     ipproxy::telemetry::init_logging(&config.log);
-    let runtime = match runtime() {
+    // The proxy workers run their own runtimes (one per CPU); this one only serves the
+    // admin listener, token refreshes and signals.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(error) => return finish(Err(error)),
+        Err(error) => return finish(Err(error).context("cannot start the async runtime")),
     };
     match runtime.block_on(ipproxy::server::run(config)) {
         Err(error) if error.is_configuration() => {

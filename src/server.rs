@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::access::{self, Access, AccessError};
@@ -35,12 +35,11 @@ use crate::telemetry;
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
-/// Shared by the proxy handler and the admin listener.
+/// Shared by every proxy worker and the admin listener.
 #[derive(Debug)]
 pub struct AppState {
     pub(crate) routes: RouteTable,
     pub(crate) shutting_down: AtomicBool,
-    client: proxy::UpstreamClient,
     limits: Limits,
     access: Access,
     /// One permit per request in flight; none left → `503 overloaded`.
@@ -81,6 +80,8 @@ pub enum ServeError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Access(#[from] AccessError),
+    #[error("cannot start a proxy worker: {0}")]
+    Worker(std::io::Error),
 }
 
 impl ServeError {
@@ -111,45 +112,43 @@ pub async fn serve(
     // Installed before the first request so that no early metric is lost.
     let _ = telemetry::metrics_handle();
     let _metrics_upkeep = telemetry::start_upkeep();
-    let client = proxy::build_client(&config.upstream)?;
     let login_client = proxy::build_login_client(&config.upstream)?;
     let access = Access::new(&config.access)?;
     let routes = RouteTable::build(&config, &login_client);
     let state = Arc::new(AppState {
         routes,
         shutting_down: AtomicBool::new(false),
-        client,
         limits: Limits::from_config(&config),
         access,
         inflight: Arc::new(Semaphore::new(config.server.max_concurrency)),
     });
     let _refreshers = state.routes.start();
     let _keys_watch = state.access.watch_keys_file();
-
-    let proxy_app = Router::new()
-        .fallback(handle)
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::PROXY_AUTHORIZATION,
-        ]))
-        .with_state(Arc::clone(&state));
     let admin_app = crate::admin::router(Arc::clone(&state));
 
     let (stop_proxy, proxy_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let header_read_timeout = config.server.header_read_timeout;
+    let workers = worker_count();
     tracing::info!(
         proxy = %local_addr(&listeners.proxy),
         admin = %local_addr(&listeners.admin),
         routes = config.routes.len(),
+        workers,
         "listening"
     );
-    let proxy_task = tokio::spawn(accept_loop(
-        listeners.proxy,
-        proxy_app,
-        proxy_stopped,
-        header_read_timeout,
-    ));
+    let proxy_listener = listeners.proxy.into_std().map_err(ServeError::Worker)?;
+    let mut drained = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let worker = Worker {
+            app: Arc::clone(&state),
+            client: proxy::build_client(&config.upstream)?,
+        };
+        let socket = proxy_listener.try_clone().map_err(ServeError::Worker)?;
+        drained.push(worker.start(index, socket, proxy_stopped.clone(), header_read_timeout)?);
+    }
+    // Only the workers' copies remain: when they stop accepting, the port closes.
+    drop(proxy_listener);
     let admin_task = tokio::spawn(accept_loop(
         listeners.admin,
         admin_app,
@@ -164,13 +163,66 @@ pub async fn serve(
         "shutting down: readiness is 503, draining in-flight requests"
     );
     let _ = stop_proxy.send(true);
-    match tokio::time::timeout(config.server.shutdown_grace, proxy_task).await {
+    let all_drained = futures_util::future::join_all(drained);
+    match tokio::time::timeout(config.server.shutdown_grace, all_drained).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!("shutdown_grace elapsed with requests still in flight"),
     }
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     Ok(())
+}
+
+/// One proxy worker per CPU the process may use (cgroup quotas included).
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// A proxy worker: its own thread with a single-threaded runtime, its own upstream
+/// connection pool, and its own accept loop on the shared listening socket, like an
+/// nginx worker process. A connection, its requests and their upstream connections
+/// stay on one thread: no work stealing, no cross-thread wake-ups on the hot path.
+/// Token state, limits and metrics are shared (atomics and `ArcSwap`).
+struct Worker {
+    app: Arc<AppState>,
+    client: proxy::UpstreamClient,
+}
+
+impl Worker {
+    /// Starts the worker's thread; the receiver resolves when it has drained.
+    fn start(
+        self,
+        index: usize,
+        socket: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+        header_read_timeout: Duration,
+    ) -> Result<oneshot::Receiver<()>, ServeError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServeError::Worker)?;
+        let app = Router::new()
+            .fallback(handle)
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::PROXY_AUTHORIZATION,
+            ]))
+            .with_state(Arc::new(self));
+        let (drained, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("ipproxy-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, app, stop, header_read_timeout).await,
+                        Err(error) => tracing::error!(cause = %error, "worker cannot listen"),
+                    }
+                });
+                let _ = drained.send(());
+            })
+            .map_err(ServeError::Worker)?;
+        Ok(done)
+    }
 }
 
 fn local_addr(listener: &TcpListener) -> String {
@@ -233,14 +285,14 @@ async fn accept_loop(
 
 /// The proxy pipeline: request id → shutdown and load checks → access → route →
 /// forward, then one log line and the request metrics.
-async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn handle(State(worker): State<Arc<Worker>>, request: Request) -> Response {
     let started = Instant::now();
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
     // A cheap clone (shared bytes) so the log line can name the path after the
     // request has moved on.
     let uri = request.uri().clone();
-    let result = admit_and_forward(&state, request, &request_id).await;
+    let result = admit_and_forward(&worker, request, &request_id).await;
     let (response, route, retried) = match result {
         Ok((response, route, outcome)) => (response, route, outcome.retried),
         Err((error, route)) => (error.into_response_for(&request_id), route, false),
@@ -296,10 +348,11 @@ impl Drop for InFlight {
 type Admitted = (Response, Option<Arc<str>>, proxy::Outcome);
 
 async fn admit_and_forward(
-    state: &AppState,
+    worker: &Worker,
     request: Request<Body>,
     request_id: &RequestId,
 ) -> Result<Admitted, (ProxyError, Option<Arc<str>>)> {
+    let state = worker.app.as_ref();
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err((ProxyError::ShuttingDown, None));
     }
@@ -319,7 +372,7 @@ async fn admit_and_forward(
         .map_err(|error| (error, None))?;
     let route = state.routes.find(path).ok_or((ProxyError::NoRoute, None))?;
     let name = Some(Arc::clone(&route.name));
-    match proxy::forward(&state.client, &state.limits, route, request, request_id).await {
+    match proxy::forward(&worker.client, &state.limits, route, request, request_id).await {
         Ok((response, outcome)) => Ok((in_flight.hold_until_sent(response), name, outcome)),
         Err(error) => Err((error, name)),
     }

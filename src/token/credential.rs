@@ -7,7 +7,7 @@
 //! that one result.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use super::expiry;
@@ -158,6 +159,10 @@ struct Inner {
     health: Mutex<Health>,
     /// Wakes the refresh loop when a token is stored or a fetch fails out of band.
     changed: Notify,
+    /// The runtime that [`Credential::start`] ran on: fetches are spawned there, not on
+    /// whichever proxy worker happened to see a 401, so a fetch outlives the worker's
+    /// runtime at shutdown and always clears its flight slot.
+    home: OnceLock<Handle>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -210,6 +215,7 @@ impl Credential {
                 flight: Mutex::new(None),
                 health: Mutex::new(Health::default()),
                 changed: Notify::new(),
+                home: OnceLock::new(),
             }),
         }
     }
@@ -226,6 +232,7 @@ impl Credential {
     /// fetch) and the background task that keeps the token fresh. Dropping the
     /// returned guard stops the task.
     pub fn start(&self) -> BackgroundTask {
+        let _ = self.inner.home.set(Handle::current());
         let _first = self.join_or_start(RefreshReason::Startup);
         let this = self.clone();
         match &self.inner.source {
@@ -377,7 +384,11 @@ impl Credential {
             return flight.clone();
         }
         let this = self.clone();
-        let task = tokio::spawn(async move { this.fetch_and_store(reason).await });
+        let fetch = async move { this.fetch_and_store(reason).await };
+        let task = match self.inner.home.get() {
+            Some(home) => home.spawn(fetch),
+            None => tokio::spawn(fetch),
+        };
         let flight = async move { task.await.unwrap_or(Err(AuthError::Interrupted)) }
             .boxed()
             .shared();
