@@ -13,9 +13,6 @@ use ipproxy::config::{self, LogConfig, LogFormat};
 use ipproxy::sim::{SimConfig, Simulator};
 use sha2::{Digest, Sha256};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     version,
