@@ -154,19 +154,30 @@ fn proxy_vars(sim: &Sim, upstream: &TlsUpstream) -> Vec<(String, String)> {
     all
 }
 
-#[tokio::test]
-async fn upstream_signed_by_the_configured_ca_is_trusted() {
-    let pki = TestPki::generate();
+/// [`proxy_vars`] plus `upstream.ca_file` holding `ca_pem` (in a temp dir that must
+/// outlive the proxy's start).
+fn proxy_vars_trusting(
+    sim: &Sim,
+    upstream: &TlsUpstream,
+    ca_pem: &str,
+) -> (Vec<(String, String)>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).expect("write CA");
-    let sim = Sim::default().await;
-    let upstream = TlsUpstream::start(&pki).await;
-    let mut proxy_vars = proxy_vars(&sim, &upstream);
-    proxy_vars.extend(vars(&[(
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let mut all = proxy_vars(sim, upstream);
+    all.extend(vars(&[(
         "IPPROXY_UPSTREAM__CA_FILE",
         &ca_file.display().to_string(),
     )]));
+    (all, dir)
+}
+
+#[tokio::test]
+async fn upstream_signed_by_the_configured_ca_is_trusted() {
+    let pki = TestPki::generate();
+    let sim = Sim::default().await;
+    let upstream = TlsUpstream::start(&pki).await;
+    let (proxy_vars, _ca_dir) = proxy_vars_trusting(&sim, &upstream, &pki.ca_pem);
     let proxy = Proxy::start(proxy_vars).await;
 
     let response = client()
@@ -212,16 +223,9 @@ async fn upstream_with_an_unknown_ca_is_refused_with_502() {
 async fn a_ca_file_for_another_ca_does_not_make_the_upstream_trusted() {
     let pki = TestPki::generate();
     let other = TestPki::generate();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = dir.path().join("other-ca.pem");
-    std::fs::write(&ca_file, &other.ca_pem).expect("write CA");
     let sim = Sim::default().await;
     let upstream = TlsUpstream::start(&pki).await;
-    let mut proxy_vars = proxy_vars(&sim, &upstream);
-    proxy_vars.extend(vars(&[(
-        "IPPROXY_UPSTREAM__CA_FILE",
-        &ca_file.display().to_string(),
-    )]));
+    let (proxy_vars, _ca_dir) = proxy_vars_trusting(&sim, &upstream, &other.ca_pem);
     let proxy = Proxy::start(proxy_vars).await;
 
     let response = client()
