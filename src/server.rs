@@ -4,18 +4,19 @@
 //! [`serve`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0`
 //! and run everything in process; [`run`] adds what a process needs (binding, signals).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use http::header;
 use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -201,13 +202,19 @@ impl Worker {
             .enable_all()
             .build()
             .map_err(ServeError::Worker)?;
-        let app = Router::new()
-            .fallback(handle)
+        // The proxy answers every path the same way: a plain service, no router.
+        let worker = Arc::new(self);
+        let app = tower::ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new([
                 header::AUTHORIZATION,
                 header::PROXY_AUTHORIZATION,
             ]))
-            .with_state(Arc::new(self));
+            .service(tower::service_fn(
+                move |request: http::Request<Incoming>| {
+                    let worker = Arc::clone(&worker);
+                    async move { Ok::<_, Infallible>(handle(worker, request.map(Body::new)).await) }
+                },
+            ));
         let (drained, done) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("ipproxy-worker-{index}"))
@@ -234,12 +241,18 @@ fn local_addr(listener: &TcpListener) -> String {
 /// Accepts connections until `stop` turns true, then waits for open connections to
 /// finish their in-flight requests (hyper closes idle keep-alive connections and sends
 /// `Connection: close` on the last response of busy ones).
-async fn accept_loop(
+async fn accept_loop<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     mut stop: watch::Receiver<bool>,
     header_read_timeout: Duration,
-) {
+) where
+    S: tower::Service<http::Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -285,7 +298,7 @@ async fn accept_loop(
 
 /// The proxy pipeline: request id → shutdown and load checks → access → route →
 /// forward, then one log line and the request metrics.
-async fn handle(State(worker): State<Arc<Worker>>, request: Request) -> Response {
+async fn handle(worker: Arc<Worker>, request: Request) -> Response {
     let started = Instant::now();
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
