@@ -287,7 +287,7 @@ async fn bad_credentials_give_fast_503_and_bounded_logins() {
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
     let sim = Sim::default().await;
-    let closed = closed_port().await;
+    let (closed, _reserved) = closed_port();
     let mut vars = sim.vars();
     vars.push(("IPPROXY_SERVER__REQUEST_TIMEOUT".into(), "300ms".into()));
     let config = format!(

@@ -216,12 +216,16 @@ impl FixedUpstream {
     }
 }
 
-/// A loopback address where nothing listens.
-pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    addr
+/// A loopback port where nothing listens, reserved for as long as the returned socket
+/// lives: it is bound but never listening, so connections are refused and no other
+/// test's server can take the port meanwhile.
+pub fn closed_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("loopback"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (addr, socket)
 }
 
 /// Sends `head` (a raw request head, without the final blank line) on a fresh
