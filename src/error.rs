@@ -51,6 +51,8 @@ struct ErrorBody<'a> {
 /// `Retry-After` sent with `503 overloaded` and `503 shutting_down`.
 const SHORT_RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
+
 impl ProxyError {
     /// The status code and the stable `error` code of DESIGN.md's table.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -99,7 +101,12 @@ impl ProxyError {
             }
             Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, SHORT_RETRY_AFTER);
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                headers.insert(header::CONNECTION, CLOSE);
+            }
+            // The rest of the body is read and dropped for a while (proxy::body),
+            // then the connection closes, as nginx does after a 413.
+            Self::BodyTooLarge { .. } => {
+                headers.insert(header::CONNECTION, CLOSE);
             }
             _ => {}
         }

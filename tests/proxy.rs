@@ -527,6 +527,46 @@ async fn bodies_over_max_body_get_413_by_length_and_while_streaming() {
     assert_eq!(echo["body_len"], 48 * 1024);
 }
 
+/// The client is still sending when its 413 is ready: the proxy must read the rest
+/// instead of closing on unread bytes, whose reset would destroy the answer.
+#[tokio::test]
+async fn an_oversized_upload_still_reads_its_413() {
+    let sim = Sim::default().await;
+    let mut vars = sim.vars();
+    vars.push(("IPPROXY_SERVER__MAX_BODY".into(), "64KiB".into()));
+    vars.push(("IPPROXY_SERVER__REPLAY_LIMIT".into(), "16KiB".into()));
+    let proxy = Proxy::start(vars).await;
+    wait_ready(&proxy).await;
+    let client = client();
+    for round in 0..5 {
+        let sized = client
+            .post(proxy.url("/_rest/v4/echo"))
+            .body(vec![0u8; 8 * 1024 * 1024]);
+        let chunks = (0..128).map(|_| Ok::<_, std::io::Error>(vec![1u8; 64 * 1024]));
+        let chunked = client
+            .post(proxy.url("/_rest/v4/echo"))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )));
+        for (framing, request) in [("content-length", sized), ("chunked", chunked)] {
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("round {round}, {framing}: {error:?}"));
+            assert_eq!(response.status(), 413, "round {round}, {framing}");
+            assert_eq!(response.headers()["connection"], "close");
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(body["error"], "body_too_large");
+        }
+    }
+    // A client that waits for `100 Continue` is answered at once and never invited
+    // to send the body.
+    let head = "POST /_rest/v4/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\nExpect: 100-continue";
+    let response = raw_request(proxy.addr, head).await;
+    assert_eq!(raw_status(&response), 413, "{response}");
+    assert!(!response.contains("100 Continue"), "{response}");
+}
+
 #[tokio::test]
 async fn large_download_streams_through_intact() {
     let sim = Sim::default().await;

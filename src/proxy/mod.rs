@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -161,13 +161,8 @@ pub async fn forward(
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
     let mut upstream_headers = headers::upstream_request_headers(&parts.headers, &route.header);
     upstream_headers.insert(request_id::HEADER, request_id.header_value());
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
     let mut body =
-        OutboundBody::prepare(body, content_length, limits.replay_limit, limits.max_body).await?;
+        OutboundBody::prepare(body, &parts.headers, limits.replay_limit, limits.max_body).await?;
 
     let credential = &route.credential;
     let lease = credential
