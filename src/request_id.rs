@@ -1,6 +1,7 @@
 //! `x-request-id`: taken from the client when it is safe to log, generated otherwise,
 //! forwarded upstream and returned on every response.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The request id header.
@@ -24,11 +25,18 @@ impl RequestId {
             .unwrap_or_else(Self::generate)
     }
 
-    /// A new random id (128 bits, hex).
+    /// A new random id (128 bits, hex), written without a temporary string: this
+    /// runs on almost every request.
     pub fn generate() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let id: u128 = rand::random();
-        let text = format!("{id:032x}");
-        Self(HeaderValue::from_str(&text).expect("hex digits are a valid header value"))
+        let mut text = [0u8; 32];
+        for (index, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[(id >> (124 - 4 * index)) as usize & 0xf];
+        }
+        // Owned bytes that are shared, not copied, by every clone of the header.
+        let shared = Bytes::from_owner(text);
+        Self(HeaderValue::from_maybe_shared(shared).expect("hex digits are a valid header value"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -74,6 +82,29 @@ mod tests {
             let id = RequestId::from_headers(&with_id(bad));
             assert_ne!(id.as_str(), bad);
             assert_eq!(id.as_str().len(), 32);
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_32_lowercase_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64)
+            .map(|_| RequestId::generate().as_str().to_owned())
+            .collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit position varies: the shifts cover all 128 bits.
+        for position in 0..32 {
+            let digits: std::collections::BTreeSet<u8> =
+                ids.iter().map(|id| id.as_bytes()[position]).collect();
+            assert!(digits.len() > 1, "digit {position} never changes");
         }
     }
 }

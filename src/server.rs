@@ -7,15 +7,17 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::response::Response;
-use http::header;
-use http_body_util::BodyExt as _;
+use bytes::Bytes;
+use http::{Uri, header};
+use http_body::{Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -30,8 +32,8 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::{self, ClientError, Limits};
 use crate::request_id::RequestId;
-use crate::route::RouteTable;
-use crate::telemetry;
+use crate::route::{Route, RouteTable};
+use crate::telemetry::{self, RouteMetrics};
 
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -212,7 +214,7 @@ impl Worker {
             .service(tower::service_fn(
                 move |request: http::Request<Incoming>| {
                     let worker = Arc::clone(&worker);
-                    async move { Ok::<_, Infallible>(handle(worker, request.map(Body::new)).await) }
+                    async move { Ok::<_, Infallible>(handle(worker, request).await) }
                 },
             ));
         let (drained, done) = oneshot::channel();
@@ -241,17 +243,19 @@ fn local_addr(listener: &TcpListener) -> String {
 /// Accepts connections until `stop` turns true, then waits for open connections to
 /// finish their in-flight requests (hyper closes idle keep-alive connections and sends
 /// `Connection: close` on the last response of busy ones).
-async fn accept_loop<S>(
+async fn accept_loop<S, B>(
     listener: TcpListener,
     app: S,
     mut stop: watch::Receiver<bool>,
     header_read_timeout: Duration,
 ) where
-    S: tower::Service<http::Request<Incoming>, Response = Response, Error = Infallible>
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -296,29 +300,39 @@ async fn accept_loop<S>(
     graceful.shutdown().await;
 }
 
+/// What the proxy answers: an upstream response streamed through, or its own.
+type ProxyResponse = http::Response<Either<Guarded, Body>>;
+
 /// The proxy pipeline: request id → shutdown and load checks → access → route →
 /// forward, then one log line and the request metrics.
-async fn handle(worker: Arc<Worker>, request: Request) -> Response {
+async fn handle(worker: Arc<Worker>, request: http::Request<Incoming>) -> ProxyResponse {
     let started = Instant::now();
     let request_id = RequestId::from_headers(request.headers());
     let method = request.method().clone();
-    // A cheap clone (shared bytes) so the log line can name the path after the
-    // request has moved on.
-    let uri = request.uri().clone();
+    // The log line names the path after the request has moved on; the copy is only
+    // made when that line is written.
+    let uri = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone());
     let result = admit_and_forward(&worker, request, &request_id).await;
     let (response, route, retried) = match result {
-        Ok((response, route, outcome)) => (response, route, outcome.retried),
-        Err((error, route)) => (error.into_response_for(&request_id), route, false),
+        Ok((response, route, outcome)) => (response, Some(route), outcome.retried),
+        Err((error, route)) => {
+            let response = error.into_response_for(&request_id).map(Either::Right);
+            (response, route, false)
+        }
     };
     let status = response.status();
     let duration = started.elapsed();
-    telemetry::request_finished(route.as_ref(), &method, status, duration, retried);
-    let route_label = route.as_deref().unwrap_or("-");
+    let metrics = match route {
+        Some(route) => &route.metrics,
+        None => RouteMetrics::unrouted(),
+    };
+    metrics.request_finished(&method, status, duration, retried);
+    let route_label = route.map_or("-", |route| &*route.name);
     tracing::info!(
         request_id = request_id.as_str(),
         method = method.as_str(),
         route = route_label,
-        path = uri.path(),
+        path = uri.as_ref().map(Uri::path),
         status = status.as_u16(),
         duration_ms = duration.as_secs_f64() * 1000.0,
         retried,
@@ -342,13 +356,39 @@ impl InFlight {
     }
 
     /// Moves the count into `response`'s body, released when the body is done.
-    fn hold_until_sent(self, response: Response) -> Response {
+    fn hold_until_sent(self, response: http::Response<Incoming>) -> ProxyResponse {
         response.map(|body| {
-            Body::new(body.map_frame(move |frame| {
-                let _in_flight = &self;
-                frame
-            }))
+            Either::Left(Guarded {
+                body,
+                _in_flight: self,
+            })
         })
+    }
+}
+
+/// An upstream response body holding its request's [`InFlight`] count.
+struct Guarded {
+    body: Incoming,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -358,13 +398,13 @@ impl Drop for InFlight {
     }
 }
 
-type Admitted = (Response, Option<Arc<str>>, proxy::Outcome);
+type Admitted<'a> = (ProxyResponse, &'a Route, proxy::Outcome);
 
-async fn admit_and_forward(
-    worker: &Worker,
-    request: Request<Body>,
+async fn admit_and_forward<'a>(
+    worker: &'a Worker,
+    request: http::Request<Incoming>,
     request_id: &RequestId,
-) -> Result<Admitted, (ProxyError, Option<Arc<str>>)> {
+) -> Result<Admitted<'a>, (ProxyError, Option<&'a Route>)> {
     let state = worker.app.as_ref();
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err((ProxyError::ShuttingDown, None));
@@ -384,10 +424,9 @@ async fn admit_and_forward(
         .check_allowed(request.method(), path)
         .map_err(|error| (error, None))?;
     let route = state.routes.find(path).ok_or((ProxyError::NoRoute, None))?;
-    let name = Some(Arc::clone(&route.name));
     match proxy::forward(&worker.client, &state.limits, route, request, request_id).await {
-        Ok((response, outcome)) => Ok((in_flight.hold_until_sent(response), name, outcome)),
-        Err(error) => Err((error, name)),
+        Ok((response, outcome)) => Ok((in_flight.hold_until_sent(response), route, outcome)),
+        Err(error) => Err((error, Some(route))),
     }
 }
 

@@ -5,11 +5,11 @@
 //! status codes: bounded sets, never raw paths, never secrets.
 
 use std::io::IsTerminal as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
-use metrics::{SharedString, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -89,76 +89,126 @@ pub fn start_upkeep() -> BackgroundTask {
     })
 }
 
-/// One finished client request. `route` is `None` for requests refused before
-/// routing (labelled `-`). Labels are shared or static strings where possible: this
-/// runs on every request.
-pub fn request_finished(
-    route: Option<&Arc<str>>,
-    method: &Method,
-    status: StatusCode,
-    duration: Duration,
-    retried: bool,
-) {
-    let route = || {
-        route.map_or(SharedString::const_str("-"), |route| {
-            SharedString::from(Arc::clone(route))
-        })
-    };
-    counter!(
-        "ipproxy_requests_total",
-        "route" => route(),
-        "method" => method_label(method),
-        "status" => status_label(status)
-    )
-    .increment(1);
-    histogram!("ipproxy_request_duration_seconds", "route" => route())
-        .record(duration.as_secs_f64());
-    if retried {
-        counter!("ipproxy_upstream_retries_total", "route" => route()).increment(1);
+/// The request metrics of one route, with their handles resolved once: recording a
+/// request is then a few atomic operations, with no registry lookup, label building
+/// or allocation. Made after the recorder is installed (`server::serve` installs it
+/// first), otherwise the handles record nothing.
+pub struct RouteMetrics {
+    route: SharedString,
+    duration: Histogram,
+    retries: Counter,
+    /// `ipproxy_requests_total` per common method × common status, registered on
+    /// first use so that only series that happened are exported.
+    requests: [[OnceLock<Counter>; STATUSES.len()]; METHODS.len()],
+}
+
+/// Methods with a cached counter; others take the slow path.
+const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+];
+
+/// The statuses an IntelePeer proxy answers most, with a cached counter.
+const STATUSES: [(u16, &str); 14] = [
+    (200, "200"),
+    (201, "201"),
+    (202, "202"),
+    (204, "204"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (407, "407"),
+    (413, "413"),
+    (429, "429"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+];
+
+impl RouteMetrics {
+    /// The metrics of route `route`; `-` for requests refused before routing.
+    pub fn new(route: &str) -> Self {
+        let route = SharedString::from(route.to_owned());
+        Self {
+            duration: histogram!("ipproxy_request_duration_seconds", "route" => route.clone()),
+            retries: counter!("ipproxy_upstream_retries_total", "route" => route.clone()),
+            requests: Default::default(),
+            route,
+        }
+    }
+
+    /// The metrics of requests refused before routing (route `-`).
+    pub fn unrouted() -> &'static Self {
+        static UNROUTED: OnceLock<RouteMetrics> = OnceLock::new();
+        UNROUTED.get_or_init(|| Self::new("-"))
+    }
+
+    /// One finished client request.
+    pub fn request_finished(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        duration: Duration,
+        retried: bool,
+    ) {
+        self.requests_counter(method, status).increment(1);
+        self.duration.record(duration.as_secs_f64());
+        if retried {
+            self.retries.increment(1);
+        }
+    }
+
+    fn requests_counter(&self, method: &Method, status: StatusCode) -> Counter {
+        let register = |method: SharedString, status: SharedString| {
+            counter!(
+                "ipproxy_requests_total",
+                "route" => self.route.clone(),
+                "method" => method,
+                "status" => status
+            )
+        };
+        let method_index = METHODS.iter().position(|known| known == method);
+        let status_index = STATUSES
+            .iter()
+            .position(|(code, _)| *code == status.as_u16());
+        match (method_index, status_index) {
+            (Some(m), Some(s)) => self.requests[m][s]
+                .get_or_init(|| {
+                    register(
+                        SharedString::const_str(METHODS[m].as_str()),
+                        SharedString::const_str(STATUSES[s].1),
+                    )
+                })
+                .clone(),
+            _ => register(
+                SharedString::from(method.as_str().to_owned()),
+                SharedString::from(status.as_str().to_owned()),
+            ),
+        }
     }
 }
 
-fn method_label(method: &Method) -> SharedString {
-    let name = match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => return SharedString::from(method.as_str().to_owned()),
-    };
-    SharedString::const_str(name)
-}
-
-fn status_label(status: StatusCode) -> SharedString {
-    /// The statuses an IntelePeer proxy answers most, without a per-request string.
-    const COMMON: [(u16, &str); 14] = [
-        (200, "200"),
-        (201, "201"),
-        (202, "202"),
-        (204, "204"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (407, "407"),
-        (413, "413"),
-        (429, "429"),
-        (502, "502"),
-        (503, "503"),
-        (504, "504"),
-    ];
-    match COMMON.iter().find(|(code, _)| *code == status.as_u16()) {
-        Some((_, text)) => SharedString::const_str(text),
-        None => SharedString::from(status.as_str().to_owned()),
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
     }
 }
 
 /// Requests in flight, up or down by one.
 pub fn inflight(delta: f64) {
-    gauge!("ipproxy_inflight_requests").increment(delta);
+    static INFLIGHT: OnceLock<Gauge> = OnceLock::new();
+    INFLIGHT
+        .get_or_init(|| gauge!("ipproxy_inflight_requests"))
+        .increment(delta);
 }
 
 pub(crate) fn token_refreshed(credential: &str, reason: &str, token: &Token, took: Duration) {

@@ -617,6 +617,10 @@ impl Checker<'_> {
         if url.fragment().is_some() {
             wrong.push("it must not have a fragment (#...)");
         }
+        // The proxy builds its upstream requests from the parsed parts.
+        if http::Uri::try_from(url.as_str()).is_err() {
+            wrong.push("it is not a valid HTTP URI");
+        }
         if wrong.is_empty() {
             url
         } else {

@@ -17,12 +17,17 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
 use http::{HeaderMap, header};
 use http_body::Body as _;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 
 /// How long the rest of an over-limit body is read and dropped.
 const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// What an upstream request carries: a buffered body as it is (no box per request),
+/// or a stream.
+pub type UpstreamBody = Either<Full<Bytes>, Body>;
 
 /// A request body ready to go upstream.
 #[derive(Debug)]
@@ -41,7 +46,7 @@ impl OutboundBody {
     /// Reads up to `replay_limit` bytes; beyond that, streams the rest (up to
     /// `max_body` in all).
     pub async fn prepare(
-        body: Body,
+        body: Incoming,
         headers: &HeaderMap,
         replay_limit: u64,
         max_body: u64,
@@ -83,10 +88,10 @@ impl OutboundBody {
     }
 
     /// The body for one attempt. A streaming body can be taken once.
-    pub fn attempt(&mut self) -> Body {
+    pub fn attempt(&mut self) -> UpstreamBody {
         match self {
-            Self::Replayable(bytes) => Body::from(bytes.clone()),
-            Self::Streaming { body, .. } => std::mem::replace(body, Body::empty()),
+            Self::Replayable(bytes) => Either::Left(Full::new(bytes.clone())),
+            Self::Streaming { body, .. } => Either::Right(std::mem::replace(body, Body::empty())),
         }
     }
 
@@ -102,7 +107,7 @@ impl OutboundBody {
         }
     }
 
-    fn stream_rest(head: Bytes, rest: Body, max_body: u64) -> Self {
+    fn stream_rest(head: Bytes, rest: Incoming, max_body: u64) -> Self {
         let over_limit = Arc::new(AtomicBool::new(false));
         let state = (rest, head.len() as u64, Arc::clone(&over_limit));
         let rest = stream::unfold(Some(state), move |state| async move {
@@ -136,7 +141,7 @@ impl OutboundBody {
 
 /// Reads and drops what is left of `body` for at most [`DISCARD_TIME`], in the
 /// background, so that the client can finish sending and read its 413.
-fn discard(mut body: Body) {
+fn discard(mut body: Incoming) {
     if body.is_end_stream() {
         return;
     }

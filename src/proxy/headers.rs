@@ -22,7 +22,8 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// reaches IntelePeer) and the route's token header (the proxy sets it).
 pub fn upstream_request_headers(inbound: &HeaderMap, token_header: &HeaderName) -> HeaderMap {
     let named = connection_named(inbound);
-    let mut outbound = HeaderMap::with_capacity(inbound.len() + 2);
+    // Room for what the proxy adds (Host, x-request-id, the token): no regrowth.
+    let mut outbound = HeaderMap::with_capacity(inbound.len() + 3);
     for (name, value) in inbound {
         let drop = HOP_BY_HOP.contains(name)
             || name == header::HOST

@@ -12,9 +12,7 @@ pub mod headers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -27,7 +25,7 @@ use crate::config::{Config, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
-use body::OutboundBody;
+use body::{OutboundBody, UpstreamBody};
 
 /// Idle upstream connections are kept this long (IntelePeer is one host per route).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -59,7 +57,7 @@ pub struct Outcome {
 }
 
 /// The pooled upstream client used for forwarding.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Builds the pooled HTTPS client for forwarding: rustls (ring) with the standard web
 /// roots plus `ca_file`, verification always on, HTTP/1.1 or HTTP/2 by ALPN, no
@@ -152,15 +150,11 @@ pub async fn forward(
     client: &UpstreamClient,
     limits: &Limits,
     route: &Route,
-    request: Request<Body>,
+    request: Request<Incoming>,
     request_id: &RequestId,
-) -> Result<(Response, Outcome), ProxyError> {
+) -> Result<(http::Response<Incoming>, Outcome), ProxyError> {
     let (parts, body) = request.into_parts();
-    let uri = route
-        .upstream_uri(parts.uri.path(), parts.uri.query())
-        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-    let mut upstream_headers = headers::upstream_request_headers(&parts.headers, &route.header);
-    upstream_headers.insert(request_id::HEADER, request_id.header_value());
+    let uri = upstream_uri(route, &parts.uri)?;
     let mut body =
         OutboundBody::prepare(body, &parts.headers, limits.replay_limit, limits.max_body).await?;
 
@@ -173,17 +167,21 @@ pub async fn forward(
             retry_after: unavailable.retry_after,
         })?;
 
-    let send = |token: HeaderValue, body: Body| {
+    // Headers are built for each attempt: cheaper than keeping a copy for a retry
+    // that rarely happens.
+    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri.clone();
+        *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        *headers = upstream_headers.clone();
+        *headers = headers::upstream_request_headers(&parts.headers, &route.header);
+        headers.insert(header::HOST, route.host.clone());
+        headers.insert(request_id::HEADER, request_id.header_value());
         headers.insert(route.header.clone(), token);
         attempt(client, request, limits.request_timeout)
     };
 
-    let first = send(lease.header, body.attempt()).await;
+    let first = send(lease.header, body.attempt(), uri).await;
     let response = match first {
         Err(_) if body.exceeded_limit() => {
             return Err(ProxyError::BodyTooLarge {
@@ -210,17 +208,24 @@ pub async fn forward(
         ));
     };
     drop(response);
-    let second = send(fresh.header, body.attempt()).await?;
+    let uri = upstream_uri(route, &parts.uri)?;
+    let second = send(fresh.header, body.attempt(), uri).await?;
     Ok((
         into_client_response(second, request_id),
         Outcome { retried: true },
     ))
 }
 
+fn upstream_uri(route: &Route, inbound: &Uri) -> Result<Uri, ProxyError> {
+    route
+        .upstream_uri(inbound.path(), inbound.query())
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+}
+
 /// One upstream attempt, bounded until response headers arrive.
 async fn attempt(
     client: &UpstreamClient,
-    request: Request<Body>,
+    request: Request<UpstreamBody>,
     timeout: Duration,
 ) -> Result<http::Response<Incoming>, ProxyError> {
     match tokio::time::timeout(timeout, client.request(request)).await {
@@ -233,12 +238,14 @@ async fn attempt(
     }
 }
 
-/// The upstream response, streamed, less hop-by-hop headers, with the request id.
-fn into_client_response(response: http::Response<Incoming>, request_id: &RequestId) -> Response {
-    let (mut parts, body) = response.into_parts();
-    headers::strip_response_headers(&mut parts.headers);
-    parts
-        .headers
-        .insert(request_id::HEADER, request_id.header_value());
-    Response::from_parts(parts, Body::new(body))
+/// The upstream response, less hop-by-hop headers, with the request id. The body
+/// streams as it arrives; the caller boxes it once, with whatever it attaches.
+fn into_client_response(
+    mut response: http::Response<Incoming>,
+    request_id: &RequestId,
+) -> http::Response<Incoming> {
+    let headers = response.headers_mut();
+    headers::strip_response_headers(headers);
+    headers.insert(request_id::HEADER, request_id.header_value());
+    response
 }
