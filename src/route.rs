@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
 use url::Url;
@@ -64,7 +65,7 @@ impl Route {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(PathAndQuery::from_maybe_shared(text)?);
+        parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(text))?);
         Ok(Uri::from_parts(parts).expect("scheme, authority and path are all set"))
     }
 }
