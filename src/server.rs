@@ -129,8 +129,8 @@ pub async fn serve(
     let _keys_watch = state.access.watch_keys_file();
     let admin_app = crate::admin::router(Arc::clone(&state));
 
-    let (stop_proxy, proxy_stopped) = watch::channel(false);
-    let (stop_admin, admin_stopped) = watch::channel(false);
+    let (proxy_stage, proxy_stage_rx) = watch::channel(Stage::Serving);
+    let (admin_stage, admin_stage_rx) = watch::channel(Stage::Serving);
     let header_read_timeout = config.server.header_read_timeout;
     let workers = worker_count();
     tracing::info!(
@@ -148,32 +148,55 @@ pub async fn serve(
             client: proxy::build_client(&config.upstream)?,
         };
         let socket = proxy_listener.try_clone().map_err(ServeError::Worker)?;
-        drained.push(worker.start(index, socket, proxy_stopped.clone(), header_read_timeout)?);
+        drained.push(worker.start(index, socket, proxy_stage_rx.clone(), header_read_timeout)?);
     }
     // Only the workers' copies remain: when they stop accepting, the port closes.
     drop(proxy_listener);
     let admin_task = tokio::spawn(accept_loop(
         listeners.admin,
         admin_app,
-        admin_stopped,
+        admin_stage_rx,
         header_read_timeout,
     ));
 
     shutdown.await;
+    let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
     state.shutting_down.store(true, Ordering::SeqCst);
     tracing::info!(
         grace_ms = config.server.shutdown_grace.as_millis() as u64,
         "shutting down: readiness is 503, draining in-flight requests"
     );
-    let _ = stop_proxy.send(true);
-    let all_drained = futures_util::future::join_all(drained);
-    match tokio::time::timeout(config.server.shutdown_grace, all_drained).await {
-        Ok(_) => tracing::info!("drained"),
-        Err(_) => tracing::warn!("shutdown_grace elapsed with requests still in flight"),
+    // Draining: no new connections; open ones stay open, so that a request arriving
+    // on one is answered `503 shutting_down` + `Connection: close` instead of meeting
+    // a closed socket. It ends when every in-flight request has finished, which
+    // taking every permit waits for.
+    let _ = proxy_stage.send(Stage::Draining);
+    let permits = u32::try_from(config.server.max_concurrency).unwrap_or(u32::MAX);
+    let in_flight_done = Arc::clone(&state.inflight).acquire_many_owned(permits);
+    let drained_in_time = tokio::time::timeout_at(deadline, in_flight_done)
+        .await
+        .is_ok();
+    // Closing: idle connections close now, busy ones after their response.
+    let _ = proxy_stage.send(Stage::Closing);
+    let closed = futures_util::future::join_all(drained);
+    let closed_in_time = tokio::time::timeout_at(deadline, closed).await.is_ok();
+    if drained_in_time && closed_in_time {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("shutdown_grace elapsed with requests still in flight");
     }
-    let _ = stop_admin.send(true);
+    let _ = admin_stage.send(Stage::Closing);
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     Ok(())
+}
+
+/// Where a listener is in its life: shutdown goes `Serving` → `Draining` (no new
+/// connections, open ones still answered) → `Closing` (connections close once idle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Serving,
+    Draining,
+    Closing,
 }
 
 /// One proxy worker per CPU the process may use (cgroup quotas included).
@@ -197,7 +220,7 @@ impl Worker {
         self,
         index: usize,
         socket: std::net::TcpListener,
-        stop: watch::Receiver<bool>,
+        stage: watch::Receiver<Stage>,
         header_read_timeout: Duration,
     ) -> Result<oneshot::Receiver<()>, ServeError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -223,7 +246,9 @@ impl Worker {
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, app, stop, header_read_timeout).await,
+                        Ok(listener) => {
+                            accept_loop(listener, app, stage, header_read_timeout).await
+                        }
                         Err(error) => tracing::error!(cause = %error, "worker cannot listen"),
                     }
                 });
@@ -240,13 +265,14 @@ fn local_addr(listener: &TcpListener) -> String {
         .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
 }
 
-/// Accepts connections until `stop` turns true, then waits for open connections to
-/// finish their in-flight requests (hyper closes idle keep-alive connections and sends
-/// `Connection: close` on the last response of busy ones).
+/// Accepts connections until the stage is `Draining`; keeps serving the open ones
+/// until it is `Closing`, then waits for them to finish their in-flight requests
+/// (hyper closes idle keep-alive connections and sends `Connection: close` on the
+/// last response of busy ones).
 async fn accept_loop<S, B>(
     listener: TcpListener,
     app: S,
-    mut stop: watch::Receiver<bool>,
+    mut stage: watch::Receiver<Stage>,
     header_read_timeout: Duration,
 ) where
     S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
@@ -293,11 +319,17 @@ async fn accept_loop<S, B>(
                     let _ = watcher.watch(connection).await;
                 });
             }
-            _ = stop.changed() => break,
+            () = reached(&mut stage, Stage::Draining) => break,
         }
     }
     drop(listener);
+    reached(&mut stage, Stage::Closing).await;
     graceful.shutdown().await;
+}
+
+/// Resolves once `stage` is at `wanted` or later (or its sender is gone).
+async fn reached(stage: &mut watch::Receiver<Stage>, wanted: Stage) {
+    let _ = stage.wait_for(|stage| *stage >= wanted).await.map(|_| ());
 }
 
 /// What the proxy answers: an upstream response streamed through, or its own.

@@ -52,6 +52,51 @@ fn proxy_vars_for(sim: &Sim, extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 // --- shutdown of the real process ---
 
+/// One HTTP/1.1 connection kept open across requests, as an app's client pool does.
+struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+}
+
+impl KeepAlive {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        Self { sender }
+    }
+
+    /// Status, `Connection` header and JSON body (`null` when not JSON).
+    async fn get(&mut self, path: &str) -> (u16, Option<String>, Value) {
+        use http_body_util::BodyExt as _;
+        self.sender
+            .ready()
+            .await
+            .expect("the connection is still open");
+        let request = http::Request::get(path)
+            .header("host", "ipproxy")
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let response = self.sender.send_request(request).await.expect("answered");
+        let status = response.status().as_u16();
+        let connection = response
+            .headers()
+            .get("connection")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, connection, body)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
     const IN_FLIGHT: usize = 20;
@@ -63,6 +108,10 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
     .await;
     let admin = client();
     wait_ready(&admin, &proxy.admin_url("/readyz")).await;
+    // A client with an idle keep-alive connection, used again during the drain.
+    let mut keep_alive = KeepAlive::open(proxy.addr).await;
+    let (status, _, _) = keep_alive.get("/_rest/v4/sim/ping").await;
+    assert_eq!(status, 200, "before the drain");
     sim.sim.set_latency(Duration::from_millis(1500));
     let calls_before = sim.counters().api_calls;
 
@@ -108,6 +157,17 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
     let (status, body) = readyz_body(&admin, &proxy.admin_url("/readyz")).await;
     assert_eq!(status, 503);
     assert_eq!(body["shutting_down"], true);
+    // A new request on the open keep-alive connection is answered, not dropped, and
+    // not forwarded.
+    let (status, connection, body) = keep_alive.get("/_rest/v4/sim/ping").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "shutting_down");
+    assert_eq!(connection.as_deref(), Some("close"));
+    assert_eq!(
+        sim.counters().api_calls - calls_before,
+        IN_FLIGHT as u64,
+        "nothing new reached the upstream"
+    );
 
     for (index, request) in join_all(requests).await.into_iter().enumerate() {
         let (status, echo) = request.expect("request task");

@@ -189,6 +189,14 @@ fn non_number_var_for_a_number_key_names_key_and_variable() {
 }
 
 #[test]
+fn max_concurrency_beyond_a_million_is_refused() {
+    let mut pairs = login();
+    pairs.push(("IPPROXY_SERVER__MAX_CONCURRENCY", "4611686018427387904"));
+    let error = expect_problem(load(None, vars(&pairs)), "server.max_concurrency");
+    assert!(error.to_string().contains("at most 1000000"), "{error}");
+}
+
+#[test]
 fn var_overrides_the_file() {
     let config = expect_ok(load_toml(
         &with_auth("[server]\nlisten = \"127.0.0.1:1000\"\nmax_concurrency = 5\n"),

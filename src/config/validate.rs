@@ -29,6 +29,9 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 const DEFAULT_REPLAY_LIMIT: u64 = 1024 * 1024;
 const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+/// Far beyond what one process has sockets for; keeps the permit count within what
+/// the semaphore (and a shutdown that waits for every permit) can hold.
+const MAX_CONCURRENCY_LIMIT: u64 = 1_000_000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_UPSTREAM_URL: &str = "https://api.intelepeer.com";
@@ -175,10 +178,14 @@ impl Checker<'_> {
                 self.problem("server.max_concurrency", "must be at least 1");
                 DEFAULT_MAX_CONCURRENCY
             }
-            Some(limit) => usize::try_from(limit).unwrap_or_else(|_| {
-                self.problem("server.max_concurrency", "too large for this machine");
+            Some(limit) if limit > MAX_CONCURRENCY_LIMIT => {
+                self.problem(
+                    "server.max_concurrency",
+                    format!("must be at most {MAX_CONCURRENCY_LIMIT}"),
+                );
                 DEFAULT_MAX_CONCURRENCY
-            }),
+            }
+            Some(limit) => limit as usize,
         };
         ServerConfig {
             listen,
