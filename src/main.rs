@@ -111,7 +111,7 @@ fn run(file: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    ipproxy::telemetry::init_logging(&config.log);
+    let _logs = ipproxy::telemetry::init_logging(&config.log);
     // The proxy workers run their own runtimes (one per CPU); this one only serves the
     // admin listener, token refreshes and signals.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -141,7 +141,7 @@ fn check(file: Option<PathBuf>) -> ExitCode {
 }
 
 fn demo(listen: SocketAddr) -> ExitCode {
-    ipproxy::telemetry::init_logging(&LogConfig {
+    let _logs = ipproxy::telemetry::init_logging(&LogConfig {
         format: LogFormat::Text,
         level: "info".to_owned(),
     });
@@ -195,7 +195,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
 }
 
 fn sim(listen: SocketAddr, sim_config: SimConfig) -> ExitCode {
-    ipproxy::telemetry::init_logging(&LogConfig {
+    let _logs = ipproxy::telemetry::init_logging(&LogConfig {
         format: LogFormat::Text,
         level: "info".to_owned(),
     });

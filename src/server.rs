@@ -473,7 +473,7 @@ pub async fn shutdown_signal() {
     tokio::spawn(async move {
         signals.recv().await;
         tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
+        telemetry::exit_now(130);
     });
 }
 

@@ -4,13 +4,14 @@
 //! Metric labels are route and credential names from the configuration, methods and
 //! status codes: bounded sets, never raw paths, never secrets.
 
-use std::io::IsTerminal as _;
-use std::sync::OnceLock;
+use std::io::{BufWriter, IsTerminal as _};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -25,15 +26,51 @@ const REQUEST_BUCKETS: &[f64] = &[
 /// Login latency buckets, seconds.
 const REFRESH_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Log lines that may wait in memory for the writer thread; beyond this, loggers
+/// wait (no line is dropped).
+const LOG_BUFFER_LINES: usize = 64 * 1024;
+
+/// The log writer thread of the installed subscriber; dropping it writes out what is
+/// still buffered. Global so that [`exit_now`] can flush too.
+static LOG_WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Writes out buffered log lines when dropped (at the end of `main`).
+#[must_use = "dropping the guard flushes and stops the log writer"]
+#[derive(Debug)]
+pub struct LogGuard(());
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush_logs();
+    }
+}
+
+fn flush_logs() {
+    let writer = LOG_WRITER.lock().map(|mut writer| writer.take());
+    drop(writer);
+}
+
+/// Exits the process at once with `code`, after writing out buffered log lines.
+pub fn exit_now(code: i32) -> ! {
+    flush_logs();
+    std::process::exit(code)
+}
+
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides the
-/// configured level. Logs go to stdout.
-pub fn init_logging(config: &LogConfig) {
+/// configured level. Logs go to stdout from a writer thread, in batches: a request
+/// worker formats its line and goes on, instead of making one `write(2)` per line.
+pub fn init_logging(config: &LogConfig) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("ipproxy-log")
+        .finish(BufWriter::new(std::io::stdout()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
     let result = match config.format {
         LogFormat::Json => builder
@@ -44,8 +81,14 @@ pub fn init_logging(config: &LogConfig) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    // Already installed (several servers in one test process): keep the first.
-    drop(result);
+    // Already installed (several servers in one test process): keep the first, and
+    // its writer.
+    if result.is_ok()
+        && let Ok(mut writer) = LOG_WRITER.lock()
+    {
+        *writer = Some(guard);
+    }
+    LogGuard(())
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
