@@ -26,9 +26,9 @@ const REQUEST_BUCKETS: &[f64] = &[
 /// Login latency buckets, seconds.
 const REFRESH_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// Log lines that may wait in memory for the writer thread; beyond this, loggers
-/// wait (no line is dropped).
-const LOG_BUFFER_LINES: usize = 64 * 1024;
+/// Log lines that may wait in memory for the writer thread (~2 MiB of request
+/// lines); beyond this, loggers wait (no line is dropped).
+const LOG_BUFFER_LINES: usize = 8 * 1024;
 
 /// The log writer thread of the installed subscriber; dropping it writes out what is
 /// still buffered. Global so that [`exit_now`] can flush too.
