@@ -483,14 +483,20 @@ async fn header_rules_strip_client_credentials_and_hop_by_hop_headers() {
     );
 }
 
-#[tokio::test]
-async fn bodies_over_max_body_get_413_by_length_and_while_streaming() {
-    let sim = Sim::default().await;
+/// A ready proxy with `max_body` 64 KiB and `replay_limit` 16 KiB.
+async fn small_body_proxy(sim: &Sim) -> Proxy {
     let mut vars = sim.vars();
     vars.push(("IPPROXY_SERVER__MAX_BODY".into(), "64KiB".into()));
     vars.push(("IPPROXY_SERVER__REPLAY_LIMIT".into(), "16KiB".into()));
     let proxy = Proxy::start(vars).await;
     wait_ready(&proxy).await;
+    proxy
+}
+
+#[tokio::test]
+async fn bodies_over_max_body_get_413_by_length_and_while_streaming() {
+    let sim = Sim::default().await;
+    let proxy = small_body_proxy(&sim).await;
     let client = client();
     let response = client
         .post(proxy.url("/_rest/v4/echo"))
@@ -532,11 +538,7 @@ async fn bodies_over_max_body_get_413_by_length_and_while_streaming() {
 #[tokio::test]
 async fn an_oversized_upload_still_reads_its_413() {
     let sim = Sim::default().await;
-    let mut vars = sim.vars();
-    vars.push(("IPPROXY_SERVER__MAX_BODY".into(), "64KiB".into()));
-    vars.push(("IPPROXY_SERVER__REPLAY_LIMIT".into(), "16KiB".into()));
-    let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
+    let proxy = small_body_proxy(&sim).await;
     let client = client();
     for round in 0..5 {
         let sized = client
