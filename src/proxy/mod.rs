@@ -89,6 +89,8 @@ pub fn build_client(upstream: &UpstreamConfig) -> Result<UpstreamClient, ClientE
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        // `forward` sets Host from the route's prebuilt value.
+        .set_host(false)
         .build(https))
 }
 
