@@ -200,14 +200,14 @@ impl RouteMetrics {
         duration: Duration,
         retried: bool,
     ) {
-        self.requests_counter(method, status).increment(1);
+        self.count_request(method, status);
         self.duration.record(duration.as_secs_f64());
         if retried {
             self.retries.increment(1);
         }
     }
 
-    fn requests_counter(&self, method: &Method, status: StatusCode) -> Counter {
+    fn count_request(&self, method: &Method, status: StatusCode) {
         let register = |method: SharedString, status: SharedString| {
             counter!(
                 "ipproxy_requests_total",
@@ -228,11 +228,12 @@ impl RouteMetrics {
                         SharedString::const_str(STATUSES[s].1),
                     )
                 })
-                .clone(),
+                .increment(1),
             _ => register(
                 SharedString::from(method.as_str().to_owned()),
                 SharedString::from(status.as_str().to_owned()),
-            ),
+            )
+            .increment(1),
         }
     }
 }
@@ -284,4 +285,32 @@ fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_metrics_count_common_and_uncommon_labels_alike() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let metrics = RouteMetrics::new("sms");
+            let ms = Duration::from_millis(3);
+            metrics.request_finished(&Method::GET, StatusCode::OK, ms, false);
+            metrics.request_finished(&Method::GET, StatusCode::OK, ms, true);
+            let propfind = Method::from_bytes(b"PROPFIND").expect("a method");
+            metrics.request_finished(&propfind, StatusCode::IM_A_TEAPOT, ms, false);
+        });
+        let text = handle.render();
+        for line in [
+            r#"ipproxy_requests_total{route="sms",method="GET",status="200"} 2"#,
+            r#"ipproxy_requests_total{route="sms",method="PROPFIND",status="418"} 1"#,
+            r#"ipproxy_upstream_retries_total{route="sms"} 1"#,
+            r#"ipproxy_request_duration_seconds_count{route="sms"} 3"#,
+        ] {
+            assert!(text.lines().any(|found| found == line), "{line} in\n{text}");
+        }
+    }
 }
