@@ -241,7 +241,8 @@ async fn attempt(
 }
 
 /// The upstream response, less hop-by-hop headers, with the request id. The body
-/// streams as it arrives; the caller boxes it once, with whatever it attaches.
+/// streams as it arrives, unboxed; the server wraps it with the request's in-flight
+/// count.
 fn into_client_response(
     mut response: http::Response<Incoming>,
     request_id: &RequestId,
