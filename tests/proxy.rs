@@ -483,6 +483,37 @@ async fn header_rules_strip_client_credentials_and_hop_by_hop_headers() {
     );
 }
 
+/// Apps may speak HTTP/2 with prior knowledge (h2c) to the sidecar; the upstream
+/// request is the same HTTP/1.1 request with the proxy's token and Host.
+#[tokio::test]
+async fn h2c_clients_are_proxied_like_http1_ones() {
+    let sim = Sim::default().await;
+    let proxy = Proxy::start(sim.vars()).await;
+    wait_ready(&proxy).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let body = vec![7u8; 20 * 1024];
+    let response = h2
+        .post(proxy.url("/_rest/v4/echo?x=1"))
+        .header("authorization", "Bearer client-supplied")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let echo: Value = response.json().await.expect("echo");
+    assert_eq!(echo["body_len"], body.len());
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["headers"]["host"], sim.addr.to_string());
+    assert_eq!(echo["auth"]["scheme"], "bearer");
+    assert_ne!(echo["auth"]["token_id"], 0, "the proxy's token");
+}
+
 /// A ready proxy with `max_body` 64 KiB and `replay_limit` 16 KiB.
 async fn small_body_proxy(sim: &Sim) -> Proxy {
     let mut vars = sim.vars();
