@@ -514,6 +514,12 @@ async fn h2c_clients_are_proxied_like_http1_ones() {
     assert_ne!(echo["auth"]["token_id"], 0, "the proxy's token");
 }
 
+/// A body sent chunked (no Content-Length): `count` chunks of `size` bytes `byte`.
+fn chunked(count: usize, byte: u8, size: usize) -> reqwest::Body {
+    let chunks = (0..count).map(move |_| Ok::<_, std::io::Error>(vec![byte; size]));
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
 /// A ready proxy with `max_body` 64 KiB and `replay_limit` 16 KiB.
 async fn small_body_proxy(sim: &Sim) -> Proxy {
     let mut vars = sim.vars();
@@ -539,23 +545,17 @@ async fn bodies_over_max_body_get_413_by_length_and_while_streaming() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "body_too_large");
     // Chunked, no Content-Length: the limit is enforced on the bytes themselves.
-    let chunks = (0..10).map(|_| Ok::<_, std::io::Error>(vec![1u8; 16 * 1024]));
     let response = client
         .post(proxy.url("/_rest/v4/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunked(10, 1, 16 * 1024))
         .send()
         .await
         .expect("request");
     assert_eq!(response.status(), 413);
     // Within the limit and streamed: forwarded whole.
-    let chunks = (0..3).map(|_| Ok::<_, std::io::Error>(vec![2u8; 16 * 1024]));
     let response = client
         .post(proxy.url("/_rest/v4/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunked(3, 2, 16 * 1024))
         .send()
         .await
         .expect("request");
@@ -575,12 +575,9 @@ async fn an_oversized_upload_still_reads_its_413() {
         let sized = client
             .post(proxy.url("/_rest/v4/echo"))
             .body(vec![0u8; 8 * 1024 * 1024]);
-        let chunks = (0..128).map(|_| Ok::<_, std::io::Error>(vec![1u8; 64 * 1024]));
         let chunked = client
             .post(proxy.url("/_rest/v4/echo"))
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks,
-            )));
+            .body(chunked(128, 1, 64 * 1024));
         for (framing, request) in [("content-length", sized), ("chunked", chunked)] {
             let response = request
                 .send()

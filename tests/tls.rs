@@ -172,6 +172,15 @@ fn proxy_vars_trusting(
     (all, dir)
 }
 
+/// `GET /_rest/v4/my/did` through the proxy, routed to the TLS upstream.
+async fn get_did(proxy: &Proxy) -> reqwest::Response {
+    client()
+        .get(proxy.url("/_rest/v4/my/did"))
+        .send()
+        .await
+        .expect("request reaches the proxy")
+}
+
 #[tokio::test]
 async fn upstream_signed_by_the_configured_ca_is_trusted() {
     let pki = TestPki::generate();
@@ -180,11 +189,7 @@ async fn upstream_signed_by_the_configured_ca_is_trusted() {
     let (proxy_vars, _ca_dir) = proxy_vars_trusting(&sim, &upstream, &pki.ca_pem);
     let proxy = Proxy::start(proxy_vars).await;
 
-    let response = client()
-        .get(proxy.url("/_rest/v4/my/did"))
-        .send()
-        .await
-        .expect("request reaches the proxy");
+    let response = get_did(&proxy).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["upstream"], "tls");
@@ -205,11 +210,7 @@ async fn upstream_with_an_unknown_ca_is_refused_with_502() {
     // Standard web roots only: the test CA is not among them.
     let proxy = Proxy::start(proxy_vars(&sim, &upstream)).await;
 
-    let response = client()
-        .get(proxy.url("/_rest/v4/my/did"))
-        .send()
-        .await
-        .expect("request reaches the proxy");
+    let response = get_did(&proxy).await;
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "upstream_unreachable");
@@ -228,11 +229,7 @@ async fn a_ca_file_for_another_ca_does_not_make_the_upstream_trusted() {
     let (proxy_vars, _ca_dir) = proxy_vars_trusting(&sim, &upstream, &other.ca_pem);
     let proxy = Proxy::start(proxy_vars).await;
 
-    let response = client()
-        .get(proxy.url("/_rest/v4/my/did"))
-        .send()
-        .await
-        .expect("request reaches the proxy");
+    let response = get_did(&proxy).await;
     assert_eq!(response.status(), 502);
     assert!(upstream.authorizations().is_empty());
 }
