@@ -13,6 +13,7 @@ use ipproxy::config;
 use ipproxy::proxy::headers::{strip_response_headers, upstream_request_headers};
 use ipproxy::request_id::RequestId;
 use ipproxy::route::RouteTable;
+use ipproxy::token::Registry;
 
 /// What an app's HTTP client typically sends to IntelePeer through the proxy.
 fn typical_request_headers(with_connection: bool) -> HeaderMap {
@@ -89,9 +90,10 @@ fn route_table(runtime: &tokio::runtime::Runtime) -> RouteTable {
     .map(|(name, value)| (name.to_owned(), value.to_string()));
     let config = config::load(None, vars).expect("benchmark configuration is valid");
     let client = reqwest::Client::new();
-    let table = RouteTable::build(&config, &client);
+    let credentials = Registry::build(&config, &client);
+    let table = RouteTable::build(&config, &credentials);
     runtime.block_on(async {
-        for credential in table.credentials().values() {
+        for credential in credentials.iter() {
             credential
                 .force_refresh()
                 .await
@@ -114,7 +116,7 @@ fn token_and_route(c: &mut Criterion) {
 
     c.bench_function(
         "Credential::current (ArcSwap load + HeaderValue clone)",
-        |b| b.iter(|| black_box(&route.credential).current(black_box(route.format_index))),
+        |b| b.iter(|| black_box(&route.credential).current(black_box(route.format))),
     );
     c.bench_function("RouteTable::find", |b| {
         b.iter(|| table.find(black_box(path)).is_some())

@@ -2,28 +2,41 @@
 //! credential a route uses, and not shutting down), `POST /refresh` and `/metrics`.
 //!
 //! Separate from the proxy port so that probes and scrapes never compete with client
-//! traffic for `max_concurrency`, and so the admin port can stay private.
-
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+//! traffic for `max_concurrency`, and so the admin port can stay private. It is given
+//! narrow handles (the credential registry, the shutdown flag, the metrics handle),
+//! never the application state; its error answers come from [`ProxyError`].
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
-use crate::server::AppState;
-use crate::token::CredentialStatus;
+use crate::error::ProxyError;
+use crate::request_id::RequestId;
+use crate::shutdown::ShutdownFlag;
+use crate::token::{Credential, CredentialStatus, Registry};
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// What the admin endpoints may see and do.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// Readiness of every credential, and the forced refresh.
+    pub credentials: Registry,
+    /// Set once shutdown starts: readiness turns 503.
+    pub shutdown: ShutdownFlag,
+    /// Renders `/metrics`.
+    pub metrics: &'static PrometheusHandle,
+}
+
+pub fn router(handles: Handles) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/refresh", post(refresh))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(handles)
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -33,6 +46,7 @@ async fn healthz() -> impl IntoResponse {
     )
 }
 
+/// The `/readyz` body.
 #[derive(Serialize)]
 struct Readiness {
     ready: bool,
@@ -40,14 +54,9 @@ struct Readiness {
     credentials: Vec<CredentialStatus>,
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let shutting_down = state.shutting_down.load(Ordering::SeqCst);
-    let credentials: Vec<CredentialStatus> = state
-        .routes
-        .credentials()
-        .values()
-        .map(|credential| credential.status())
-        .collect();
+async fn readyz(State(handles): State<Handles>) -> Response {
+    let shutting_down = handles.shutdown.is_set();
+    let credentials = handles.credentials.statuses();
     let ready = !shutting_down && credentials.iter().all(|status| status.ready);
     let status = if ready {
         StatusCode::OK
@@ -67,72 +76,70 @@ struct RefreshQuery {
     credential: Option<String>,
 }
 
+/// The `/refresh` answer: always this one object.
 #[derive(Serialize)]
-struct Refreshed {
-    credential: String,
+struct Refreshed<'a> {
+    credential: &'a str,
     generation: u64,
+    /// RFC 3339; `null` for a static credential (it has no known expiry).
     expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
-struct AdminError {
-    error: &'static str,
-    message: String,
+/// Forces a token refresh for `?credential=NAME`, or for the only credential in use
+/// when there is just one, through that credential's single flight.
+async fn refresh(
+    State(handles): State<Handles>,
+    Query(query): Query<RefreshQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = RequestId::from_headers(&headers);
+    match refresh_one(&handles.credentials, query.credential.as_deref()).await {
+        Ok(response) => response,
+        Err(error) => error.into_response_for(&request_id),
+    }
 }
 
-/// Forces a token refresh for one credential (`?credential=NAME`) or for all, through
-/// each credential's single flight.
-async fn refresh(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<RefreshQuery>,
-) -> Response {
-    let credentials = state.routes.credentials();
-    let selected: Vec<_> = match &query.credential {
-        Some(name) => match credentials.get(name) {
-            Some(credential) => vec![credential.clone()],
-            None => {
-                let body = AdminError {
-                    error: "unknown_credential",
-                    message: format!("no credential named {name:?} is used by a route"),
-                };
-                return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
-            }
-        },
-        None => credentials.values().cloned().collect(),
+async fn refresh_one(credentials: &Registry, name: Option<&str>) -> Result<Response, ProxyError> {
+    let credential = select(credentials, name)?;
+    let token = credential
+        .force_refresh()
+        .await
+        .map_err(|error| ProxyError::RefreshFailed {
+            credential: credential.name().to_owned(),
+            reason: error.to_string(),
+        })?;
+    let body = Refreshed {
+        credential: credential.name(),
+        generation: token.generation,
+        expires_at: token.expires_at().map(crate::telemetry::rfc3339),
     };
-    let mut refreshed = Vec::with_capacity(selected.len());
-    for credential in selected {
-        match credential.force_refresh().await {
-            Ok(token) => refreshed.push(Refreshed {
-                credential: credential.name().to_owned(),
-                generation: token.generation,
-                expires_at: token
-                    .expires_at()
-                    .map(|at| humantime::format_rfc3339_seconds(at).to_string()),
-            }),
-            Err(error) => {
-                let body = AdminError {
-                    error: "refresh_failed",
-                    message: format!("credential {}: {error}", credential.name()),
-                };
-                return (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
+    Ok(axum::Json(body).into_response())
+}
+
+fn select<'a>(credentials: &'a Registry, name: Option<&str>) -> Result<&'a Credential, ProxyError> {
+    match name {
+        Some(name) => credentials
+            .get(name)
+            .ok_or_else(|| ProxyError::UnknownCredential(name.to_owned())),
+        None => {
+            let mut all = credentials.iter();
+            match (all.next(), all.next()) {
+                (Some(only), None) => Ok(only),
+                _ => Err(ProxyError::BadRequest(
+                    "several credentials are in use: name one with ?credential=NAME",
+                )),
             }
         }
     }
-    match refreshed.len() {
-        1 => axum::Json(refreshed.remove(0)).into_response(),
-        _ => axum::Json(refreshed).into_response(),
-    }
 }
 
-async fn metrics() -> Response {
-    let text = crate::telemetry::metrics_handle().render();
+async fn metrics(State(handles): State<Handles>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
+        handles.metrics.render(),
     )
         .into_response()
 }

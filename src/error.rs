@@ -39,6 +39,12 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("the upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    /// Admin `/refresh` named a credential that no route uses.
+    #[error("no credential named {0:?} is used by a route")]
+    UnknownCredential(String),
+    /// Admin `/refresh`: the login failed. `reason` carries no secret.
+    #[error("credential {credential}: {reason}")]
+    RefreshFailed { credential: String, reason: String },
 }
 
 #[derive(Serialize)]
@@ -70,6 +76,8 @@ impl ProxyError {
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::UnknownCredential(_) => (StatusCode::NOT_FOUND, "unknown_credential"),
+            Self::RefreshFailed { .. } => (StatusCode::BAD_GATEWAY, "refresh_failed"),
         }
     }
 

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod request_id;
 pub mod route;
 pub mod server;
+pub mod shutdown;
 pub mod sim;
 pub mod task;
 pub mod telemetry;

@@ -186,7 +186,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
                  Ctrl-C stops both.\n"
             );
             let served =
-                ipproxy::serve(config, listeners, ipproxy::server::shutdown_signal()).await;
+                ipproxy::serve(config, listeners, ipproxy::shutdown::shutdown_signal()).await;
             let _ = stop_sim.send(());
             let _ = sim_task.await;
             served.context("the demo proxy stopped")
@@ -206,7 +206,7 @@ fn sim(listen: SocketAddr, sim_config: SimConfig) -> ExitCode {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             println!("IntelePeer simulator on http://{listen}");
             Simulator::new(sim_config)
-                .serve(listener, ipproxy::server::shutdown_signal())
+                .serve(listener, ipproxy::shutdown::shutdown_signal())
                 .await
                 .context("the simulator stopped")
         })

@@ -4,7 +4,6 @@
 //! Built once from the validated config; lookups are a scan over a handful of
 //! prefixes, longest first, matching on whole path segments.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,10 +11,9 @@ use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
 use url::Url;
 
-use crate::config::{Config, HeaderFormat};
-use crate::task::BackgroundTask;
+use crate::config::Config;
 use crate::telemetry::RouteMetrics;
-use crate::token::Credential;
+use crate::token::{Credential, FormatId, Registry};
 
 /// One route, resolved: everything the proxy needs to forward a matching request.
 #[derive(Debug)]
@@ -34,7 +32,7 @@ pub struct Route {
     /// Header the token goes in.
     pub header: HeaderName,
     /// Which of the credential's prebuilt header values this route sends.
-    pub format_index: usize,
+    pub format: FormatId,
     pub strip_prefix: bool,
     pub metrics: RouteMetrics,
 }
@@ -101,54 +99,24 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// All routes, longest prefix first, and the credentials they use.
+/// All routes, longest prefix first.
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    credentials: BTreeMap<String, Credential>,
 }
 
 impl RouteTable {
-    /// Resolves the configured routes; creates one [`Credential`] per credential that
-    /// some route uses (an unused credential never logs in).
-    pub fn build(config: &Config, client: &reqwest::Client) -> Self {
-        // Formats per credential: index 0 is the credential's own, then each distinct
-        // route override, so every token header value is built once per token.
-        let mut formats: BTreeMap<&str, Vec<HeaderFormat>> = BTreeMap::new();
-        let mut format_index = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            let credential = &config.credentials[&route.credential];
-            let list = formats
-                .entry(route.credential.as_str())
-                .or_insert_with(|| vec![credential.format.clone()]);
-            let wanted = route.format.as_ref().unwrap_or(&credential.format);
-            let index = match list.iter().position(|format| format == wanted) {
-                Some(index) => index,
-                None => {
-                    list.push(wanted.clone());
-                    list.len() - 1
-                }
-            };
-            format_index.push(index);
-        }
-        let credentials: BTreeMap<String, Credential> = formats
-            .into_iter()
-            .map(|(name, formats)| {
-                let credential = Credential::new(
-                    &config.credentials[name],
-                    formats,
-                    client.clone(),
-                    config.server.request_timeout,
-                );
-                (name.to_owned(), credential)
-            })
-            .collect();
+    /// Resolves the configured routes, each with its token handle from `credentials`.
+    pub fn build(config: &Config, credentials: &Registry) -> Self {
         let mut routes: Vec<Route> = config
             .routes
             .iter()
-            .zip(format_index)
-            .map(|(route, format_index)| {
+            .map(|route| {
                 let credential_config = &config.credentials[&route.credential];
+                let format = route.format.as_ref().unwrap_or(&credential_config.format);
+                let token = credentials
+                    .route_token(&route.credential, format)
+                    .expect("the registry is built from the same routes");
                 let (scheme, authority, base_path) = split_upstream(&route.upstream);
                 Route {
                     name: Arc::from(route.name.as_str()),
@@ -158,22 +126,19 @@ impl RouteTable {
                     scheme,
                     authority,
                     base_path,
-                    credential: credentials[&route.credential].clone(),
+                    credential: token.credential,
                     header: route
                         .header
                         .clone()
                         .unwrap_or_else(|| credential_config.header.clone()),
-                    format_index,
+                    format: token.format,
                     strip_prefix: route.strip_prefix,
                     metrics: RouteMetrics::new(&route.name),
                 }
             })
             .collect();
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        Self {
-            routes,
-            credentials,
-        }
+        Self { routes }
     }
 
     /// The route with the longest prefix matching `path` on segment boundaries.
@@ -181,16 +146,6 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|route| prefix_matches(&route.prefix, path))
-    }
-
-    /// The credentials that routes use, by name.
-    pub fn credentials(&self) -> &BTreeMap<String, Credential> {
-        &self.credentials
-    }
-
-    /// Starts every credential's first fetch and refresh task.
-    pub fn start(&self) -> Vec<BackgroundTask> {
-        self.credentials.values().map(Credential::start).collect()
     }
 }
 

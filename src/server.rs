@@ -1,5 +1,5 @@
-//! Listeners, the request pipeline around the forwarding handler, load shedding and
-//! graceful shutdown.
+//! Listeners, worker runtimes and the accept loop; [`serve`] wires the parts together
+//! and runs the shutdown stages.
 //!
 //! [`serve`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0`
 //! and run everything in process; [`run`] adds what a process needs (binding, signals).
@@ -7,47 +7,30 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Body;
 use bytes::Bytes;
-use http::{Uri, header};
-use http_body::{Frame, SizeHint};
-use http_body_util::Either;
+use http::header;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::access::{self, Access, AccessError};
+use crate::access::{Access, AccessError};
 use crate::config::Config;
-use crate::error::ProxyError;
-use crate::proxy::{self, ClientError, Limits};
-use crate::request_id::RequestId;
-use crate::route::{Route, RouteTable};
-use crate::telemetry::{self, RouteMetrics};
+use crate::proxy::{self, ClientError, Limits, Pipeline};
+use crate::route::RouteTable;
+use crate::shutdown::{self, ShutdownFlag, Stage, reached};
+use crate::telemetry;
+use crate::token::Registry;
 
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
-
-/// Shared by every proxy worker and the admin listener.
-#[derive(Debug)]
-pub struct AppState {
-    pub(crate) routes: RouteTable,
-    pub(crate) shutting_down: AtomicBool,
-    limits: Limits,
-    access: Access,
-    /// One permit per request in flight; none left → `503 overloaded`.
-    inflight: Arc<Semaphore>,
-}
 
 /// The two bound listeners.
 #[derive(Debug)]
@@ -101,7 +84,7 @@ impl ServeError {
 /// Binds the listeners, serves until SIGTERM or SIGINT, drains, returns.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let listeners = Listeners::bind(&config).await?;
-    serve(config, listeners, shutdown_signal()).await
+    serve(config, listeners, shutdown::shutdown_signal()).await
 }
 
 /// Serves the proxy and admin listeners until `shutdown` resolves, then: readiness
@@ -113,21 +96,25 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     // Installed before the first request so that no early metric is lost.
-    let _ = telemetry::metrics_handle();
+    let metrics = telemetry::metrics_handle();
     let _metrics_upkeep = telemetry::start_upkeep();
     let login_client = proxy::build_login_client(&config.upstream)?;
-    let access = Access::new(&config.access)?;
-    let routes = RouteTable::build(&config, &login_client);
-    let state = Arc::new(AppState {
-        routes,
-        shutting_down: AtomicBool::new(false),
-        limits: Limits::from_config(&config),
-        access,
-        inflight: Arc::new(Semaphore::new(config.server.max_concurrency)),
+    let credentials = Registry::build(&config, &login_client);
+    let flag = ShutdownFlag::default();
+    let pipeline = Arc::new(Pipeline::new(
+        RouteTable::build(&config, &credentials),
+        Access::new(&config.access)?,
+        Limits::from_config(&config),
+        config.server.max_concurrency,
+        flag.clone(),
+    ));
+    let _refreshers = credentials.start();
+    let _keys_watch = pipeline.access().watch_keys_file();
+    let admin_app = crate::admin::router(crate::admin::Handles {
+        credentials,
+        shutdown: flag.clone(),
+        metrics,
     });
-    let _refreshers = state.routes.start();
-    let _keys_watch = state.access.watch_keys_file();
-    let admin_app = crate::admin::router(Arc::clone(&state));
 
     let (proxy_stage, proxy_stage_rx) = watch::channel(Stage::Serving);
     let (admin_stage, admin_stage_rx) = watch::channel(Stage::Serving);
@@ -144,7 +131,7 @@ pub async fn serve(
     let mut drained = Vec::with_capacity(workers);
     for index in 0..workers {
         let worker = Worker {
-            app: Arc::clone(&state),
+            pipeline: Arc::clone(&pipeline),
             client: proxy::build_client(&config.upstream)?,
         };
         let socket = proxy_listener.try_clone().map_err(ServeError::Worker)?;
@@ -161,7 +148,7 @@ pub async fn serve(
 
     shutdown.await;
     let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
-    state.shutting_down.store(true, Ordering::SeqCst);
+    flag.start();
     tracing::info!(
         grace_ms = config.server.shutdown_grace.as_millis() as u64,
         "shutting down: readiness is 503, draining in-flight requests"
@@ -171,9 +158,7 @@ pub async fn serve(
     // a closed socket. It ends when every in-flight request has finished, which
     // taking every permit waits for.
     let _ = proxy_stage.send(Stage::Draining);
-    let permits = u32::try_from(config.server.max_concurrency).unwrap_or(u32::MAX);
-    let in_flight_done = Arc::clone(&state.inflight).acquire_many_owned(permits);
-    let drained_in_time = tokio::time::timeout_at(deadline, in_flight_done)
+    let drained_in_time = tokio::time::timeout_at(deadline, pipeline.idle())
         .await
         .is_ok();
     // Closing: idle connections close now, busy ones after their response.
@@ -190,15 +175,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// Where a listener is in its life: shutdown goes `Serving` → `Draining` (no new
-/// connections, open ones still answered) → `Closing` (connections close once idle).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Stage {
-    Serving,
-    Draining,
-    Closing,
-}
-
 /// One proxy worker per CPU the process may use (cgroup quotas included).
 fn worker_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -210,7 +186,7 @@ fn worker_count() -> usize {
 /// stay on one thread: no work stealing, no cross-thread wake-ups on the hot path.
 /// Token state, limits and metrics are shared (atomics and `ArcSwap`).
 struct Worker {
-    app: Arc<AppState>,
+    pipeline: Arc<Pipeline>,
     client: proxy::UpstreamClient,
 }
 
@@ -237,7 +213,9 @@ impl Worker {
             .service(tower::service_fn(
                 move |request: http::Request<Incoming>| {
                     let worker = Arc::clone(&worker);
-                    async move { Ok::<_, Infallible>(handle(worker, request).await) }
+                    async move {
+                        Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await)
+                    }
                 },
             ));
         let (drained, done) = oneshot::channel();
@@ -325,201 +303,4 @@ async fn accept_loop<S, B>(
     drop(listener);
     reached(&mut stage, Stage::Closing).await;
     graceful.shutdown().await;
-}
-
-/// Resolves once `stage` is at `wanted` or later (or its sender is gone).
-async fn reached(stage: &mut watch::Receiver<Stage>, wanted: Stage) {
-    let _ = stage.wait_for(|stage| *stage >= wanted).await.map(|_| ());
-}
-
-/// What the proxy answers: an upstream response streamed through, or its own.
-type ProxyResponse = http::Response<Either<Guarded, Body>>;
-
-/// The proxy pipeline: request id → shutdown and load checks → access → route →
-/// forward, then one log line and the request metrics.
-async fn handle(worker: Arc<Worker>, request: http::Request<Incoming>) -> ProxyResponse {
-    let started = Instant::now();
-    let request_id = RequestId::from_headers(request.headers());
-    let method = request.method().clone();
-    // The log line names the path after the request has moved on; the copy is only
-    // made when that line is written.
-    let uri = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone());
-    let result = admit_and_forward(&worker, request, &request_id).await;
-    let (response, route, retried) = match result {
-        Ok((response, route, outcome)) => (response, Some(route), outcome.retried),
-        Err((error, route)) => {
-            let response = error.into_response_for(&request_id).map(Either::Right);
-            (response, route, false)
-        }
-    };
-    let status = response.status();
-    let duration = started.elapsed();
-    let metrics = match route {
-        Some(route) => &route.metrics,
-        None => RouteMetrics::unrouted(),
-    };
-    metrics.request_finished(&method, status, duration, retried);
-    let route_label = route.map_or("-", |route| &*route.name);
-    tracing::info!(
-        request_id = request_id.as_str(),
-        method = method.as_str(),
-        route = route_label,
-        path = uri.as_ref().map(Uri::path),
-        status = status.as_u16(),
-        duration_ms = duration.as_secs_f64() * 1000.0,
-        retried,
-        "request"
-    );
-    response
-}
-
-/// A request counted against `max_concurrency` and `ipproxy_inflight_requests`, from
-/// admission until its response body has been sent (or dropped): a slow download
-/// holds an upstream connection and memory just as a slow upstream does.
-struct InFlight {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl InFlight {
-    fn admit(state: &AppState) -> Option<Self> {
-        let permit = Arc::clone(&state.inflight).try_acquire_owned().ok()?;
-        telemetry::inflight(1.0);
-        Some(Self { _permit: permit })
-    }
-
-    /// Moves the count into `response`'s body, released when the body is done.
-    fn hold_until_sent(self, response: http::Response<Incoming>) -> ProxyResponse {
-        response.map(|body| {
-            Either::Left(Guarded {
-                body,
-                _in_flight: self,
-            })
-        })
-    }
-}
-
-/// An upstream response body holding its request's [`InFlight`] count.
-struct Guarded {
-    body: Incoming,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        telemetry::inflight(-1.0);
-    }
-}
-
-type Admitted<'a> = (ProxyResponse, &'a Route, proxy::Outcome);
-
-async fn admit_and_forward<'a>(
-    worker: &'a Worker,
-    request: http::Request<Incoming>,
-    request_id: &RequestId,
-) -> Result<Admitted<'a>, (ProxyError, Option<&'a Route>)> {
-    let state = worker.app.as_ref();
-    if state.shutting_down.load(Ordering::Relaxed) {
-        return Err((ProxyError::ShuttingDown, None));
-    }
-    // The key first: a caller without one learns nothing about paths or load.
-    state
-        .access
-        .check_key(request.headers())
-        .map_err(|error| (error, None))?;
-    let Some(in_flight) = InFlight::admit(state) else {
-        return Err((ProxyError::Overloaded, None));
-    };
-    let path = request.uri().path();
-    access::check_path(path).map_err(|error| (error, None))?;
-    state
-        .access
-        .check_allowed(request.method(), path)
-        .map_err(|error| (error, None))?;
-    let route = state.routes.find(path).ok_or((ProxyError::NoRoute, None))?;
-    match proxy::forward(&worker.client, &state.limits, route, request, request_id).await {
-        Ok((response, outcome)) => Ok((in_flight.hold_until_sent(response), route, outcome)),
-        Err(error) => Err((error, Some(route))),
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
-///
-/// The signal streams are created once, before the first wait, and kept for the
-/// second: a second signal that arrives before the task watching for it first runs is
-/// still seen.
-pub async fn shutdown_signal() {
-    let mut signals = Signals::new();
-    signals.recv().await;
-    tokio::spawn(async move {
-        signals.recv().await;
-        tracing::warn!("second signal: exiting now");
-        telemetry::exit_now(130);
-    });
-}
-
-/// SIGTERM and SIGINT (only Ctrl-C off Unix).
-struct Signals {
-    #[cfg(unix)]
-    terminate: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Self {
-                terminate: signal(SignalKind::terminate()).ok(),
-                interrupt: signal(SignalKind::interrupt()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            Self {}
-        }
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
-                match signal {
-                    Some(signal) => {
-                        signal.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-            tokio::select! {
-                () = next(self.terminate.as_mut()) => {}
-                () = next(self.interrupt.as_mut()) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -281,6 +281,11 @@ fn refresh_counted(credential: &str, reason: &str, result: &'static str, took: D
         .record(took.as_secs_f64());
 }
 
+/// `time` as RFC 3339 in whole seconds (UTC), as logs, `/readyz` and `/refresh` show it.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()

@@ -8,6 +8,9 @@
 
 mod body;
 pub mod headers;
+mod pipeline;
+
+pub use pipeline::{Pipeline, ProxyResponse};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +165,7 @@ pub async fn forward(
 
     let credential = &route.credential;
     let lease = credential
-        .lease(route.format_index, limits.request_timeout)
+        .lease(route.format, limits.request_timeout)
         .await
         .map_err(|unavailable| ProxyError::TokenUnavailable {
             credential: unavailable.credential,
@@ -199,7 +202,7 @@ pub async fn forward(
         ));
     }
     let Some(fresh) = credential
-        .lease_after_rejection(route.format_index, lease.generation, limits.request_timeout)
+        .lease_after_rejection(route.format, lease.generation, limits.request_timeout)
         .await
     else {
         // Nothing fresher exists or the refresh failed: IntelePeer's 401 goes back as

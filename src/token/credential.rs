@@ -77,6 +77,11 @@ impl Token {
     }
 }
 
+/// Which of a credential's prebuilt header values a route sends (one per distinct
+/// header format among the credential's routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatId(usize);
+
 /// A token as handed to one request: the header value and the generation it came from.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -220,6 +225,15 @@ impl Credential {
         }
     }
 
+    /// Which of this credential's header values is rendered with `format`.
+    pub fn format_id(&self, format: &HeaderFormat) -> Option<FormatId> {
+        self.inner
+            .formats
+            .iter()
+            .position(|known| known == format)
+            .map(FormatId)
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -246,33 +260,29 @@ impl Credential {
 
     /// The current token for format `format_index` when it is usable: one `ArcSwap`
     /// load, no lock, no allocation.
-    pub fn current(&self, format_index: usize) -> Option<Lease> {
+    pub fn current(&self, format: FormatId) -> Option<Lease> {
         let guard = self.inner.current.load();
         let token = guard.as_ref()?;
         token.is_usable(Instant::now()).then(|| Lease {
-            header: token.headers[format_index].clone(),
+            header: token.headers[format.0].clone(),
             generation: token.generation,
         })
     }
 
     /// A usable token, waiting up to `wait` for a fetch in flight. Fails at once when
     /// there is no usable token and no fetch in flight (the credential is backing off).
-    pub async fn lease(
-        &self,
-        format_index: usize,
-        wait: Duration,
-    ) -> Result<Lease, TokenUnavailable> {
-        if let Some(lease) = self.current(format_index) {
+    pub async fn lease(&self, format: FormatId, wait: Duration) -> Result<Lease, TokenUnavailable> {
+        if let Some(lease) = self.current(format) {
             return Ok(lease);
         }
         let in_flight = self.lock_flight().clone();
         if let Some(flight) = in_flight
             && let Ok(Ok(token)) = tokio::time::timeout(wait, flight).await
         {
-            return Ok(self.lease_from(&token, format_index));
+            return Ok(self.lease_from(&token, format));
         }
         // The flight may have finished between the checks above.
-        self.current(format_index).ok_or_else(|| self.unavailable())
+        self.current(format).ok_or_else(|| self.unavailable())
     }
 
     /// After the upstream rejected generation `rejected` with a 401: a newer token if
@@ -281,11 +291,11 @@ impl Credential {
     /// static credentials, a credential backing off, or a failed refresh.
     pub async fn lease_after_rejection(
         &self,
-        format_index: usize,
+        format: FormatId,
         rejected: TokenGeneration,
         wait: Duration,
     ) -> Option<Lease> {
-        if let Some(lease) = self.current(format_index)
+        if let Some(lease) = self.current(format)
             && lease.generation > rejected
         {
             return Some(lease);
@@ -300,9 +310,7 @@ impl Credential {
             None => self.join_or_start(RefreshReason::Rejected),
         };
         match tokio::time::timeout(wait, flight).await {
-            Ok(Ok(token)) if token.generation > rejected => {
-                Some(self.lease_from(&token, format_index))
-            }
+            Ok(Ok(token)) if token.generation > rejected => Some(self.lease_from(&token, format)),
             _ => None,
         }
     }
@@ -335,9 +343,9 @@ impl Credential {
         }
     }
 
-    fn lease_from(&self, token: &Token, format_index: usize) -> Lease {
+    fn lease_from(&self, token: &Token, format: FormatId) -> Lease {
         Lease {
-            header: token.headers[format_index].clone(),
+            header: token.headers[format.0].clone(),
             generation: token.generation,
         }
     }
@@ -442,7 +450,7 @@ impl Credential {
                 let failures = health.consecutive_failures;
                 drop(health);
                 crate::telemetry::token_refresh_failed(name, reason.as_str(), elapsed);
-                let still_valid = self.current(0).is_some();
+                let still_valid = self.current(FormatId(0)).is_some();
                 if matches!(error, AuthError::BadCredentials) {
                     tracing::error!(
                         credential = name,

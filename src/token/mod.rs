@@ -8,9 +8,12 @@
 
 mod credential;
 pub mod expiry;
+mod registry;
 mod source;
 
 pub use credential::{
-    Credential, CredentialStatus, Lease, RefreshReason, Token, TokenGeneration, TokenUnavailable,
+    Credential, CredentialStatus, FormatId, Lease, RefreshReason, Token, TokenGeneration,
+    TokenUnavailable,
 };
+pub use registry::{Registry, RouteToken};
 pub use source::AuthError;

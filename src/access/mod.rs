@@ -1,0 +1,85 @@
+//! Who may come in and where. The pipeline runs the checks in this order — client key,
+//! path form, allowlist — so a caller without a key learns nothing about which paths
+//! exist or are allowed.
+//!
+//! - `keys`: inbound client keys (`access.keys_file`), checked in constant time and
+//!   re-read when the file changes.
+//! - `path`: the path form check (refused, never rewritten).
+//! - `allow`: the path allowlist (`[access] allow`).
+//!
+//! Must not: log, count or echo a presented key or a line of the keys file (an operator
+//! may paste a raw key there by mistake).
+
+mod allow;
+mod keys;
+mod path;
+
+use http::{HeaderMap, Method};
+
+use crate::config::AccessConfig;
+use crate::error::ProxyError;
+use crate::task::BackgroundTask;
+use allow::Allowlist;
+use keys::ClientKeys;
+pub use keys::KEYS_FILE_POLL;
+pub use path::check_path;
+
+/// The inbound checks: client keys (when `access.keys_file` is set) and the allowlist.
+#[derive(Debug, Default)]
+pub struct Access {
+    allow: Allowlist,
+    /// `None` when no `keys_file` is configured: every caller is let in.
+    keys: Option<ClientKeys>,
+}
+
+impl Access {
+    /// Takes the allowlist and reads `access.keys_file` once. A file that cannot be
+    /// read, has a malformed line, or holds no digest at all is an error: better not
+    /// to start than to start letting nobody (or the wrong callers) in.
+    pub fn new(config: &AccessConfig) -> Result<Self, AccessError> {
+        let keys = match &config.keys_file {
+            None => None,
+            Some(path) => Some(ClientKeys::load(path)?),
+        };
+        Ok(Self {
+            allow: Allowlist::new(config.allow.clone()),
+            keys,
+        })
+    }
+
+    /// Starts re-reading the keys file every [`KEYS_FILE_POLL`]; `None` without one.
+    /// Dropping the guard stops the task.
+    pub fn watch_keys_file(&self) -> Option<BackgroundTask> {
+        self.keys.as_ref().map(ClientKeys::watch)
+    }
+
+    /// Checks the client key in `Proxy-Authorization: Bearer <key>` when keys are
+    /// configured. Missing, repeated, malformed or unknown → `407`.
+    pub fn check_key(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        match &self.keys {
+            None => Ok(()),
+            Some(keys) => keys.check(headers),
+        }
+    }
+
+    /// Checks the path allowlist (`path` already passed [`check_path`]).
+    pub fn check_allowed(&self, method: &Method, path: &str) -> Result<(), ProxyError> {
+        self.allow.check(method, path)
+    }
+}
+
+/// Problems with `access.keys_file`. Never carries the content of a line.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("access.keys_file {path}: cannot read it: {reason}")]
+    Read { path: String, reason: String },
+    #[error("access.keys_file {path}: larger than {max} bytes; is it the right file?")]
+    TooLarge { path: String, max: u64 },
+    #[error(
+        "access.keys_file {path} line {line}: not a SHA-256 digest (64 hex digits, one a \
+         line; `ipproxy hash-key` makes one from a key)"
+    )]
+    Malformed { path: String, line: usize },
+    #[error("access.keys_file {path}: holds no key digest, so no client could get in")]
+    Empty { path: String },
+}

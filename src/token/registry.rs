@@ -1,0 +1,87 @@
+//! The credential registry: one [`Credential`] per configured credential that some
+//! route uses (an unused credential never logs in), each built with the header
+//! formats its routes need.
+
+use std::collections::BTreeMap;
+
+use super::{Credential, CredentialStatus, FormatId};
+use crate::config::{Config, HeaderFormat};
+use crate::task::BackgroundTask;
+
+/// Every credential in use, by name. Cheap to clone: credentials are shared handles.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    credentials: BTreeMap<String, Credential>,
+}
+
+/// What a route holds of its credential: the shared handle and which of the token's
+/// prebuilt header values it sends.
+#[derive(Debug, Clone)]
+pub struct RouteToken {
+    pub credential: Credential,
+    pub format: FormatId,
+}
+
+impl Registry {
+    /// Creates the credentials that `config.routes` use. Each credential's header
+    /// formats are its own, then every distinct route override, so that every header
+    /// value is built once per token.
+    pub fn build(config: &Config, client: &reqwest::Client) -> Self {
+        let mut formats: BTreeMap<&str, Vec<HeaderFormat>> = BTreeMap::new();
+        for route in &config.routes {
+            let credential = &config.credentials[&route.credential];
+            let list = formats
+                .entry(route.credential.as_str())
+                .or_insert_with(|| vec![credential.format.clone()]);
+            let wanted = route.format.as_ref().unwrap_or(&credential.format);
+            if !list.contains(wanted) {
+                list.push(wanted.clone());
+            }
+        }
+        let credentials = formats
+            .into_iter()
+            .map(|(name, formats)| {
+                let credential = Credential::new(
+                    &config.credentials[name],
+                    formats,
+                    client.clone(),
+                    config.server.request_timeout,
+                );
+                (name.to_owned(), credential)
+            })
+            .collect();
+        Self { credentials }
+    }
+
+    /// The token handle for a route using `credential` with header `format`; `None`
+    /// when the registry was not built for that pair.
+    pub fn route_token(&self, credential: &str, format: &HeaderFormat) -> Option<RouteToken> {
+        let credential = self.credentials.get(credential)?;
+        let format = credential.format_id(format)?;
+        Some(RouteToken {
+            credential: credential.clone(),
+            format,
+        })
+    }
+
+    /// The credential named `name`.
+    pub fn get(&self, name: &str) -> Option<&Credential> {
+        self.credentials.get(name)
+    }
+
+    /// Every credential, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Credential> {
+        self.credentials.values()
+    }
+
+    /// The readiness view of every credential.
+    pub fn statuses(&self) -> Vec<CredentialStatus> {
+        self.iter().map(Credential::status).collect()
+    }
+
+    /// Starts every credential's first fetch and its refresh task; dropping the guards
+    /// stops the tasks.
+    pub fn start(&self) -> Vec<BackgroundTask> {
+        self.iter().map(Credential::start).collect()
+    }
+}
