@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProxyError;
 use crate::request_id::RequestId;
 use crate::shutdown::ShutdownFlag;
+use crate::token::store::{Store, StoreStatus};
 use crate::token::{Credential, CredentialStatus, Registry};
 
 /// What the admin endpoints may see and do.
@@ -24,6 +25,8 @@ use crate::token::{Credential, CredentialStatus, Registry};
 pub struct Handles {
     /// Readiness of every credential, and the forced refresh.
     pub credentials: Registry,
+    /// The token store's health, shown (never judged) by readiness.
+    pub store: Store,
     /// Set once shutdown starts: readiness turns 503.
     pub shutdown: ShutdownFlag,
     /// Renders `/metrics`.
@@ -52,6 +55,9 @@ struct Readiness {
     ready: bool,
     shutting_down: bool,
     credentials: Vec<CredentialStatus>,
+    /// A shared store's state; an unreachable store alone never makes readiness 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<StoreStatus>,
 }
 
 async fn readyz(State(handles): State<Handles>) -> Response {
@@ -67,6 +73,7 @@ async fn readyz(State(handles): State<Handles>) -> Response {
         ready,
         shutting_down,
         credentials,
+        store: handles.store.status(),
     };
     (status, axum::Json(body)).into_response()
 }

@@ -56,6 +56,10 @@ enum Command {
         username: String,
         #[arg(long, default_value = "demo-password")]
         password: String,
+        /// The account's numbers, comma-separated: an SMS from any other number is
+        /// answered 401, as IntelePeer does (default: any number).
+        #[arg(long, value_delimiter = ',')]
+        numbers: Vec<String>,
     },
     /// Read a client key on stdin; print the SHA-256 hex line for access.keys_file.
     HashKey,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             invalidate_on_reauth,
             username,
             password,
+            numbers,
         } => sim(
             listen,
             SimConfig {
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
                 password,
                 token_ttl,
                 invalidate_on_reauth,
+                numbers,
                 ..SimConfig::default()
             },
         ),
@@ -133,6 +139,9 @@ fn run(file: Option<PathBuf>) -> ExitCode {
 fn check(file: Option<PathBuf>) -> ExitCode {
     match load(file) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("ipproxy: warning: {warning}");
+            }
             print!("{}", config.to_redacted_toml());
             ExitCode::SUCCESS
         }

@@ -24,10 +24,13 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::access::{Access, AccessError};
 use crate::config::Config;
 use crate::proxy::{self, ClientError, Limits, Pipeline};
+use crate::reload::Reloader;
 use crate::route::RouteTable;
 use crate::shutdown::{self, ShutdownFlag, Stage, reached};
+use crate::task::BackgroundTask;
 use crate::telemetry;
-use crate::token::Registry;
+use crate::token::store::{Store, StoreConfigError};
+use crate::token::{LoginTransport, Registry};
 
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -68,6 +71,8 @@ pub enum ServeError {
     Access(#[from] AccessError),
     #[error("cannot start a proxy worker: {0}")]
     Worker(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreConfigError),
 }
 
 impl ServeError {
@@ -76,7 +81,7 @@ impl ServeError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            Self::Access(_) | Self::Client(ClientError::CaFile { .. })
+            Self::Access(_) | Self::Client(ClientError::CaFile { .. }) | Self::Store(_)
         )
     }
 }
@@ -95,11 +100,18 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    for warning in &config.warnings {
+        tracing::warn!(key = warning.key, "configuration: {}", warning.message);
+    }
     // Installed before the first request so that no early metric is lost.
     let metrics = telemetry::metrics_handle();
     let _metrics_upkeep = telemetry::start_upkeep();
-    let login_client = proxy::build_login_client(&config.upstream)?;
-    let credentials = Registry::build(&config, &login_client);
+    let login: Arc<dyn LoginTransport> = Arc::new(proxy::ReqwestLogin(proxy::build_login_client(
+        &config.upstream,
+    )?));
+    let store = Store::from_config(&config.store)?;
+    let _store_probe = store.start_probe();
+    let credentials = Registry::build(&config, &login, &store);
     let flag = ShutdownFlag::default();
     let pipeline = Arc::new(Pipeline::new(
         RouteTable::build(&config, &credentials),
@@ -109,9 +121,17 @@ pub async fn serve(
         flag.clone(),
     ));
     let _refreshers = credentials.start();
-    let _keys_watch = pipeline.access().watch_keys_file();
+    let reloader = Reloader::new(
+        &config,
+        credentials.clone(),
+        pipeline.access().keys().cloned(),
+        store.clone(),
+    );
+    let _file_watch = reloader.watch_files();
+    let _sighup = BackgroundTask::spawn(shutdown::on_sighup(move || reloader.reload_all()));
     let admin_app = crate::admin::router(crate::admin::Handles {
         credentials,
+        store,
         shutdown: flag.clone(),
         metrics,
     });

@@ -1,6 +1,7 @@
 //! Signals and the stages of a shutdown.
 //!
-//! SIGTERM or SIGINT starts the drain; a second one exits at once. The drain has two
+//! SIGHUP re-reads the secret files (see `reload`). SIGTERM or SIGINT starts the
+//! drain; a second one exits at once. The drain has two
 //! stages (see [`Stage`]): open connections keep being answered (`503 shutting_down`
 //! with `Connection: close`) until nothing is in flight, then they close. The
 //! [`ShutdownFlag`] is what readiness and the pipeline read.
@@ -55,6 +56,28 @@ pub async fn shutdown_signal() {
         tracing::warn!("second signal: exiting now");
         telemetry::exit_now(130);
     });
+}
+
+/// Runs `reload` on every `SIGHUP` (never on other platforms), until dropped.
+pub async fn on_sighup(reload: impl Fn() + Send + 'static) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot listen for SIGHUP: secret files are re-read only when they change"
+            );
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            reload();
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+        std::future::pending::<()>().await;
+    }
 }
 
 /// SIGTERM and SIGINT (only Ctrl-C off Unix).

@@ -16,7 +16,6 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 use crate::task::BackgroundTask;
-use crate::token::Token;
 
 /// Request latency buckets, seconds: sub-millisecond proxy overhead up to the default
 /// 30 s request timeout.
@@ -104,6 +103,12 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
                 builder.set_buckets_for_metric(
                     Matcher::Full("ipproxy_token_refresh_duration_seconds".into()),
                     REFRESH_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("ipproxy_store_operation_duration_seconds".into()),
+                    STORE_BUCKETS,
                 )
             })
             .expect("bucket lists are non-empty constants");
@@ -255,30 +260,77 @@ pub fn inflight(delta: f64) {
         .increment(delta);
 }
 
-pub(crate) fn token_refreshed(credential: &str, reason: &str, token: &Token, took: Duration) {
-    refresh_counted(credential, reason, "ok", took);
+/// Login (and store operation) latency buckets, seconds.
+const STORE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A token was stored: fetched by this process (`source` `login`) or adopted from the
+/// shared store (`store`).
+pub fn token_refreshed(
+    credential: &str,
+    reason: &'static str,
+    source: &'static str,
+    expires_at: Option<SystemTime>,
+    took: Duration,
+) {
+    refresh_counted(credential, reason, "ok", source, took);
     gauge!("ipproxy_token_last_refresh_timestamp_seconds", "credential" => credential.to_owned())
         .set(unix_seconds(SystemTime::now()));
-    if let Some(expires_at) = token.expires_at() {
+    if let Some(expires_at) = expires_at {
         gauge!("ipproxy_token_expiry_timestamp_seconds", "credential" => credential.to_owned())
             .set(unix_seconds(expires_at));
     }
 }
 
-pub(crate) fn token_refresh_failed(credential: &str, reason: &str, took: Duration) {
-    refresh_counted(credential, reason, "error", took);
+/// A fetch failed (`source` is always `login`: reading the store never fails one).
+pub fn token_refresh_failed(credential: &str, reason: &'static str, took: Duration) {
+    refresh_counted(credential, reason, "error", "login", took);
 }
 
-fn refresh_counted(credential: &str, reason: &str, result: &'static str, took: Duration) {
+fn refresh_counted(
+    credential: &str,
+    reason: &'static str,
+    result: &'static str,
+    source: &'static str,
+    took: Duration,
+) {
     counter!(
         "ipproxy_token_refreshes_total",
         "credential" => credential.to_owned(),
-        "reason" => reason.to_owned(),
-        "result" => result
+        "reason" => reason,
+        "result" => result,
+        "source" => source
     )
     .increment(1);
     histogram!("ipproxy_token_refresh_duration_seconds", "credential" => credential.to_owned())
         .record(took.as_secs_f64());
+}
+
+/// A 401 on the current token passed through without a login: the reauth interval
+/// was still closed.
+pub fn reauth_suppressed(credential: &str) {
+    counter!("ipproxy_reauth_suppressed_total", "credential" => credential.to_owned()).increment(1);
+}
+
+/// One operation on the shared token store (`op` and `result` are fixed words).
+pub fn store_operation(op: &'static str, result: &'static str, took: Duration) {
+    counter!("ipproxy_store_operations_total", "op" => op, "result" => result).increment(1);
+    if result != "unreadable" && result != "conflict" {
+        histogram!("ipproxy_store_operation_duration_seconds", "op" => op)
+            .record(took.as_secs_f64());
+    }
+}
+
+/// Secret files were re-read: `trigger` is `sighup`, or `file_changed` (a watched
+/// file changed). Lets operators, and tests, see that a rotation was picked up.
+pub fn secret_files_reloaded(trigger: &'static str) {
+    counter!("ipproxy_secret_reloads_total", "trigger" => trigger).increment(1);
+}
+
+/// Whether the shared token store answers.
+pub fn store_up(up: bool) {
+    gauge!("ipproxy_store_up").set(if up { 1.0 } else { 0.0 });
 }
 
 /// `time` as RFC 3339 in whole seconds (UTC), as logs, `/readyz` and `/refresh` show it.

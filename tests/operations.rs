@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use ipproxy::sim::{AuthMode, SimConfig};
 use serde_json::Value;
 use support::child::ChildProxy;
+use support::metrics::value;
 use support::{Proxy, Sim, client, eventually};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
@@ -423,60 +424,8 @@ async fn refresh_of_an_unknown_credential_is_404_and_a_failed_login_502() {
 
 // --- metrics ---
 
-/// Samples of one metric: label set → value.
-fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, labels) = match series.split_once('{') {
-                Some((metric, labels)) => (metric, labels.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let labels = labels
-                .split(',')
-                .filter(|pair| !pair.is_empty())
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                })
-                .collect();
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of the one sample of `name` whose labels include `labels`; 0 when none.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let matching: Vec<f64> = samples(text, name)
-        .into_iter()
-        .filter(|(have, _)| {
-            labels
-                .iter()
-                .all(|(key, value)| have.get(*key).map(String::as_str) == Some(*value))
-        })
-        .map(|(_, value)| value)
-        .collect();
-    assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
-    matching.first().copied().unwrap_or(0.0)
-}
-
 async fn scrape(client: &reqwest::Client, proxy: &Proxy) -> String {
-    let response = client
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()[http::header::CONTENT_TYPE]
-            .to_str()
-            .is_ok_and(|value| value.starts_with("text/plain"))
-    );
-    response.text().await.expect("metrics text")
+    support::metrics::scrape(client, &proxy.admin_url("/metrics")).await
 }
 
 #[tokio::test]

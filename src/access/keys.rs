@@ -1,15 +1,14 @@
 //! Inbound client keys: `access.keys_file` holds SHA-256 hex digests of client keys; a
 //! client sends `Proxy-Authorization: Bearer <key>`. The presented key is hashed and
-//! compared with every stored digest in constant time. The file is re-read every
-//! [`KEYS_FILE_POLL`] (rotation without a restart); the digest set sits in an
-//! `ArcSwap`, so the request path takes no lock.
+//! compared with every stored digest in constant time. The file is re-read when it
+//! changes and on `SIGHUP` (rotation without a restart, see `reload`); the digest
+//! set sits in an `ArcSwap`, so the request path takes no lock.
 //!
 //! Must not: log, count or echo a presented key or a line of the keys file (an operator
 //! may paste a raw key there by mistake).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, header};
@@ -18,11 +17,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use super::AccessError;
 use crate::error::ProxyError;
-use crate::task::BackgroundTask;
-
-/// How often the keys file is re-read: a rotated key works (and a revoked one stops
-/// working) within this time, at the cost of one small read.
-pub const KEYS_FILE_POLL: Duration = Duration::from_secs(2);
+use crate::secret;
 
 /// Largest keys file read, in bytes: about 15 000 digests, far more than any
 /// deployment has callers; a larger file is a mistake (wrong path), not a key list.
@@ -75,21 +70,23 @@ impl KeySet {
     }
 }
 
-/// The keys file and the digests it held when last read successfully.
+/// The accepted client keys: the keys file and the digests it held when last read
+/// successfully. A cheap handle, shared with the reloads.
+#[derive(Debug, Clone)]
+pub struct ClientKeys(Arc<KeyStore>);
+
 #[derive(Debug)]
 struct KeyStore {
     path: PathBuf,
     digests: ArcSwap<KeySet>,
+    /// The last problem reported, so a file that stays broken is reported once.
+    last_problem: Mutex<Option<String>>,
 }
-
-/// The accepted client keys, shared with the task that re-reads their file.
-#[derive(Debug)]
-pub(super) struct ClientKeys(Arc<KeyStore>);
 
 impl ClientKeys {
     /// Reads the keys file; one with no digest at all is refused.
     pub(super) fn load(path: &Path) -> Result<Self, AccessError> {
-        let digests = parse_digests(path, &read_keys_file(path)?)?;
+        let digests = read_digests(path)?;
         if digests.is_empty() {
             return Err(AccessError::Empty {
                 path: path.display().to_string(),
@@ -98,7 +95,13 @@ impl ClientKeys {
         Ok(Self(Arc::new(KeyStore {
             path: path.to_owned(),
             digests: ArcSwap::from_pointee(digests),
+            last_problem: Mutex::new(None),
         })))
+    }
+
+    /// The keys file.
+    pub fn path(&self) -> &Path {
+        &self.0.path
     }
 
     /// Missing, repeated, malformed or unknown key → `407`.
@@ -117,88 +120,31 @@ impl ClientKeys {
         }
     }
 
-    /// Starts re-reading the file every [`KEYS_FILE_POLL`].
-    pub(super) fn watch(&self) -> BackgroundTask {
-        BackgroundTask::spawn(watch_keys_file(Arc::clone(&self.0)))
-    }
-}
-
-/// Reads the keys file, refusing one over [`MAX_KEYS_FILE`].
-fn read_keys_file(path: &Path) -> Result<Vec<u8>, AccessError> {
-    use std::io::Read;
-    let read_error = |error: std::io::Error| AccessError::Read {
-        path: path.display().to_string(),
-        reason: error.to_string(),
-    };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut content = Vec::new();
-    file.take(MAX_KEYS_FILE + 1)
-        .read_to_end(&mut content)
-        .map_err(read_error)?;
-    if content.len() as u64 > MAX_KEYS_FILE {
-        return Err(AccessError::TooLarge {
-            path: path.display().to_string(),
-            max: MAX_KEYS_FILE,
-        });
-    }
-    Ok(content)
-}
-
-/// One digest a line (64 hex digits, either case, surrounding white space ignored);
-/// blank lines and lines starting with `#` are skipped.
-fn parse_digests(path: &Path, content: &[u8]) -> Result<KeySet, AccessError> {
-    let mut digests = Vec::new();
-    for (index, line) in content.split(|byte| *byte == b'\n').enumerate() {
-        let line = line.trim_ascii();
-        if line.is_empty() || line.starts_with(b"#") {
-            continue;
-        }
-        let mut digest = [0u8; 32];
-        if hex::decode_to_slice(line, &mut digest).is_err() {
-            return Err(AccessError::Malformed {
-                path: path.display().to_string(),
-                line: index + 1,
-            });
-        }
-        digests.push(KeyDigest(digest));
-    }
-    Ok(KeySet(digests))
-}
-
-/// Re-reads the keys file every [`KEYS_FILE_POLL`] and stores its digests when they
-/// changed. A file that cannot be read or has a malformed line leaves the current set
-/// in place (a rotation caught half-written must not lock everyone out) and is
-/// reported once, not every poll. A file with no digest left is taken as it is:
-/// emptying the file is how an operator revokes every key.
-async fn watch_keys_file(store: Arc<KeyStore>) {
-    let mut interval = tokio::time::interval(KEYS_FILE_POLL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; `Access::new` has just read the file.
-    interval.tick().await;
-    let mut last_problem: Option<String> = None;
-    loop {
-        interval.tick().await;
-        let path = store.path.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            read_keys_file(&path).and_then(|content| parse_digests(&path, &content))
-        })
-        .await;
-        let digests = match outcome {
-            Ok(Ok(digests)) => digests,
-            Ok(Err(error)) => {
+    /// Reads the file again and takes its digests when they changed; returns whether
+    /// they did. A file that cannot be read or has a malformed line leaves the current
+    /// set in place (a rotation caught half-written must not lock everyone out),
+    /// reported once. A file with no digest left is taken as it is: emptying the file
+    /// is how an operator revokes every key.
+    pub fn reload(&self) -> bool {
+        let store = &self.0;
+        let mut last_problem = store
+            .last_problem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let digests = match read_digests(&store.path) {
+            Ok(digests) => digests,
+            Err(error) => {
                 let problem = error.to_string();
                 if last_problem.as_ref() != Some(&problem) {
-                    tracing::warn!(cause = %problem, "keeping the previous client keys");
-                    last_problem = Some(problem);
+                    tracing::error!(cause = %problem, "keeping the previous client keys");
+                    *last_problem = Some(problem);
                 }
-                continue;
+                return false;
             }
-            // The blocking task panicked or was cancelled: try again next tick.
-            Err(_) => continue,
         };
-        last_problem = None;
+        *last_problem = None;
         if **store.digests.load() == digests {
-            continue;
+            return false;
         }
         if digests.is_empty() {
             tracing::warn!(
@@ -213,7 +159,36 @@ async fn watch_keys_file(store: Arc<KeyStore>) {
             );
         }
         store.digests.store(Arc::new(digests));
+        true
     }
+}
+
+/// Reads and parses the keys file (at most [`MAX_KEYS_FILE`] bytes).
+fn read_digests(path: &Path) -> Result<KeySet, AccessError> {
+    let text = secret::read_text(path, MAX_KEYS_FILE)
+        .map_err(|error| AccessError::File(error.to_string()))?;
+    parse_digests(path, &text)
+}
+
+/// One digest a line (64 hex digits, either case, surrounding white space ignored);
+/// blank lines and lines starting with `#` are skipped.
+fn parse_digests(path: &Path, content: &str) -> Result<KeySet, AccessError> {
+    let mut digests = Vec::new();
+    for (index, line) in content.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut digest = [0u8; 32];
+        if hex::decode_to_slice(line, &mut digest).is_err() {
+            return Err(AccessError::Malformed {
+                path: path.display().to_string(),
+                line: index + 1,
+            });
+        }
+        digests.push(KeyDigest(digest));
+    }
+    Ok(KeySet(digests))
 }
 
 #[cfg(test)]
@@ -285,7 +260,7 @@ mod tests {
     fn without_keys_file_every_caller_is_let_in() {
         let access = Access::new(&AccessConfig::default()).expect("no keys file");
         assert!(access.check_key(&HeaderMap::new()).is_ok());
-        assert!(access.watch_keys_file().is_none());
+        assert!(access.keys().is_none());
     }
 
     #[test]
@@ -334,57 +309,36 @@ mod tests {
         assert!(debug.contains("***"), "{debug}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn rotation_is_picked_up_and_a_broken_file_keeps_the_old_keys() {
+    #[test]
+    fn a_reload_takes_a_rotated_file_and_a_broken_one_keeps_the_old_keys() {
         let (_dir, path, access) = keys_access(&digest_line(KEY));
         let access = access.expect("valid keys file");
-        let _watch = access.watch_keys_file().expect("a keys file to watch");
+        let keys = access.keys().expect("a keys file");
         let accepts = |key: &str| {
             access
                 .check_key(&with_authorization(&[&format!("Bearer {key}")]))
                 .is_ok()
         };
-        // Lets the watcher run one poll (its file read runs on a blocking thread,
-        // which paused time does not wait for, hence the short real sleeps).
-        async fn poll_once() {
-            tokio::time::advance(KEYS_FILE_POLL).await;
-            for _ in 0..50 {
-                tokio::task::yield_now().await;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
+        assert!(!keys.reload(), "nothing changed");
 
         std::fs::write(&path, format!("{}\n", digest_line("new-key"))).expect("rotate");
-        let mut rotated = false;
-        for _ in 0..20 {
-            poll_once().await;
-            if accepts("new-key") {
-                rotated = true;
-                break;
-            }
-        }
-        assert!(rotated, "the new key is accepted after a poll");
+        assert!(keys.reload(), "the rotated file is taken");
+        assert!(accepts("new-key"), "the new key is accepted");
         assert!(!accepts(KEY), "the old key is revoked");
 
         std::fs::write(&path, "not a digest\n").expect("break the file");
-        for _ in 0..3 {
-            poll_once().await;
-        }
+        assert!(!keys.reload());
         assert!(
             accepts("new-key"),
             "a malformed file keeps the previous keys"
         );
+        std::fs::remove_file(&path).expect("remove the file");
+        assert!(!keys.reload());
+        assert!(accepts("new-key"), "a missing file keeps the previous keys");
 
         std::fs::write(&path, "# every key revoked\n").expect("empty the file");
-        let mut revoked = false;
-        for _ in 0..20 {
-            poll_once().await;
-            if !accepts("new-key") {
-                revoked = true;
-                break;
-            }
-        }
-        assert!(revoked, "an emptied file revokes every key");
+        assert!(keys.reload());
+        assert!(!accepts("new-key"), "an emptied file revokes every key");
     }
 
     proptest! {

@@ -18,10 +18,8 @@ use http::{HeaderMap, Method};
 
 use crate::config::AccessConfig;
 use crate::error::ProxyError;
-use crate::task::BackgroundTask;
 use allow::Allowlist;
-use keys::ClientKeys;
-pub use keys::KEYS_FILE_POLL;
+pub use keys::ClientKeys;
 pub use path::check_path;
 
 /// The inbound checks: client keys (when `access.keys_file` is set) and the allowlist.
@@ -47,10 +45,9 @@ impl Access {
         })
     }
 
-    /// Starts re-reading the keys file every [`KEYS_FILE_POLL`]; `None` without one.
-    /// Dropping the guard stops the task.
-    pub fn watch_keys_file(&self) -> Option<BackgroundTask> {
-        self.keys.as_ref().map(ClientKeys::watch)
+    /// The client keys, for reloading them; `None` without a keys file.
+    pub fn keys(&self) -> Option<&ClientKeys> {
+        self.keys.as_ref()
     }
 
     /// Checks the client key in `Proxy-Authorization: Bearer <key>` when keys are
@@ -71,10 +68,9 @@ impl Access {
 /// Problems with `access.keys_file`. Never carries the content of a line.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    #[error("access.keys_file {path}: cannot read it: {reason}")]
-    Read { path: String, reason: String },
-    #[error("access.keys_file {path}: larger than {max} bytes; is it the right file?")]
-    TooLarge { path: String, max: u64 },
+    /// The file cannot be read (the message names it).
+    #[error("access.keys_file {0}")]
+    File(String),
     #[error(
         "access.keys_file {path} line {line}: not a SHA-256 digest (64 hex digits, one a \
          line; `ipproxy hash-key` makes one from a key)"

@@ -60,6 +60,19 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
         "log",
         &[("format", EnvKind::Text), ("level", EnvKind::Text)],
     ),
+    (
+        "store",
+        &[
+            ("kind", EnvKind::Text),
+            ("url", EnvKind::Text),
+            ("url_file", EnvKind::Text),
+            ("key_file", EnvKind::Text),
+            ("ca_file", EnvKind::Text),
+            ("prefix", EnvKind::Text),
+            ("timeout", EnvKind::Text),
+            ("lock_ttl", EnvKind::Text),
+        ],
+    ),
 ];
 
 /// The keys of a credential (`[auth]` and `[credentials.NAME]`); all are text.
@@ -73,6 +86,7 @@ pub(super) const CREDENTIAL_KEYS: &[&str] = &[
     "token_file",
     "token_ttl",
     "refresh_before",
+    "min_reauth_interval",
     "header",
     "format",
 ];
@@ -80,7 +94,11 @@ pub(super) const CREDENTIAL_KEYS: &[&str] = &[
 /// The two forms of each secret: a variable setting one replaces the other form
 /// coming from the file, so `IPPROXY_AUTH__PASSWORD_FILE` can stand in for a file's
 /// `password` (and the other way round).
-const SECRET_FORMS: &[(&str, &str)] = &[("password", "password_file"), ("token", "token_file")];
+const SECRET_FORMS: &[(&str, &str)] = &[
+    ("password", "password_file"),
+    ("token", "token_file"),
+    ("url", "url_file"),
+];
 
 /// The variables, shaped as the file's tables, and which variable set which key.
 #[derive(Debug)]
@@ -148,6 +166,7 @@ impl EnvLayer {
         for (section, value) in root.iter_mut() {
             match (section.as_str(), value) {
                 ("auth", Value::Dict(_, auth)) => tables.push(("auth".to_owned(), auth)),
+                ("store", Value::Dict(_, store)) => tables.push(("store".to_owned(), store)),
                 ("credentials", Value::Dict(_, credentials)) => {
                     for (name, credential) in credentials.iter_mut() {
                         if let Value::Dict(_, credential) = credential {

@@ -60,6 +60,11 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[store]`: where tokens live.
+    pub store: StoreConfig,
+    /// Keys that were ignored (they belong to the other kind of credential): `run`
+    /// logs them and `check` prints them, one line each.
+    pub warnings: Vec<Problem>,
 }
 
 /// `[server]`: listeners, timeouts and limits.
@@ -104,20 +109,47 @@ pub enum CredentialSource {
         url: Url,
         /// The login name (not a secret).
         username: String,
-        /// Given inline or read from `password_file` at load.
-        password: SecretString,
+        /// `password`, or `password_file` (read again at every login).
+        password: SecretSource,
     },
-    /// A long-standing token copied from a portal.
-    Static(StaticToken),
+    /// A long-standing token copied from a portal: `token`, or `token_file` (read
+    /// again when it changes).
+    Static(SecretSource),
 }
 
-/// Where a static credential's token comes from.
+/// A secret given in the configuration or by a file that is read when it is used.
 #[derive(Debug, Clone)]
-pub enum StaticToken {
-    /// Given in the configuration (`token`).
+pub enum SecretSource {
     Inline(SecretString),
-    /// Re-read when its content changes.
+    /// The file was readable and not empty when the configuration was loaded.
     File(PathBuf),
+}
+
+/// `[store]`: where tokens live.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// In each process (the default): one token and one login per replica.
+    #[default]
+    Memory,
+    /// In Redis (or Valkey), shared by the fleet.
+    Redis(RedisStoreConfig),
+}
+
+/// `[store] kind = "redis"`.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    /// `url`, or `url_file` when it carries a password.
+    pub url: SecretSource,
+    /// The keys that seal entries: 64 hex characters a line, the first seals.
+    pub key_file: PathBuf,
+    /// A CA (PEM) to trust for `rediss://` instead of the standard web roots.
+    pub ca_file: Option<PathBuf>,
+    /// Key prefix (`<prefix>:{<credential>}:token`).
+    pub prefix: String,
+    /// Per Redis command; slower counts as unreachable.
+    pub timeout: Duration,
+    /// The refresh lock's lease, renewed while a login runs.
+    pub lock_ttl: Duration,
 }
 
 /// One credential: `[auth]` (named [`DEFAULT_CREDENTIAL`]) or `[credentials.NAME]`.
@@ -131,6 +163,8 @@ pub struct CredentialConfig {
     pub token_ttl: Duration,
     /// Refresh this long before expiry (capped at half the token's lifetime).
     pub refresh_before: Duration,
+    /// At most one 401-caused login per this interval.
+    pub min_reauth_interval: Duration,
     /// Header the token goes in, e.g. `authorization`.
     pub header: HeaderName,
     /// Header value template, containing `{token}` once.
@@ -336,8 +370,10 @@ pub fn load(
     env_layer.drop_replaced_secrets(&mut merged);
 
     if let Some(raw) = raw::deserialize(&merged, &env_layer, &mut problems) {
-        let config = validate::validate(raw, &mut problems);
+        let mut warnings = Vec::new();
+        let mut config = validate::validate(raw, &mut problems, &mut warnings);
         if problems.is_empty() {
+            config.warnings = warnings;
             return Ok(config);
         }
     }

@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub route: Vec<RawRoute>,
     pub access: RawAccess,
     pub log: RawLog,
+    pub store: RawStore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +73,7 @@ pub(super) struct RawCredential {
     pub token_file: Option<PathBuf>,
     pub token_ttl: Option<String>,
     pub refresh_before: Option<String>,
+    pub min_reauth_interval: Option<String>,
     pub header: Option<String>,
     pub format: Option<String>,
 }
@@ -128,6 +130,26 @@ impl<'de> Deserialize<'de> for RawAllow {
         }
         deserializer.deserialize_any(AllowVisitor)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawStoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawStore {
+    pub kind: Option<RawStoreKind>,
+    pub url: Option<RawSecret>,
+    pub url_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub lock_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -297,6 +319,7 @@ pub(super) fn deserialize(
             "route" => raw.route = reader.read_each_element(value, key),
             "access" => raw.access = reader.read(value, key),
             "log" => raw.log = reader.read(value, key),
+            "store" => raw.store = reader.read(value, key),
             _ => reader
                 .problems
                 .push(Problem::new(key.as_str(), "unknown key")),

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{AllowRule, Config, CredentialConfig, CredentialSource, LogFormat, StaticToken};
+use secrecy::ExposeSecret;
+
+use super::{
+    AllowRule, Config, CredentialConfig, CredentialSource, LogFormat, SecretSource, StoreConfig,
+};
 
 /// What every secret is shown as.
 pub(super) const REDACTED: &str = "***";
@@ -24,6 +28,26 @@ struct View {
     route: Vec<RouteView>,
     access: AccessView,
     log: LogView,
+    store: StoreView,
+}
+
+#[derive(Serialize)]
+struct StoreView {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_ttl: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +80,8 @@ struct CredentialView {
     #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    password_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<String>,
@@ -63,6 +89,8 @@ struct CredentialView {
     token_ttl: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_reauth_interval: Option<String>,
     header: String,
     format: String,
 }
@@ -160,9 +188,16 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             },
             level: config.log.level.clone(),
         },
+        store: store_view(&config.store),
     };
     // Only strings, integers, booleans and tables in a fixed shape: serializing cannot fail.
-    toml::to_string(&view).expect("the redacted view is plain TOML")
+    let body = toml::to_string(&view).expect("the redacted view is plain TOML");
+    let ignored: String = config
+        .warnings
+        .iter()
+        .map(|warning| format!("# {warning}\n"))
+        .collect();
+    format!("{ignored}{body}")
 }
 
 fn credential_view(credential: &CredentialConfig) -> CredentialView {
@@ -171,31 +206,84 @@ fn credential_view(credential: &CredentialConfig) -> CredentialView {
         url: None,
         username: None,
         password: None,
+        password_file: None,
         token: None,
         token_file: None,
         token_ttl: None,
         refresh_before: None,
+        min_reauth_interval: None,
         header: credential.header.to_string(),
         format: credential.format.to_string(),
     };
     match &credential.source {
-        CredentialSource::Session { url, username, .. } => {
+        CredentialSource::Session {
+            url,
+            username,
+            password,
+        } => {
             view.url = Some(url.to_string());
             view.username = Some(username.clone());
-            view.password = Some(REDACTED);
+            match password {
+                SecretSource::Inline(_) => view.password = Some(REDACTED),
+                SecretSource::File(path) => view.password_file = Some(path.display().to_string()),
+            }
             view.token_ttl = Some(duration(credential.token_ttl));
             view.refresh_before = Some(duration(credential.refresh_before));
+            view.min_reauth_interval = Some(duration(credential.min_reauth_interval));
         }
-        CredentialSource::Static(StaticToken::Inline(_)) => {
+        CredentialSource::Static(SecretSource::Inline(_)) => {
             view.kind = "static";
             view.token = Some(REDACTED);
         }
-        CredentialSource::Static(StaticToken::File(path)) => {
+        CredentialSource::Static(SecretSource::File(path)) => {
             view.kind = "static";
             view.token_file = Some(path.display().to_string());
         }
     }
     view
+}
+
+fn store_view(store: &StoreConfig) -> StoreView {
+    let StoreConfig::Redis(redis) = store else {
+        return StoreView {
+            kind: "memory",
+            url: None,
+            url_file: None,
+            key_file: None,
+            ca_file: None,
+            prefix: None,
+            timeout: None,
+            lock_ttl: None,
+        };
+    };
+    let (url, url_file) = match &redis.url {
+        SecretSource::Inline(url) => (Some(redacted_url(url.expose_secret())), None),
+        SecretSource::File(path) => (None, Some(path.display().to_string())),
+    };
+    StoreView {
+        kind: "redis",
+        url,
+        url_file,
+        key_file: Some(redis.key_file.display().to_string()),
+        ca_file: redis
+            .ca_file
+            .as_ref()
+            .map(|path| path.display().to_string()),
+        prefix: Some(redis.prefix.clone()),
+        timeout: Some(duration(redis.timeout)),
+        lock_ttl: Some(duration(redis.lock_ttl)),
+    }
+}
+
+/// A URL with its password (and a user name, which may be one) shown as `***`.
+pub(super) fn redacted_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text.trim()) else {
+        return REDACTED.to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some(REDACTED));
+    }
+    url.to_string()
 }
 
 fn allow_view(rule: &AllowRule) -> AllowView {

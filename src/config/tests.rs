@@ -87,8 +87,19 @@ fn expect_ok(result: Result<Config, ConfigError>) -> Config {
 
 fn password_of(config: &Config, name: &str) -> String {
     match &config.credentials[name].source {
-        CredentialSource::Session { password, .. } => password.expose_secret().to_owned(),
+        CredentialSource::Session { password, .. } => secret_text(password),
         CredentialSource::Static(_) => panic!("{name} is not a session credential"),
+    }
+}
+
+/// A secret's value, read from its file when it has one.
+fn secret_text(source: &SecretSource) -> String {
+    match source {
+        SecretSource::Inline(secret) => secret.expose_secret().to_owned(),
+        SecretSource::File(path) => crate::secret::read_secret(path)
+            .expect("a readable secret file")
+            .expose_secret()
+            .to_owned(),
     }
 }
 
@@ -123,7 +134,7 @@ fn username_and_password_vars_alone_give_the_documented_defaults() {
                 "https://customer.intelepeer.com/_rest/v4/authenticate"
             );
             assert_eq!(username, "api-user");
-            assert_eq!(password.expose_secret(), PASSWORD);
+            assert_eq!(secret_text(password), PASSWORD);
         }
         CredentialSource::Static(_) => panic!("the default kind is session"),
     }
@@ -263,7 +274,7 @@ fn credential_var_overrides_a_named_credential_key() {
         )],
     ));
     match &config.credentials["cpaas"].source {
-        CredentialSource::Static(StaticToken::File(path)) => assert_eq!(path, &token),
+        CredentialSource::Static(SecretSource::File(path)) => assert_eq!(path, &token),
         other => panic!("expected a token file, got {other:?}"),
     }
 }
@@ -565,23 +576,88 @@ fn session_needs_exactly_one_of_password_and_password_file() {
 }
 
 #[test]
-fn session_keys_on_a_static_credential_are_named_and_vice_versa() {
+fn keys_of_the_other_kind_are_ignored_with_one_warning_each() {
     let toml = format!(
-        "[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\nusername = \"u\"\npassword_file = \"/p\"\nurl = \"https://x\"\n"
+        "[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\nusername = \"u\"\npassword_file = \"/p\"\nurl = \"https://x\"\nmin_reauth_interval = \"1m\"\n"
     );
-    let error = load_toml(&toml, &[]).expect_err("session keys on static");
-    for key in ["auth.username", "auth.password_file", "auth.url"] {
-        assert!(keys(&error).contains(&key), "{key} missing from:\n{error}");
-    }
+    let config = expect_ok(load_toml(&toml, &[]));
+    let warned: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        warned,
+        [
+            "auth.url",
+            "auth.username",
+            "auth.password_file",
+            "auth.min_reauth_interval"
+        ]
+    );
+    assert!(
+        config.warnings[0].message.contains("ignored"),
+        "{}",
+        config.warnings[0]
+    );
+    assert!(matches!(
+        config.credentials[DEFAULT_CREDENTIAL].source,
+        CredentialSource::Static(SecretSource::Inline(_))
+    ));
     let toml = format!(
         "[auth]\nusername = \"u\"\npassword = \"p\"\ntoken = \"{TOKEN}\"\ntoken_file = \"/t\"\n"
     );
-    let error = load_toml(&toml, &[]).expect_err("static keys on session");
+    let config = expect_ok(load_toml(&toml, &[]));
+    let warned: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(warned, ["auth.token", "auth.token_file"]);
+    let shown: String = config.warnings.iter().map(ToString::to_string).collect();
+    assert!(!shown.contains(TOKEN), "{shown}");
     assert!(
-        keys(&error).contains(&"auth.token") && keys(&error).contains(&"auth.token_file"),
-        "{error}"
+        config
+            .to_redacted_toml()
+            .starts_with("# auth.token: ignored")
     );
-    assert!(!error.to_string().contains(TOKEN));
+}
+
+#[test]
+fn a_typo_or_a_conflict_within_the_kind_is_still_an_error() {
+    let toml = format!("[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\ntokn_file = \"/t\"\n");
+    expect_problem(load_toml(&toml, &[]), "auth.tokn_file");
+    let toml = format!("[auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\ntoken_file = \"/t\"\n");
+    expect_problem(load_toml(&toml, &[]), "auth.token");
+    expect_problem(
+        load(
+            None,
+            vars(&[
+                ("IPPROXY_AUTH__KIND", "static"),
+                ("IPPROXY_AUTH__TOKN", "x"),
+            ]),
+        ),
+        "IPPROXY_AUTH__TOKN",
+    );
+}
+
+#[test]
+fn the_container_file_switches_to_a_static_token_by_variables_alone() {
+    let files = Files::new();
+    let token = files.write("token", &format!("{TOKEN}\n"));
+    let container = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/container.toml");
+    let config = expect_ok(load(
+        Some(&container),
+        vars(&[
+            ("IPPROXY_AUTH__KIND", "static"),
+            ("IPPROXY_AUTH__TOKEN_FILE", token.to_str().expect("utf-8")),
+        ]),
+    ));
+    match &config.credentials[DEFAULT_CREDENTIAL].source {
+        CredentialSource::Static(SecretSource::File(path)) => assert_eq!(path, &token),
+        other => panic!("expected a token file, got {other:?}"),
+    }
+    let ignored: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+    for key in [
+        "auth.url",
+        "auth.password_file",
+        "auth.token_ttl",
+        "auth.refresh_before",
+    ] {
+        assert!(ignored.contains(&key), "{key} not among {ignored:?}");
+    }
 }
 
 #[test]
@@ -594,7 +670,7 @@ fn static_needs_exactly_one_of_token_and_token_file() {
         &[],
     ));
     match &config.credentials[DEFAULT_CREDENTIAL].source {
-        CredentialSource::Static(StaticToken::Inline(token)) => {
+        CredentialSource::Static(SecretSource::Inline(token)) => {
             assert_eq!(token.expose_secret(), TOKEN)
         }
         other => panic!("expected an inline token, got {other:?}"),
@@ -611,7 +687,7 @@ fn token_file_stays_a_path_but_must_be_readable_and_non_empty() {
     );
     let config = expect_ok(load_toml(&toml, &[]));
     match &config.credentials[DEFAULT_CREDENTIAL].source {
-        CredentialSource::Static(StaticToken::File(path)) => assert_eq!(path, &token),
+        CredentialSource::Static(SecretSource::File(path)) => assert_eq!(path, &token),
         other => panic!("expected a token file, got {other:?}"),
     }
 
@@ -649,7 +725,7 @@ fn password_file_is_read_and_its_trailing_newline_trimmed() {
 #[test]
 fn empty_or_missing_password_file_names_key_and_path() {
     let files = Files::new();
-    let empty = files.write("password", " \n");
+    let empty = files.write("password", "\r\n");
     let toml = format!(
         "[auth]\nusername = \"u\"\npassword_file = {:?}\n",
         empty.display().to_string()

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -15,13 +15,14 @@ use url::Url;
 
 use super::raw::{
     RawAccess, RawAllow, RawConfig, RawCredential, RawKind, RawLog, RawLogFormat, RawRoute,
-    RawServer, RawSize, RawUpstream,
+    RawSecret, RawServer, RawSize, RawStore, RawStoreKind, RawUpstream,
 };
 use super::{
     AccessConfig, AllowRule, Config, CredentialConfig, CredentialSource, DEFAULT_CREDENTIAL,
-    HeaderFormat, LogConfig, LogFormat, Problem, RouteConfig, ServerConfig, StaticToken,
-    UpstreamConfig,
+    HeaderFormat, LogConfig, LogFormat, Problem, RedisStoreConfig, RouteConfig, SecretSource,
+    ServerConfig, StoreConfig, UpstreamConfig,
 };
+use crate::secret;
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -39,6 +40,10 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_AUTH_URL: &str = "https://customer.intelepeer.com/_rest/v4/authenticate";
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_MIN_REAUTH_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_STORE_PREFIX: &str = "ipproxy";
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_HEADER: &str = "authorization";
 const DEFAULT_LOG_LEVEL: &str = "info";
 
@@ -65,14 +70,20 @@ const SESSION_ONLY_KEYS: &[&str] = &[
     "password_file",
     "token_ttl",
     "refresh_before",
+    "min_reauth_interval",
 ];
 /// Keys that only a static credential has.
 const STATIC_ONLY_KEYS: &[&str] = &["token", "token_file"];
 
-/// Checks `raw` into a [`Config`], pushing every problem found. The result holds
-/// defaults in place of bad values, so it is meaningless when `problems` grew.
-pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
-    let mut check = Checker { problems };
+/// Checks `raw` into a [`Config`], pushing every problem found, and every key it
+/// ignored to `warnings`. The result holds defaults in place of bad values, so it is
+/// meaningless when `problems` grew.
+pub(super) fn validate(
+    raw: RawConfig,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Config {
+    let mut check = Checker { problems, warnings };
     let server = check.server(raw.server);
     let upstream = check.upstream(raw.upstream);
 
@@ -123,6 +134,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
     let routes = check.routes(raw.route, &upstream.url, &known);
     let access = check.access(raw.access);
     let log = check.log(raw.log);
+    let store = check.store(raw.store);
     Config {
         server,
         upstream,
@@ -130,16 +142,23 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
         routes,
         access,
         log,
+        store,
+        warnings: Vec::new(),
     }
 }
 
 struct Checker<'p> {
     problems: &'p mut Vec<Problem>,
+    warnings: &'p mut Vec<Problem>,
 }
 
 impl Checker<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(Problem::new(key, message));
+    }
+
+    fn warning(&mut self, key: &str, message: impl Into<String>) {
+        self.warnings.push(Problem::new(key, message));
     }
 
     fn server(&mut self, raw: RawServer) -> ServerConfig {
@@ -233,6 +252,7 @@ impl Checker<'_> {
             "password_file" => raw.password_file.is_some(),
             "token_ttl" => raw.token_ttl.is_some(),
             "refresh_before" => raw.refresh_before.is_some(),
+            "min_reauth_interval" => raw.min_reauth_interval.is_some(),
             "token" => raw.token.is_some(),
             "token_file" => raw.token_file.is_some(),
             _ => false,
@@ -241,11 +261,13 @@ impl Checker<'_> {
             RawKind::Session => (STATIC_ONLY_KEYS, "session"),
             RawKind::Static => (SESSION_ONLY_KEYS, "static"),
         };
+        // Keys of the other kind are ignored, so that a file written for one kind (the
+        // image's, a chart's) can be switched to the other by variables alone.
         let misplaced: Vec<&str> = foreign.iter().copied().filter(|key| present(key)).collect();
         for key in misplaced {
-            self.problem(
+            self.warning(
                 &format!("{section}.{key}"),
-                format!("not a key of a kind = \"{own_kind}\" credential"),
+                format!("ignored: not a key of a kind = \"{own_kind}\" credential"),
             );
         }
 
@@ -283,31 +305,12 @@ impl Checker<'_> {
                         String::new()
                     }
                 };
-                let password = match (raw.password, raw.password_file) {
-                    (Some(password), None) => {
-                        if password.0.expose_secret().is_empty() {
-                            self.problem(&format!("{section}.password"), "is empty");
-                        }
-                        password.0
-                    }
-                    (None, Some(path)) => {
-                        self.read_secret_file(&format!("{section}.password_file"), &path)
-                    }
-                    (Some(_), Some(_)) => {
-                        self.problem(
-                            &format!("{section}.password"),
-                            "give either password or password_file, not both",
-                        );
-                        SecretString::from("")
-                    }
-                    (None, None) => {
-                        self.problem(
-                            &format!("{section}.password"),
-                            "required: give password or password_file",
-                        );
-                        SecretString::from("")
-                    }
-                };
+                let password = self.secret_source(
+                    section,
+                    ("password", raw.password),
+                    ("password_file", raw.password_file),
+                    |_, _| {},
+                );
                 CredentialSource::Session {
                     url,
                     username,
@@ -315,35 +318,12 @@ impl Checker<'_> {
                 }
             }
             RawKind::Static => {
-                let token = match (raw.token, raw.token_file) {
-                    (Some(token), None) => {
-                        let key = format!("{section}.token");
-                        self.check_token(&key, token.0.expose_secret(), &format);
-                        StaticToken::Inline(token.0)
-                    }
-                    (None, Some(path)) => {
-                        let key = format!("{section}.token_file");
-                        let token = self.read_secret_file(&key, &path);
-                        if !token.expose_secret().is_empty() {
-                            self.check_token(&key, token.expose_secret(), &format);
-                        }
-                        StaticToken::File(path)
-                    }
-                    (Some(token), Some(_)) => {
-                        self.problem(
-                            &format!("{section}.token"),
-                            "give either token or token_file, not both",
-                        );
-                        StaticToken::Inline(token.0)
-                    }
-                    (None, None) => {
-                        self.problem(
-                            &format!("{section}.token"),
-                            "required: give token or token_file",
-                        );
-                        StaticToken::Inline(SecretString::from(""))
-                    }
-                };
+                let token = self.secret_source(
+                    section,
+                    ("token", raw.token),
+                    ("token_file", raw.token_file),
+                    |check, (key, token)| check.check_token(key, token, &format),
+                );
                 CredentialSource::Static(token)
             }
         };
@@ -361,8 +341,156 @@ impl Checker<'_> {
                 raw.refresh_before,
                 DEFAULT_REFRESH_BEFORE,
             ),
+            min_reauth_interval: self.duration(
+                &format!("{section}.min_reauth_interval"),
+                raw.min_reauth_interval,
+                DEFAULT_MIN_REAUTH_INTERVAL,
+            ),
             header,
             format,
+        }
+    }
+
+    /// A secret given as `inline` or as `file` (read now to check it, and again
+    /// whenever it is used): exactly one of the two. `check` looks at the value.
+    fn secret_source(
+        &mut self,
+        section: &str,
+        (inline_key, inline): (&str, Option<RawSecret>),
+        (file_key, file): (&str, Option<PathBuf>),
+        check: impl FnOnce(&mut Self, (&str, &str)),
+    ) -> SecretSource {
+        let inline_at = format!("{section}.{inline_key}");
+        let file_at = format!("{section}.{file_key}");
+        match (inline, file) {
+            (Some(secret), None) => {
+                if secret.0.expose_secret().is_empty() {
+                    self.problem(&inline_at, "is empty");
+                } else {
+                    check(self, (&inline_at, secret.0.expose_secret()));
+                }
+                SecretSource::Inline(secret.0)
+            }
+            (None, Some(path)) => {
+                match secret::read_secret(&path) {
+                    Ok(secret) => check(self, (&file_at, secret.expose_secret())),
+                    Err(error) => self.problem(&file_at, error.to_string()),
+                }
+                SecretSource::File(path)
+            }
+            (Some(_), Some(_)) => {
+                self.problem(
+                    &inline_at,
+                    format!("give either {inline_key} or {file_key}, not both"),
+                );
+                SecretSource::Inline(SecretString::from(""))
+            }
+            (None, None) => {
+                self.problem(
+                    &inline_at,
+                    format!("required: give {inline_key} or {file_key}"),
+                );
+                SecretSource::Inline(SecretString::from(""))
+            }
+        }
+    }
+
+    fn store(&mut self, raw: RawStore) -> StoreConfig {
+        let kind = raw.kind.unwrap_or(RawStoreKind::Memory);
+        if kind == RawStoreKind::Memory {
+            let set: Vec<&str> = [
+                ("url", raw.url.is_some()),
+                ("url_file", raw.url_file.is_some()),
+                ("key_file", raw.key_file.is_some()),
+                ("ca_file", raw.ca_file.is_some()),
+                ("prefix", raw.prefix.is_some()),
+                ("timeout", raw.timeout.is_some()),
+                ("lock_ttl", raw.lock_ttl.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect();
+            for key in set {
+                self.warning(&format!("store.{key}"), "ignored: store.kind is \"memory\"");
+            }
+            return StoreConfig::Memory;
+        }
+        let url = self.secret_source(
+            "store",
+            ("url", raw.url),
+            ("url_file", raw.url_file),
+            |check, (key, url)| check.redis_url(key, url),
+        );
+        let key_file = match raw.key_file {
+            Some(path) => {
+                match secret::read_text(&path, secret::MAX_SECRET_FILE) {
+                    Ok(text) => {
+                        if let Err(error) = secret::parse_keys(&text) {
+                            self.problem("store.key_file", format!("{}: {error}", path.display()));
+                        }
+                    }
+                    Err(error) => self.problem("store.key_file", error.to_string()),
+                }
+                path
+            }
+            None => {
+                self.problem(
+                    "store.key_file",
+                    "required for kind = \"redis\": a bearer token is never stored in the \
+                     clear (make a key with `openssl rand -hex 32`)",
+                );
+                PathBuf::new()
+            }
+        };
+        if let Some(ca_file) = &raw.ca_file {
+            self.existing_file("store.ca_file", ca_file);
+        }
+        let prefix = raw
+            .prefix
+            .unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_owned());
+        if prefix.is_empty()
+            || prefix.contains(['{', '}', ' '])
+            || prefix.chars().any(char::is_control)
+        {
+            self.problem(
+                "store.prefix",
+                format!(
+                    "{prefix:?} must be non-empty, without braces, spaces or control characters"
+                ),
+            );
+        }
+        let timeout = self.positive_duration("store.timeout", raw.timeout, DEFAULT_STORE_TIMEOUT);
+        let lock_ttl = self.positive_duration("store.lock_ttl", raw.lock_ttl, DEFAULT_LOCK_TTL);
+        if lock_ttl < Duration::from_millis(300) {
+            self.problem(
+                "store.lock_ttl",
+                "must be at least 300ms (it is renewed every third of it)",
+            );
+        }
+        StoreConfig::Redis(RedisStoreConfig {
+            url,
+            key_file,
+            ca_file: raw.ca_file,
+            prefix,
+            timeout,
+            lock_ttl,
+        })
+    }
+
+    /// A Redis URL: `redis://`, `rediss://` (TLS), `valkey://` or `valkeys://`, with a
+    /// host. Never quoted back: it may carry a password.
+    fn redis_url(&mut self, key: &str, text: &str) {
+        match Url::parse(text.trim()) {
+            Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "valkey" | "valkeys") => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    self.problem(key, "the URL needs a host");
+                }
+            }
+            Ok(_) => self.problem(
+                key,
+                "the scheme must be redis://, rediss:// (TLS), valkey:// or valkeys://",
+            ),
+            Err(error) => self.problem(key, format!("not a URL: {error}")),
         }
     }
 
@@ -375,24 +503,6 @@ impl Checker<'_> {
                 key,
                 "the token holds characters a header value cannot (it is not shown)",
             );
-        }
-    }
-
-    /// Reads a secret file: one trailing newline or other whitespace is dropped; an
-    /// empty file is a problem. Messages give the path, never the content.
-    fn read_secret_file(&mut self, key: &str, path: &Path) -> SecretString {
-        match std::fs::read_to_string(path) {
-            Ok(content) => {
-                let secret = content.trim_end();
-                if secret.is_empty() {
-                    self.problem(key, format!("{} is empty", path.display()));
-                }
-                SecretString::from(secret)
-            }
-            Err(error) => {
-                self.problem(key, format!("cannot read {}: {error}", path.display()));
-                SecretString::from("")
-            }
         }
     }
 

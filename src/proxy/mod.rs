@@ -15,6 +15,7 @@ pub use pipeline::{Pipeline, ProxyResponse};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -114,6 +115,78 @@ pub fn build_login_client(upstream: &UpstreamConfig) -> Result<reqwest::Client, 
     builder
         .build()
         .map_err(|error| ClientError::Build(error.to_string()))
+}
+
+/// Logins over reqwest.
+#[derive(Debug)]
+pub struct ReqwestLogin(pub reqwest::Client);
+
+impl crate::token::LoginTransport for ReqwestLogin {
+    fn post_json<'a>(
+        &'a self,
+        url: &'a url::Url,
+        body: Bytes,
+        limit: usize,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<crate::token::LoginAnswer, crate::token::LoginTransportError>,
+    > {
+        use crate::token::{LoginAnswer, LoginTransportError};
+        use futures_util::FutureExt as _;
+        async move {
+            let mut response = self
+                .0
+                .post(url.clone())
+                .header(header::ACCEPT, "application/json")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|error| LoginTransportError::Unreachable(describe(&error)))?;
+            let status = response.status();
+            let retry_after = crate::token::retry_after(response.headers());
+            let mut bytes = bytes::BytesMut::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|error| LoginTransportError::Unreachable(describe(&error)))?
+            {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(LoginTransportError::TooLarge(limit));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(LoginAnswer {
+                status,
+                retry_after,
+                body: bytes.freeze(),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A reqwest error as a sentence: its category and underlying causes, without the
+/// URL (reqwest's own Display includes it).
+fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if error.is_connect() {
+        "connection failed"
+    } else if error.is_timeout() {
+        "timed out"
+    } else if error.is_body() || error.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    }
+    .to_owned();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The certificates of `upstream.ca_file` (none when unset).

@@ -78,7 +78,7 @@ async fn token_checked(state: &State, request: Request) -> Response {
     let method = request.method();
     let path = request.uri().path();
     if method == Method::POST && path == SMS_SEND_PATH {
-        send_sms(request.into_body()).await
+        send_sms(state, request.into_body()).await
     } else if method == Method::GET && path == PING_PATH {
         ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
     } else if let Some(length) = path.strip_prefix(BYTES_PREFIX)
@@ -93,10 +93,6 @@ async fn token_checked(state: &State, request: Request) -> Response {
 /// The SMS send body, as IntelePeer documents it.
 #[derive(serde::Deserialize)]
 struct SmsSend {
-    #[expect(
-        dead_code,
-        reason = "required by the schema; the simulator sends nothing"
-    )]
     from: String,
     #[expect(
         dead_code,
@@ -110,16 +106,25 @@ struct SmsSend {
     text: String,
 }
 
-async fn send_sms(body: Body) -> Response {
+/// Sends an SMS, as far as a simulator can: checks the body, and, like IntelePeer,
+/// answers 401 to a valid token when `from` is not one of the account's numbers.
+async fn send_sms(state: &State, body: Body) -> Response {
     let Ok(body) = to_bytes(body, SMS_BODY_LIMIT).await else {
         return json_error(StatusCode::BAD_REQUEST, "body too large or unreadable");
     };
-    if serde_json::from_slice::<SmsSend>(&body).is_err() {
+    let Ok(sms) = serde_json::from_slice::<SmsSend>(&body) else {
         // Deliberately vague: serde's message may quote the phone numbers.
         return json_error(
             StatusCode::BAD_REQUEST,
             "body must be JSON with string fields from, to and text",
         );
+    };
+    if !state.owns_number(&sms.from) {
+        state
+            .counters
+            .rejected_content
+            .fetch_add(1, Ordering::Relaxed);
+        return unauthorized();
     }
     let refid = format!("SM{}", hex::encode(rand::random::<[u8; 16]>()));
     (

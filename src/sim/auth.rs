@@ -37,7 +37,7 @@ pub(super) async fn authenticate(state: &State, body: Body) -> Response {
         AuthMode::Down => {
             return with_retry_after(
                 json_error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
-                "1",
+                HeaderValue::from_static("1"),
             );
         }
         AuthMode::Error => {
@@ -56,7 +56,13 @@ pub(super) async fn authenticate(state: &State, body: Body) -> Response {
         AuthMode::RateLimited => {
             return with_retry_after(
                 json_error(StatusCode::TOO_MANY_REQUESTS, "too many requests"),
-                "2",
+                HeaderValue::from_static("2"),
+            );
+        }
+        AuthMode::RateLimitedFor(seconds) => {
+            return with_retry_after(
+                json_error(StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+                HeaderValue::from(seconds),
             );
         }
         AuthMode::Reject => return unauthorized(),
@@ -74,9 +80,7 @@ pub(super) async fn authenticate(state: &State, body: Body) -> Response {
     axum::Json(serde_json::json!({"token": token})).into_response()
 }
 
-fn with_retry_after(mut response: Response, seconds: &'static str) -> Response {
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+fn with_retry_after(mut response: Response, seconds: HeaderValue) -> Response {
+    response.headers_mut().insert(header::RETRY_AFTER, seconds);
     response
 }

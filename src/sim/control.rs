@@ -8,6 +8,8 @@
 //! - `PUT  /__sim/auth-mode` with an [`AuthMode`] (`"down"`, `{"slow": 1500}`)
 //! - `PUT  /__sim/latency` with `{"ms": N}`
 //! - `PUT  /__sim/token-ttl` with `{"secs": N}` or `{"ms": N}`
+//! - `PUT  /__sim/numbers` with `["+15550001111", ...]` (the account's numbers; `[]`
+//!   accepts any `from`)
 //!
 //! Changes answer `204 No Content`; a bad body `400` with a JSON error.
 
@@ -32,6 +34,7 @@ pub(super) fn router() -> Router<Simulator> {
         .route("/auth-mode", put(set_auth_mode))
         .route("/latency", put(set_latency))
         .route("/token-ttl", put(set_token_ttl))
+        .route("/numbers", put(set_numbers))
         .fallback(not_found)
 }
 
@@ -103,6 +106,16 @@ async fn set_token_ttl(State(sim): State<Simulator>, body: Bytes) -> Response {
     };
     sim.set_token_ttl(ttl);
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn set_numbers(State(sim): State<Simulator>, body: Bytes) -> Response {
+    match parse::<Vec<String>>(&body) {
+        Ok(numbers) => {
+            sim.set_numbers(numbers);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => bad_body(&err),
+    }
 }
 
 async fn not_found() -> Response {

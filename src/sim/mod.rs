@@ -65,6 +65,10 @@ pub struct SimConfig {
     /// Long-standing tokens that are always accepted, even after
     /// [`Simulator::revoke_all`] (the CPaaS-style static credential).
     pub static_tokens: Vec<String>,
+    /// The account's numbers: when not empty, `POST /_rest/v4/app/sms/send` answers
+    /// 401 to a valid token whose request's `from` is not one of them, as IntelePeer
+    /// does (default: empty, every `from` is accepted).
+    pub numbers: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -76,6 +80,7 @@ impl Default for SimConfig {
             invalidate_on_reauth: false,
             opaque_tokens: false,
             static_tokens: Vec::new(),
+            numbers: Vec::new(),
         }
     }
 }
@@ -92,6 +97,7 @@ impl fmt::Debug for SimConfig {
                 "static_tokens",
                 &format_args!("[{} × ***]", self.static_tokens.len()),
             )
+            .field("numbers", &self.numbers)
             .finish()
     }
 }
@@ -113,6 +119,8 @@ pub enum AuthMode {
     EmptyToken,
     /// `429 {"error":"too many requests"}` with `Retry-After: 2`.
     RateLimited,
+    /// `429` with `Retry-After` of this many seconds.
+    RateLimitedFor(u64),
     /// `401 {"code":401,"error":"Unauthorized"}`, even for the right credentials.
     Reject,
     /// Wait this many milliseconds (at most ten minutes), then answer normally.
@@ -138,6 +146,9 @@ pub struct Counters {
     pub revoked_token: u64,
     /// A token presented after its expiry: the proxy must never cause this.
     pub expired_token: u64,
+    /// 401s answered to a valid token for what the request asked (an SMS from a number
+    /// the account does not own); not counted in `unauthorized`.
+    pub rejected_content: u64,
 }
 
 /// A cheap, cloneable handle on one simulated IntelePeer. Its `Debug` output shows
@@ -169,11 +180,13 @@ impl Simulator {
             invalidate_on_reauth,
             opaque_tokens,
             static_tokens,
+            numbers,
         } = config;
         Self {
             state: Arc::new(State {
                 username,
-                password,
+                password: RwLock::new(password),
+                numbers: RwLock::new(numbers),
                 invalidate_on_reauth,
                 token_shape: if opaque_tokens {
                     TokenShape::Opaque
@@ -235,6 +248,24 @@ impl Simulator {
             .store(duration_to_nanos(ttl), Ordering::Relaxed);
     }
 
+    /// The password the auth endpoints accept from now on (a rotated password).
+    pub fn set_password(&self, password: &str) {
+        *self
+            .state
+            .password
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = password.to_owned();
+    }
+
+    /// The account's numbers from now on (empty: any `from` is accepted).
+    pub fn set_numbers(&self, numbers: Vec<String>) {
+        *self
+            .state
+            .numbers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = numbers;
+    }
+
     /// Revoke every token issued so far (static tokens stay valid).
     pub fn revoke_all(&self) {
         self.state.write_tokens().revoke_all();
@@ -254,7 +285,9 @@ impl Simulator {
 /// Everything a [`Simulator`] handle shares.
 struct State {
     username: String,
-    password: String,
+    password: RwLock<String>,
+    /// The account's numbers (empty: any `from`).
+    numbers: RwLock<Vec<String>>,
     invalidate_on_reauth: bool,
     token_shape: TokenShape,
     static_tokens: HashSet<String>,
@@ -321,7 +354,14 @@ impl State {
     }
 
     fn credentials_match(&self, username: &str, password: &str) -> bool {
-        username == self.username && password == self.password
+        username == self.username
+            && password == *self.password.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the account may send from `from`.
+    fn owns_number(&self, from: &str) -> bool {
+        let numbers = self.numbers.read().unwrap_or_else(PoisonError::into_inner);
+        numbers.is_empty() || numbers.iter().any(|number| number == from)
     }
 
     /// Issue a token for `subject` with the current TTL and count it.
@@ -384,6 +424,7 @@ struct CounterCells {
     unknown_token: AtomicU64,
     revoked_token: AtomicU64,
     expired_token: AtomicU64,
+    rejected_content: AtomicU64,
 }
 
 impl CounterCells {
@@ -398,8 +439,9 @@ impl CounterCells {
         self.unauthorized.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn cells(&self) -> [&AtomicU64; 8] {
+    fn cells(&self) -> [&AtomicU64; 9] {
         [
+            &self.rejected_content,
             &self.auth_calls,
             &self.tokens_issued,
             &self.api_calls,
@@ -422,6 +464,7 @@ impl CounterCells {
             unknown_token: load(&self.unknown_token),
             revoked_token: load(&self.revoked_token),
             expired_token: load(&self.expired_token),
+            rejected_content: load(&self.rejected_content),
         }
     }
 

@@ -297,6 +297,11 @@ async fn each_failing_auth_mode_answers_as_documented() {
             Some("2"),
         ),
         (AuthMode::Reject, StatusCode::UNAUTHORIZED, None),
+        (
+            AuthMode::RateLimitedFor(30),
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("30"),
+        ),
     ];
     for (mode, status, retry_after) in cases {
         running.sim.set_auth_mode(mode);
@@ -331,7 +336,7 @@ async fn each_failing_auth_mode_answers_as_documented() {
     running.sim.set_auth_mode(AuthMode::Ok);
     running.login().await;
     let counters = running.sim.counters();
-    assert_eq!((counters.auth_calls, counters.tokens_issued), (7, 1));
+    assert_eq!((counters.auth_calls, counters.tokens_issued), (8, 1));
 }
 
 #[tokio::test]
@@ -651,6 +656,53 @@ fn auth_mode_json_matches_the_control_api() {
         serde_json::from_value::<AuthMode>(json!({"slow": 1500})).expect("json"),
         AuthMode::Slow(1500)
     );
+    assert_eq!(
+        serde_json::from_value::<AuthMode>(json!({"rate_limited_for": 30})).expect("json"),
+        AuthMode::RateLimitedFor(30)
+    );
+}
+
+#[tokio::test]
+async fn an_sms_from_a_number_the_account_does_not_own_is_401_to_a_valid_token() {
+    let running = start(SimConfig {
+        numbers: vec!["+15550001111".to_owned()],
+        ..SimConfig::default()
+    })
+    .await;
+    let token = running.login().await;
+    let send = |from: &'static str| {
+        running
+            .client
+            .post(running.url("/_rest/v4/app/sms/send"))
+            .header("authorization", format!("Bearer {token}"))
+            .json(&json!({"from": from, "to": "+15550002222", "text": "hi"}))
+            .send()
+    };
+    assert_eq!(send("+15550001111").await.expect("send").status(), 202);
+    assert_unauthorized(send("+15559999999").await.expect("send")).await;
+    let counters = running.sim.counters();
+    assert_eq!(counters.rejected_content, 1);
+    assert_eq!(counters.unauthorized, 0, "the token itself was fine");
+
+    // The control path changes the numbers; an empty list accepts any number.
+    let response = running
+        .client
+        .put(running.url("/__sim/numbers"))
+        .body("[]")
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(send("+15559999999").await.expect("send").status(), 202);
+}
+
+#[tokio::test]
+async fn a_changed_password_is_the_only_one_accepted() {
+    let running = start(SimConfig::default()).await;
+    running.sim.set_password("rotated");
+    assert_unauthorized(running.login_at(AUTH, "demo", "demo-password").await).await;
+    let response = running.login_at(AUTH, "demo", "rotated").await;
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -1,86 +1,61 @@
-//! One credential: its current token in an `ArcSwap`, the single flight that replaces
-//! it, and the background loop that keeps it fresh.
+//! One credential: its token slot, the single flight that replaces the token, the
+//! gates in front of it (backoff, the reauth interval), the fleet protocol over the
+//! token store, and the thin loop that keeps the token fresh.
 //!
 //! Readers take one lock-free `ArcSwap` load. Writers (the refresh loop, a 401, the
-//! admin `/refresh`) all go through [`Credential::join_or_start`], so at most one
-//! fetch per credential is ever in flight and everyone who needs a fresh token awaits
-//! that one result.
+//! admin `/refresh`, `SIGHUP`, a changed token file) all go through the single flight,
+//! so at most one fetch per credential is in flight in this process and everyone who
+//! needs a fresh token awaits that one result. With a shared store, the flight first
+//! reads the fleet's entry (adopting a newer token instead of logging in) and takes
+//! the fleet's lock before a login, so the whole fleet makes one login per refresh.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
-use futures_util::FutureExt;
+use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use super::expiry;
-use super::source::{AuthError, SessionLogin, read_token_file};
-use crate::config::{CredentialConfig, CredentialSource, HeaderFormat, StaticToken};
+use super::clock::{Clock, Random};
+use super::readiness::{CredentialStatus, Health};
+use super::schedule::{self, RefreshReason, TokenTimes};
+use super::slot::{FormatId, Minted, Origin, Slot, Token, TokenGeneration};
+use super::source::{AuthError, TokenSource};
+use super::store::{Entry, LockLease, Store, StoredToken, WAIT_POLL};
+use crate::config::HeaderFormat;
 use crate::task::BackgroundTask;
+use crate::telemetry;
 
-/// How often a `token_file` is checked for a new token (DESIGN.md: within 5 s).
-const TOKEN_FILE_POLL: Duration = Duration::from_secs(2);
-
-/// Counts token replacements for one credential; a 401 on generation G only causes a
-/// login when no token newer than G has been stored meanwhile.
-pub type TokenGeneration = u64;
-
-/// Why a token fetch happened (the `reason` label of logs and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshReason {
-    Startup,
-    Ahead,
-    Expired,
-    Rejected,
-    Manual,
-    FileChanged,
+/// The timing settings of one credential.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lifetime assumed when the token carries no JWT `exp`.
+    pub token_ttl: Duration,
+    /// Refresh this long before expiry (at most half the lifetime).
+    pub refresh_before: Duration,
+    /// At most one 401-caused login per this interval (fleet-wide with a shared store).
+    pub min_reauth_interval: Duration,
+    /// Bounds a login, and how long another replica's login is waited for.
+    pub request_timeout: Duration,
 }
 
-impl RefreshReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Startup => "startup",
-            Self::Ahead => "ahead",
-            Self::Expired => "expired",
-            Self::Rejected => "401",
-            Self::Manual => "manual",
-            Self::FileChanged => "file_changed",
-        }
-    }
-}
-
-/// A stored token. The secret itself is only kept inside the prebuilt header values.
+/// Everything a credential is made of.
 #[derive(Debug)]
-pub struct Token {
-    pub generation: TokenGeneration,
-    /// One header value per format used by this credential's routes, built once here,
-    /// marked sensitive, cloned per request.
-    headers: Box<[HeaderValue]>,
-    /// `None` for static tokens: they never expire as far as the proxy knows.
-    usable_until: Option<Instant>,
-    expires_at: Option<SystemTime>,
-    refresh_at: Option<Instant>,
+pub struct Parts {
+    pub name: String,
+    pub settings: Settings,
+    /// The header formats of the routes using this credential; a [`Lease`] for a
+    /// [`FormatId`] carries the token rendered with that format.
+    pub formats: Vec<HeaderFormat>,
+    pub source: Box<dyn TokenSource>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub random: Arc<dyn Random>,
 }
-
-impl Token {
-    fn is_usable(&self, now: Instant) -> bool {
-        self.usable_until.is_none_or(|until| now < until)
-    }
-
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at
-    }
-}
-
-/// Which of a credential's prebuilt header values a route sends (one per distinct
-/// header format among the credential's routes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FormatId(usize);
 
 /// A token as handed to one request: the header value and the generation it came from.
 #[derive(Debug, Clone)]
@@ -98,131 +73,86 @@ pub struct TokenUnavailable {
     pub retry_after: Duration,
 }
 
-/// What `/readyz` shows of a credential. Never holds the token.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CredentialStatus {
-    pub name: String,
-    pub kind: &'static str,
-    pub ready: bool,
-    /// The last forced refresh after a 401 failed: IntelePeer rejects the token.
-    pub rejected: bool,
-    pub generation: TokenGeneration,
-    #[serde(with = "rfc3339_opt")]
-    pub expires_at: Option<SystemTime>,
-    #[serde(with = "rfc3339_opt")]
-    pub last_refresh: Option<SystemTime>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
+/// Why a refresh produced no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A 401-caused login already happened (in the fleet) within the reauth interval.
+    #[error("a 401-caused login happened less than min_reauth_interval ago")]
+    Suppressed,
 }
 
-mod rfc3339_opt {
-    use std::time::SystemTime;
-
-    pub fn serialize<S: serde::Serializer>(
-        time: &Option<SystemTime>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match time {
-            Some(time) => {
-                serializer.serialize_some(&humantime::format_rfc3339_seconds(*time).to_string())
-            }
-            None => serializer.serialize_none(),
-        }
-    }
-}
-
-type FlightResult = Result<Arc<Token>, AuthError>;
+type FlightResult = Result<Arc<Token>, RefreshError>;
 type Flight = Shared<BoxFuture<'static, FlightResult>>;
 
-#[derive(Debug)]
-enum Source {
-    Session(SessionLogin),
-    Static(StaticToken),
-}
-
-#[derive(Debug, Default)]
-struct Health {
-    consecutive_failures: u32,
-    /// No login before this instant (backoff) unless forced by an operator.
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
-    last_refresh: Option<SystemTime>,
-    rejected: bool,
-}
-
-struct Inner {
-    name: String,
-    source: Source,
-    token_ttl: Duration,
-    refresh_before: Duration,
-    formats: Vec<HeaderFormat>,
-    client: reqwest::Client,
-    current: ArcSwapOption<Token>,
-    next_generation: AtomicU64,
-    /// The fetch in flight, if any. Held only to look at or swap the slot.
-    flight: Mutex<Option<Flight>>,
-    health: Mutex<Health>,
-    /// Wakes the refresh loop when a token is stored or a fetch fails out of band.
-    changed: Notify,
-    /// The runtime that [`Credential::start`] ran on: fetches are spawned there, not on
-    /// whichever proxy worker happened to see a 401, so a fetch outlives the worker's
-    /// runtime at shutdown and always clears its flight slot.
-    home: OnceLock<Handle>,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("name", &self.name)
-            .field("source", &self.source)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A credential: cheap to clone, shared by every route that uses it.
+/// A shared handle on one credential.
 #[derive(Debug, Clone)]
 pub struct Credential {
     inner: Arc<Inner>,
 }
 
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    settings: Settings,
+    formats: Vec<HeaderFormat>,
+    source: Box<dyn TokenSource>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
+    slot: Slot,
+    /// One lock for the flight and its gates, so that "is a fetch in flight, may one
+    /// start" is decided in one step.
+    state: Mutex<State>,
+    /// Wakes the refresh loop when a token was stored out of band.
+    changed: Notify,
+    /// The runtime flights run on (the one that started the credential), so that a
+    /// fetch outlives the request or worker that asked for it.
+    home: OnceLock<Handle>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    flight: Option<Flight>,
+    health: Health,
+    /// No 401-caused login before this instant: this process made one, or the fleet's
+    /// entry says another replica did, less than `min_reauth_interval` ago.
+    reauth_closed_until: Option<Instant>,
+}
+
+/// A token obtained by a flight, and from where; `origin` is `None` when the flight
+/// kept the current token (the fleet already agreed with it).
+struct Obtained {
+    token: Arc<Token>,
+    origin: Option<Origin>,
+}
+
 impl Credential {
-    /// `formats` are the header formats of the routes using this credential; a
-    /// [`Lease`] for format `i` carries the token rendered with `formats[i]`.
-    pub fn new(
-        config: &CredentialConfig,
-        formats: Vec<HeaderFormat>,
-        client: reqwest::Client,
-        login_timeout: Duration,
-    ) -> Self {
-        let source = match &config.source {
-            CredentialSource::Session {
-                url,
-                username,
-                password,
-            } => Source::Session(SessionLogin {
-                url: url.clone(),
-                username: username.clone(),
-                password: password.clone(),
-                timeout: login_timeout,
-            }),
-            CredentialSource::Static(token) => Source::Static(token.clone()),
-        };
+    pub fn new(parts: Parts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                name: config.name.clone(),
-                source,
-                token_ttl: config.token_ttl,
-                refresh_before: config.refresh_before,
-                formats,
-                client,
-                current: ArcSwapOption::empty(),
-                next_generation: AtomicU64::new(1),
-                flight: Mutex::new(None),
-                health: Mutex::new(Health::default()),
+                name: parts.name,
+                settings: parts.settings,
+                formats: parts.formats,
+                source: parts.source,
+                store: parts.store,
+                clock: parts.clock,
+                random: parts.random,
+                slot: Slot::default(),
+                state: Mutex::new(State::default()),
                 changed: Notify::new(),
                 home: OnceLock::new(),
             }),
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn is_static(&self) -> bool {
+        self.inner.source.kind() == "static"
     }
 
     /// Which of this credential's header values is rendered with `format`.
@@ -234,38 +164,26 @@ impl Credential {
             .map(FormatId)
     }
 
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    pub fn is_static(&self) -> bool {
-        matches!(self.inner.source, Source::Static(_))
-    }
-
     /// Starts the first fetch now (so requests that arrive before it wait for this very
-    /// fetch) and the background task that keeps the token fresh. Dropping the
-    /// returned guard stops the task.
+    /// fetch) and, for a session credential, the loop that keeps the token fresh.
     pub fn start(&self) -> BackgroundTask {
         let _ = self.inner.home.set(Handle::current());
         let _first = self.join_or_start(RefreshReason::Startup);
         let this = self.clone();
-        match &self.inner.source {
-            Source::Session(_) => BackgroundTask::spawn(async move { this.refresh_loop().await }),
-            Source::Static(StaticToken::File(_)) => {
-                BackgroundTask::spawn(async move { this.watch_token_file().await })
-            }
-            Source::Static(StaticToken::Inline(_)) => BackgroundTask::spawn(async {}),
+        if self.is_static() {
+            BackgroundTask::spawn(async {})
+        } else {
+            BackgroundTask::spawn(async move { this.refresh_loop().await })
         }
     }
 
-    /// The current token for format `format_index` when it is usable: one `ArcSwap`
-    /// load, no lock, no allocation.
+    /// The current token for `format` when it is usable: one `ArcSwap` load, no lock,
+    /// no allocation.
     pub fn current(&self, format: FormatId) -> Option<Lease> {
-        let guard = self.inner.current.load();
-        let token = guard.as_ref()?;
-        token.is_usable(Instant::now()).then(|| Lease {
-            header: token.headers[format.0].clone(),
-            generation: token.generation,
+        let now = self.inner.clock.now();
+        self.inner.slot.with(|token| {
+            let token = token?;
+            token.is_usable(now).then(|| lease_of(token, format))
         })
     }
 
@@ -275,317 +193,616 @@ impl Credential {
         if let Some(lease) = self.current(format) {
             return Ok(lease);
         }
-        let in_flight = self.lock_flight().clone();
+        let in_flight = self.lock_state().flight.clone();
         if let Some(flight) = in_flight
             && let Ok(Ok(token)) = tokio::time::timeout(wait, flight).await
         {
-            return Ok(self.lease_from(&token, format));
+            return Ok(lease_of(&token, format));
         }
         // The flight may have finished between the checks above.
         self.current(format).ok_or_else(|| self.unavailable())
     }
 
     /// After the upstream rejected generation `rejected` with a 401: a newer token if
-    /// one is stored, otherwise the result of one forced refresh (shared with every
+    /// one is stored, otherwise the result of one 401-caused refresh (shared with every
     /// other request that saw the same 401). `None` means "return the 401 as it came":
-    /// static credentials, a credential backing off, or a failed refresh.
+    /// a static credential (nothing fresher exists), a credential backing off, the
+    /// reauth interval still closed (the 401 is counted as suppressed), or a failed
+    /// refresh.
     pub async fn lease_after_rejection(
         &self,
         format: FormatId,
         rejected: TokenGeneration,
         wait: Duration,
     ) -> Option<Lease> {
-        if let Some(lease) = self.current(format)
-            && lease.generation > rejected
-        {
+        if let Some(lease) = self.newer_than(format, rejected) {
             return Some(lease);
         }
         if self.is_static() {
             return None;
         }
-        let in_flight = self.lock_flight().clone();
-        let flight = match in_flight {
-            Some(flight) => flight,
-            None if self.backing_off() => return None,
-            None => self.join_or_start(RefreshReason::Rejected),
+        let flight = {
+            let mut state = self.lock_state();
+            // Compared again under the lock: a flight may have stored one meanwhile.
+            if let Some(lease) = self.newer_than(format, rejected) {
+                return Some(lease);
+            }
+            match state.flight.clone() {
+                Some(flight) => flight,
+                None => {
+                    let now = self.inner.clock.now();
+                    if state.health.backing_off(now) {
+                        return None;
+                    }
+                    if state.reauth_closed_until.is_some_and(|until| now < until) {
+                        drop(state);
+                        telemetry::reauth_suppressed(self.name());
+                        return None;
+                    }
+                    // Counts whether the login succeeds or fails.
+                    state.reauth_closed_until = Some(now + self.inner.settings.min_reauth_interval);
+                    self.start_flight(&mut state, RefreshReason::Rejected)
+                }
+            }
         };
         match tokio::time::timeout(wait, flight).await {
-            Ok(Ok(token)) if token.generation > rejected => Some(self.lease_from(&token, format)),
+            Ok(Ok(token)) if token.generation > rejected => Some(lease_of(&token, format)),
+            Ok(Err(RefreshError::Suppressed)) => {
+                telemetry::reauth_suppressed(self.name());
+                None
+            }
             _ => None,
         }
     }
 
-    /// An operator's forced refresh (`POST /refresh`): ignores backoff, shares a
-    /// fetch already in flight.
-    pub async fn force_refresh(&self) -> Result<Arc<Token>, AuthError> {
+    /// An operator's forced refresh (`POST /refresh`): ignores backoff and the reauth
+    /// interval, shares a fetch already in flight.
+    pub async fn force_refresh(&self) -> Result<Arc<Token>, RefreshError> {
         self.join_or_start(RefreshReason::Manual).await
+    }
+
+    /// The secret files were re-read (`SIGHUP`): a session credential with no usable
+    /// token or a changed password logs in now; a static one with a changed token file
+    /// stores it now. Returns whether a fetch was started.
+    pub fn reload(&self) -> bool {
+        let changed = match self.inner.source.reread() {
+            Ok(changed) => changed,
+            Err(error) => {
+                tracing::error!(credential = self.name(), cause = %error, "secret file unreadable: keeping its last good value");
+                false
+            }
+        };
+        let usable = self
+            .inner
+            .slot
+            .with(|token| token.is_some_and(|token| token.is_usable(self.inner.clock.now())));
+        let reason = if self.is_static() {
+            RefreshReason::FileChanged
+        } else {
+            RefreshReason::Reload
+        };
+        let start = changed || (!usable && !self.is_static());
+        if start {
+            drop(self.join_or_start(reason));
+        }
+        start
     }
 
     /// For `/readyz`.
     pub fn status(&self) -> CredentialStatus {
-        let token = self.inner.current.load_full();
-        let health = self.lock_health();
-        let now = Instant::now();
-        CredentialStatus {
-            name: self.inner.name.clone(),
-            kind: if self.is_static() {
-                "static"
-            } else {
-                "session"
-            },
-            ready: token.as_ref().is_some_and(|token| token.is_usable(now)) && !health.rejected,
-            rejected: health.rejected,
-            generation: token.as_ref().map_or(0, |token| token.generation),
-            expires_at: token.as_ref().and_then(|token| token.expires_at),
-            last_refresh: health.last_refresh,
-            last_error: health.last_error.clone(),
-            consecutive_failures: health.consecutive_failures,
-        }
+        let state = self.lock_state();
+        self.inner.slot.with(|token| {
+            CredentialStatus::new(
+                self.name(),
+                self.inner.source.kind(),
+                token,
+                &state.health,
+                self.inner.clock.now(),
+            )
+        })
     }
 
-    fn lease_from(&self, token: &Token, format: FormatId) -> Lease {
-        Lease {
-            header: token.headers[format.0].clone(),
-            generation: token.generation,
-        }
+    fn newer_than(&self, format: FormatId, rejected: TokenGeneration) -> Option<Lease> {
+        self.current(format)
+            .filter(|lease| lease.generation > rejected)
     }
 
     fn unavailable(&self) -> TokenUnavailable {
-        let retry_at = self.lock_health().retry_at;
-        let retry_after = retry_at
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .unwrap_or(expiry::BACKOFF_BASE);
+        let retry_at = self.lock_state().health.retry_at;
+        let now = self.inner.clock.now();
         TokenUnavailable {
             credential: self.inner.name.clone(),
-            retry_after,
+            retry_after: retry_at
+                .map(|at| at.saturating_duration_since(now))
+                .unwrap_or(schedule::BACKOFF_BASE),
         }
     }
 
-    fn backing_off(&self) -> bool {
-        self.lock_health()
-            .retry_at
-            .is_some_and(|at| Instant::now() < at)
-    }
-
-    fn lock_flight(&self) -> MutexGuard<'_, Option<Flight>> {
-        // A panic while holding this lock cannot leave the slot inconsistent: it only
-        // ever holds a complete value.
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state inconsistent: every
+        // field holds a complete value at all times.
         self.inner
-            .flight
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_health(&self) -> MutexGuard<'_, Health> {
-        self.inner
-            .health
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The single flight: joins the fetch in flight or starts one. The fetch runs in
-    /// its own task, so it completes (and stores its token) even if every waiter goes
-    /// away.
+    /// The single flight: joins the fetch in flight or starts one.
     fn join_or_start(&self, reason: RefreshReason) -> Flight {
-        let mut slot = self.lock_flight();
-        if let Some(flight) = slot.as_ref() {
-            return flight.clone();
+        let mut state = self.lock_state();
+        match state.flight.clone() {
+            Some(flight) => flight,
+            None => self.start_flight(&mut state, reason),
         }
+    }
+
+    /// Starts a fetch in its own task, so it completes (and stores its token) even if
+    /// every waiter goes away.
+    fn start_flight(&self, state: &mut State, reason: RefreshReason) -> Flight {
         let this = self.clone();
-        let fetch = async move { this.fetch_and_store(reason).await };
+        let fetch = async move { this.run_flight(reason).await };
         let task = match self.inner.home.get() {
             Some(home) => home.spawn(fetch),
             None => tokio::spawn(fetch),
         };
-        let flight = async move { task.await.unwrap_or(Err(AuthError::Interrupted)) }
-            .boxed()
-            .shared();
-        *slot = Some(flight.clone());
+        let flight = async move {
+            task.await
+                .unwrap_or(Err(RefreshError::Auth(AuthError::Interrupted)))
+        }
+        .boxed()
+        .shared();
+        state.flight = Some(flight.clone());
         flight
     }
 
-    async fn fetch_and_store(&self, reason: RefreshReason) -> FlightResult {
-        let started = Instant::now();
-        let fetched_wall = SystemTime::now();
-        let result = self
-            .fetch()
-            .await
-            .and_then(|token| self.build_token(token.expose_secret(), started, fetched_wall));
-        let elapsed = started.elapsed();
-        let name = self.inner.name.as_str();
-        let outcome = match result {
-            Ok(token) => {
-                let token = Arc::new(token);
-                self.inner.current.store(Some(Arc::clone(&token)));
-                let mut health = self.lock_health();
-                *health = Health {
-                    last_refresh: Some(fetched_wall),
-                    ..Health::default()
-                };
-                drop(health);
-                crate::telemetry::token_refreshed(name, reason.as_str(), &token, elapsed);
-                tracing::info!(
-                    credential = name,
-                    generation = token.generation,
-                    expires_at = %token.expires_at.map(humantime::format_rfc3339_seconds).map_or_else(|| "never".to_owned(), |t| t.to_string()),
-                    reason = reason.as_str(),
-                    duration_ms = elapsed.as_millis() as u64,
-                    "token stored"
-                );
+    /// One flight: obtain a token, store it, record the outcome, clear the slot.
+    async fn run_flight(&self, reason: RefreshReason) -> FlightResult {
+        let started = self.inner.clock.now();
+        let outcome = self.obtain(reason).await;
+        let took = self.inner.clock.now().saturating_duration_since(started);
+        let result = match outcome {
+            Ok(Obtained { token, origin }) => {
+                if let Some(origin) = origin {
+                    self.inner.slot.store(Arc::clone(&token));
+                    self.lock_state().health.succeeded(self.inner.clock.wall());
+                    self.record_stored(&token, origin, reason, took);
+                }
                 Ok(token)
             }
-            Err(error) => {
-                let mut health = self.lock_health();
-                health.consecutive_failures = health.consecutive_failures.saturating_add(1);
-                let delay = expiry::backoff(
-                    health.consecutive_failures,
-                    error.retry_after(),
-                    rand::random(),
-                );
-                health.retry_at = Some(Instant::now() + delay);
-                health.last_error = Some(error.to_string());
-                if reason == RefreshReason::Rejected {
-                    health.rejected = true;
-                }
-                let failures = health.consecutive_failures;
-                drop(health);
-                crate::telemetry::token_refresh_failed(name, reason.as_str(), elapsed);
-                let still_valid = self.current(FormatId(0)).is_some();
-                if matches!(error, AuthError::BadCredentials) {
-                    tracing::error!(
-                        credential = name,
-                        reason = reason.as_str(),
-                        error = %error,
-                        kind = error.kind(),
-                        consecutive_failures = failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        still_valid,
-                        "login failed: IntelePeer rejected the username or password"
-                    );
-                } else {
-                    tracing::warn!(
-                        credential = name,
-                        reason = reason.as_str(),
-                        error = %error,
-                        kind = error.kind(),
-                        consecutive_failures = failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        still_valid,
-                        "token fetch failed"
-                    );
-                }
-                Err(error)
+            Err(RefreshError::Auth(error)) => {
+                self.record_failure(&error, reason, took);
+                Err(RefreshError::Auth(error))
             }
+            Err(RefreshError::Suppressed) => Err(RefreshError::Suppressed),
         };
-        *self.lock_flight() = None;
+        self.lock_state().flight = None;
         self.inner.changed.notify_one();
-        outcome
+        result
     }
 
-    async fn fetch(&self) -> Result<SecretString, AuthError> {
-        match &self.inner.source {
-            Source::Session(login) => login.fetch(&self.inner.client).await,
-            Source::Static(StaticToken::Inline(token)) => Ok(token.clone()),
-            Source::Static(StaticToken::File(path)) => read_token_file(path).await,
+    fn record_stored(&self, token: &Token, origin: Origin, reason: RefreshReason, took: Duration) {
+        telemetry::token_refreshed(
+            self.name(),
+            reason.as_str(),
+            origin.as_str(),
+            token.expires_at(),
+            took,
+        );
+        tracing::info!(
+            credential = self.name(),
+            generation = token.generation,
+            fleet_generation = token.fleet_generation,
+            expires_at = token
+                .expires_at()
+                .map_or_else(|| "never".to_owned(), telemetry::rfc3339),
+            reason = reason.as_str(),
+            source = origin.as_str(),
+            duration_ms = took.as_millis() as u64,
+            "token stored"
+        );
+    }
+
+    fn record_failure(&self, error: &AuthError, reason: RefreshReason, took: Duration) {
+        let now = self.inner.clock.now();
+        let mut state = self.lock_state();
+        let health = &mut state.health;
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        let delay = schedule::backoff(
+            health.consecutive_failures,
+            error.retry_after(),
+            self.inner.random.unit(),
+        );
+        health.retry_at = Some(now + delay);
+        health.last_error = Some(error.to_string());
+        if reason == RefreshReason::Rejected {
+            health.rejected = true;
         }
-    }
-
-    fn build_token(
-        &self,
-        secret: &str,
-        fetched: Instant,
-        fetched_wall: SystemTime,
-    ) -> Result<Token, AuthError> {
-        let headers = self
+        let failures = health.consecutive_failures;
+        drop(state);
+        telemetry::token_refresh_failed(self.name(), reason.as_str(), took);
+        let still_valid = self
             .inner
-            .formats
-            .iter()
-            .map(|format| {
-                let mut value = HeaderValue::try_from(format.render(secret))
-                    .map_err(|_| AuthError::InvalidToken)?;
-                value.set_sensitive(true);
-                Ok(value)
-            })
-            .collect::<Result<Box<[HeaderValue]>, AuthError>>()?;
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-        if self.is_static() {
-            return Ok(Token {
-                generation,
-                headers,
-                usable_until: None,
-                expires_at: None,
-                refresh_at: None,
-            });
+            .slot
+            .with(|token| token.is_some_and(|token| token.is_usable(now)));
+        if matches!(error, AuthError::BadCredentials) {
+            tracing::error!(
+                credential = self.name(),
+                reason = reason.as_str(),
+                error = %error,
+                kind = error.kind(),
+                consecutive_failures = failures,
+                retry_in_ms = delay.as_millis() as u64,
+                still_valid,
+                "login failed: IntelePeer rejected the username or password"
+            );
+        } else {
+            tracing::warn!(
+                credential = self.name(),
+                reason = reason.as_str(),
+                error = %error,
+                kind = error.kind(),
+                consecutive_failures = failures,
+                retry_in_ms = delay.as_millis() as u64,
+                still_valid,
+                "token fetch failed"
+            );
         }
-        let fetched_unix = fetched_wall
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let lifetime = expiry::token_lifetime(secret, fetched_unix, self.inner.token_ttl)
-            .ok_or(AuthError::AlreadyExpired)?;
-        let refresh_in = expiry::refresh_delay(lifetime, self.inner.refresh_before, rand::random());
-        Ok(Token {
-            generation,
-            headers,
-            usable_until: Some(fetched + expiry::usable_for(lifetime)),
-            expires_at: Some(fetched_wall + lifetime),
-            refresh_at: Some(fetched + refresh_in),
+    }
+
+    /// Keeps a session token fresh: fetches when [`schedule::next_fetch`] says, wakes
+    /// early when a token is stored out of band, and converges on the fleet's token
+    /// when the shared store comes back after an outage.
+    async fn refresh_loop(&self) {
+        let mut recoveries = self.inner.store.recoveries();
+        loop {
+            let fetch = self.next_fetch();
+            tokio::select! {
+                () = tokio::time::sleep_until(fetch.at) => {
+                    let _ = self.join_or_start(fetch.reason).await;
+                }
+                () = self.inner.changed.notified() => {}
+                Ok(()) = recoveries.changed() => {
+                    let _ = self.join_or_start(RefreshReason::Resync).await;
+                }
+            }
+        }
+    }
+
+    fn next_fetch(&self) -> schedule::Fetch {
+        let retry_at = self.lock_state().health.retry_at;
+        let times = self
+            .inner
+            .slot
+            .with(|token| token.and_then(|token| token.times));
+        schedule::next_fetch(times.as_ref(), retry_at, self.inner.clock.now())
+    }
+
+    // --- obtaining a token ---
+
+    /// The fleet protocol. Reads the shared entry first and adopts a newer token
+    /// instead of logging in; otherwise takes the refresh lock and logs in; while
+    /// another replica holds the lock, waits for its entry (bounded). Whenever the
+    /// store is unreachable, logs in alone: the store never fails a request.
+    async fn obtain(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
+        let store = &self.inner.store;
+        if self.is_static() || !store.is_up() {
+            return self.login_alone(reason).await;
+        }
+        let now = self.inner.clock.now();
+        if reason == RefreshReason::Resync
+            && let Some(own) = self.inner.slot.load().filter(|token| token.is_usable(now))
+        {
+            return Ok(self.converge(own).await);
+        }
+        let deadline =
+            self.inner.clock.now() + store.lock_ttl() + self.inner.settings.request_timeout;
+        // What counts as newer: for `/refresh`, newer than what was there when it was
+        // asked for (someone else's login finishing meanwhile is as good as ours).
+        let mut floor: Option<u64> = None;
+        loop {
+            let Ok(seen) = store.read(self.name()).await else {
+                return self.login_alone(reason).await;
+            };
+            let floor = *floor.get_or_insert(if reason == RefreshReason::Manual {
+                seen.generation()
+            } else {
+                0
+            });
+            if let Some(obtained) = self.adopt_if_newer(&seen, reason, floor) {
+                return Ok(obtained);
+            }
+            if reason == RefreshReason::Rejected && self.fleet_reauth_closed(&seen) {
+                return Err(RefreshError::Suppressed);
+            }
+            match store.try_lock(self.name()).await {
+                Err(_) => return self.login_alone(reason).await,
+                Ok(Some(lease)) => return self.login_holding(reason, lease, floor).await,
+                Ok(None) => {}
+            }
+            // Another replica is logging in: look again shortly.
+            if self.inner.clock.now() + WAIT_POLL > deadline {
+                tracing::warn!(
+                    credential = self.name(),
+                    "another replica held the refresh lock too long: logging in alone"
+                );
+                return self.login_alone(reason).await;
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+
+    /// Logs in holding the fleet's lock (renewed every third of its lease meanwhile),
+    /// writes the entry if nobody else did, and releases the lock.
+    async fn login_holding(
+        &self,
+        reason: RefreshReason,
+        lease: LockLease,
+        floor: u64,
+    ) -> Result<Obtained, RefreshError> {
+        let store = &self.inner.store;
+        let renewing = {
+            let store = store.clone();
+            let name = self.inner.name.clone();
+            let lease = lease.clone();
+            let every = store.lock_ttl() / 3;
+            BackgroundTask::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if !matches!(store.renew(&name, &lease).await, Ok(true)) {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = async {
+            // Someone may have written the entry just before we took the lock.
+            let seen = store.read(self.name()).await.unwrap_or(Entry::Absent);
+            if let Some(obtained) = self.adopt_if_newer(&seen, reason, floor) {
+                return Ok(obtained);
+            }
+            if reason == RefreshReason::Rejected && self.fleet_reauth_closed(&seen) {
+                return Err(RefreshError::Suppressed);
+            }
+            let generation = seen.generation().max(self.fleet_generation()) + 1;
+            let (obtained, stored) = self.login(reason, generation).await?;
+            if let Some(stored) = stored {
+                let written = store
+                    .write(
+                        self.name(),
+                        &stored,
+                        seen.generation(),
+                        self.inner.clock.wall(),
+                    )
+                    .await;
+                if written == Ok(false) {
+                    tracing::warn!(
+                        credential = self.name(),
+                        "the shared entry changed during this login (the lock was lost): \
+                         keeping this token locally"
+                    );
+                }
+            }
+            Ok(obtained)
+        }
+        .await;
+        drop(renewing);
+        store.release(self.name(), lease).await;
+        result
+    }
+
+    /// Logs in without the store: it is unreachable, or the credential is static.
+    async fn login_alone(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
+        let generation = self.fleet_generation() + 1;
+        self.login(reason, generation)
+            .await
+            .map(|(obtained, _)| obtained)
+    }
+
+    /// The store came back after an outage: adopt the fleet's token if it differs
+    /// from ours, or publish ours where there is none, so every replica ends up with
+    /// one token without a login.
+    async fn converge(&self, own: Arc<Token>) -> Obtained {
+        let store = &self.inner.store;
+        let kept = |token: Arc<Token>| Obtained {
+            token,
+            origin: None,
+        };
+        let Ok(seen) = store.read(self.name()).await else {
+            return kept(own);
+        };
+        if let Some(stored) = seen.token()
+            && super::slot::fingerprint(stored.token.expose_secret()) == own.fingerprint
+        {
+            return kept(own);
+        }
+        if let Some(obtained) = self.adopt(&seen) {
+            return obtained;
+        }
+        let Some(expires_at) = own.expires_at() else {
+            return kept(own);
+        };
+        let stored = StoredToken {
+            generation: seen.generation().max(own.fleet_generation) + 1,
+            token: own.secret.clone(),
+            expires_at,
+            obtained_at: own.obtained_at,
+            reason: own.reason,
+        };
+        let wall = self.inner.clock.wall();
+        if store
+            .write(self.name(), &stored, seen.generation(), wall)
+            .await
+            == Ok(true)
+        {
+            return kept(own);
+        }
+        // Another replica published first: take theirs.
+        match store.read(self.name()).await {
+            Ok(seen) => self.adopt(&seen).unwrap_or_else(|| kept(own)),
+            Err(_) => kept(own),
+        }
+    }
+
+    /// The fleet generation of the current token (0 without one).
+    fn fleet_generation(&self) -> u64 {
+        self.inner
+            .slot
+            .with(|token| token.map_or(0, |token| token.fleet_generation))
+    }
+
+    /// Adopts the entry when it is newer than our token (and than `floor`), usable,
+    /// and, for a refresh ahead, not itself due for refresh.
+    fn adopt_if_newer(&self, seen: &Entry, reason: RefreshReason, floor: u64) -> Option<Obtained> {
+        let stored = seen.token()?;
+        if stored.generation <= self.fleet_generation().max(floor) {
+            return None;
+        }
+        let obtained = self.adopt(seen)?;
+        let due = obtained
+            .token
+            .times
+            .is_some_and(|times| self.inner.clock.now() >= times.refresh_at);
+        (reason != RefreshReason::Ahead || !due).then_some(obtained)
+    }
+
+    /// The entry's token as ours, if it is usable.
+    fn adopt(&self, seen: &Entry) -> Option<Obtained> {
+        let stored = seen.token()?;
+        let lifetime = stored
+            .expires_at
+            .duration_since(stored.obtained_at)
+            .unwrap_or_default();
+        let times = schedule::token_times(
+            stored.expires_at,
+            lifetime,
+            self.inner.clock.now(),
+            self.inner.clock.wall(),
+            self.inner.settings.refresh_before,
+            self.inner.random.unit(),
+        )?;
+        let token = self
+            .mint(
+                stored.token.clone(),
+                stored.generation,
+                Some(times),
+                stored.obtained_at,
+                stored.reason,
+            )
+            .ok()?;
+        Some(Obtained {
+            token: Arc::new(token),
+            origin: Some(Origin::Store),
         })
     }
 
-    /// Keeps a session token fresh: fetches at `refresh_at`, and after a failure at the
-    /// backoff deadline. Wakes early when a token is stored out of band.
-    async fn refresh_loop(&self) {
-        loop {
-            let (due, reason) = self.next_fetch();
-            tokio::select! {
-                () = tokio::time::sleep_until(due.into()) => {
-                    let _ = self.join_or_start(reason).await;
-                }
-                () = self.inner.changed.notified() => {}
-            }
-        }
+    /// True (and remembered) when the entry says the fleet made a 401-caused login
+    /// less than `min_reauth_interval` ago.
+    fn fleet_reauth_closed(&self, seen: &Entry) -> bool {
+        let Some(stored) = seen
+            .token()
+            .filter(|stored| stored.reason == RefreshReason::Rejected)
+        else {
+            return false;
+        };
+        let reopens = stored.obtained_at + self.inner.settings.min_reauth_interval;
+        let Ok(left) = reopens.duration_since(self.inner.clock.wall()) else {
+            return false;
+        };
+        let until = self.inner.clock.now() + left;
+        let mut state = self.lock_state();
+        state.reauth_closed_until =
+            Some(state.reauth_closed_until.map_or(until, |at| at.max(until)));
+        true
     }
 
-    fn next_fetch(&self) -> (Instant, RefreshReason) {
-        let now = Instant::now();
-        let token = self.inner.current.load();
-        let retry_at = self.lock_health().retry_at;
-        let reason = match token.as_ref() {
-            None => RefreshReason::Startup,
-            Some(token) if !token.is_usable(now) => RefreshReason::Expired,
-            Some(_) => RefreshReason::Ahead,
+    /// Fetches from the source and builds the token (and, for a session token, the
+    /// entry to share).
+    async fn login(
+        &self,
+        reason: RefreshReason,
+        fleet_generation: u64,
+    ) -> Result<(Obtained, Option<StoredToken>), RefreshError> {
+        let started = self.inner.clock.now();
+        let started_wall = self.inner.clock.wall();
+        let secret = self.inner.source.fetch().await?;
+        let times = if self.is_static() {
+            None
+        } else {
+            Some(self.session_times(secret.expose_secret(), started, started_wall)?)
         };
-        let due = match (retry_at, token.as_ref().and_then(|token| token.refresh_at)) {
-            (Some(retry_at), _) => retry_at,
-            (None, Some(refresh_at)) => refresh_at,
-            (None, None) => now,
+        let token = self
+            .mint(
+                secret.clone(),
+                fleet_generation,
+                times,
+                started_wall,
+                reason,
+            )
+            .map_err(|_| AuthError::InvalidToken)?;
+        let stored = times.map(|times| StoredToken {
+            generation: fleet_generation,
+            token: secret,
+            expires_at: times.expires_at,
+            obtained_at: started_wall,
+            reason,
+        });
+        let obtained = Obtained {
+            token: Arc::new(token),
+            origin: Some(Origin::Login),
         };
-        (due, reason)
+        Ok((obtained, stored))
     }
 
-    /// Re-reads a static `token_file` and stores its token when the content changed.
-    async fn watch_token_file(&self) {
-        let Source::Static(StaticToken::File(path)) = &self.inner.source else {
-            return;
-        };
-        let mut interval = tokio::time::interval(TOKEN_FILE_POLL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            let Ok(token) = read_token_file(path).await else {
-                continue;
-            };
-            let rendered = self.inner.formats[0].render(token.expose_secret());
-            let unchanged = self
-                .inner
-                .current
-                .load()
-                .as_ref()
-                .is_some_and(|current| current.headers[0].as_bytes() == rendered.as_bytes());
-            if !unchanged {
-                let _ = self.join_or_start(RefreshReason::FileChanged).await;
-            }
-        }
+    fn session_times(
+        &self,
+        secret: &str,
+        started: Instant,
+        started_wall: SystemTime,
+    ) -> Result<TokenTimes, AuthError> {
+        let fetched_unix = started_wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let lifetime =
+            schedule::token_lifetime(secret, fetched_unix, self.inner.settings.token_ttl)
+                .ok_or(AuthError::AlreadyExpired)?;
+        schedule::token_times(
+            started_wall + lifetime,
+            lifetime,
+            started,
+            started_wall,
+            self.inner.settings.refresh_before,
+            self.inner.random.unit(),
+        )
+        .ok_or(AuthError::AlreadyExpired)
+    }
+
+    fn mint(
+        &self,
+        secret: SecretString,
+        fleet_generation: u64,
+        times: Option<TokenTimes>,
+        obtained_at: SystemTime,
+        reason: RefreshReason,
+    ) -> Result<Token, super::slot::NotAHeaderValue> {
+        Token::mint(Minted {
+            secret,
+            formats: &self.inner.formats,
+            generation: self.inner.slot.next_generation(),
+            fleet_generation,
+            times,
+            obtained_at,
+            reason,
+        })
     }
 }
+
+fn lease_of(token: &Token, format: FormatId) -> Lease {
+    Lease {
+        header: token.header(format).clone(),
+        generation: token.generation,
+    }
+}
+
+#[cfg(test)]
+mod tests;

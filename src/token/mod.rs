@@ -1,19 +1,33 @@
-//! Tokens: one shared, self-refreshing token per credential.
+//! Tokens: one shared, self-refreshing token per credential, one login per refresh
+//! for the whole fleet.
 //!
-//! - [`expiry`]: pure timing (lifetime from a JWT or `token_ttl`, refresh time, backoff).
-//! - `source`: the session login and static tokens (inline or file).
-//! - `credential`: the `ArcSwap` cell, the single flight, the refresh loop.
+//! - `registry`: the credentials in use, by name, built from the configuration.
+//! - `credential`: one credential's single flight (generation compare, backoff gate,
+//!   reauth interval), the fleet protocol over the store, and the refresh loop.
+//! - `slot`: the current token in an `ArcSwap`, with its prebuilt header values.
+//! - [`schedule`]: pure timing (lifetime, refresh time, next fetch, backoff).
+//! - `source`: where tokens come from (session login, static token), behind a trait.
+//! - `readiness`: what `/readyz` shows of a credential.
+//! - [`clock`]: the clocks and random draws, injectable for tests.
+//! - [`store`]: where tokens live (`memory`, `redis`).
 //!
 //! Knows nothing of client requests: the proxy asks for a [`Lease`] and reports 401s.
 
+pub mod clock;
 mod credential;
-pub mod expiry;
+mod readiness;
 mod registry;
+pub mod schedule;
+mod slot;
 mod source;
+pub mod store;
 
-pub use credential::{
-    Credential, CredentialStatus, FormatId, Lease, RefreshReason, Token, TokenGeneration,
-    TokenUnavailable,
-};
+pub use credential::{Credential, Lease, Parts, RefreshError, Settings, TokenUnavailable};
+pub use readiness::CredentialStatus;
 pub use registry::{Registry, RouteToken};
-pub use source::AuthError;
+pub use schedule::RefreshReason;
+pub use slot::{FormatId, Token, TokenGeneration};
+pub use source::{
+    AuthError, LoginAnswer, LoginTransport, LoginTransportError, SessionLogin, StaticSource,
+    TokenSource, retry_after,
+};

@@ -3,9 +3,15 @@
 //! formats its routes need.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use super::clock::{SystemClock, ThreadRandom};
+use super::credential::{Parts, Settings};
+use super::source::{LoginTransport, SessionLogin, StaticSource, TokenSource};
+use super::store::Store;
 use super::{Credential, CredentialStatus, FormatId};
-use crate::config::{Config, HeaderFormat};
+use crate::config::{Config, CredentialConfig, CredentialSource, HeaderFormat, SecretSource};
+use crate::secret::{Secret, SecretFile};
 use crate::task::BackgroundTask;
 
 /// Every credential in use, by name. Cheap to clone: credentials are shared handles.
@@ -26,7 +32,7 @@ impl Registry {
     /// Creates the credentials that `config.routes` use. Each credential's header
     /// formats are its own, then every distinct route override, so that every header
     /// value is built once per token.
-    pub fn build(config: &Config, client: &reqwest::Client) -> Self {
+    pub fn build(config: &Config, transport: &Arc<dyn LoginTransport>, store: &Store) -> Self {
         let mut formats: BTreeMap<&str, Vec<HeaderFormat>> = BTreeMap::new();
         for route in &config.routes {
             let credential = &config.credentials[&route.credential];
@@ -41,13 +47,22 @@ impl Registry {
         let credentials = formats
             .into_iter()
             .map(|(name, formats)| {
-                let credential = Credential::new(
-                    &config.credentials[name],
+                let credential = &config.credentials[name];
+                let parts = Parts {
+                    name: name.to_owned(),
+                    settings: Settings {
+                        token_ttl: credential.token_ttl,
+                        refresh_before: credential.refresh_before,
+                        min_reauth_interval: credential.min_reauth_interval,
+                        request_timeout: config.server.request_timeout,
+                    },
                     formats,
-                    client.clone(),
-                    config.server.request_timeout,
-                );
-                (name.to_owned(), credential)
+                    source: source(credential, transport, config.server.request_timeout),
+                    store: store.clone(),
+                    clock: Arc::new(SystemClock),
+                    random: Arc::new(ThreadRandom),
+                };
+                (name.to_owned(), Credential::new(parts))
             })
             .collect();
         Self { credentials }
@@ -83,5 +98,34 @@ impl Registry {
     /// stops the tasks.
     pub fn start(&self) -> Vec<BackgroundTask> {
         self.iter().map(Credential::start).collect()
+    }
+}
+
+/// The token source a credential's configuration describes.
+fn source(
+    credential: &CredentialConfig,
+    transport: &Arc<dyn LoginTransport>,
+    login_timeout: std::time::Duration,
+) -> Box<dyn TokenSource> {
+    match &credential.source {
+        CredentialSource::Session {
+            url,
+            username,
+            password,
+        } => Box::new(SessionLogin {
+            url: url.clone(),
+            username: username.clone(),
+            password: secret(password),
+            timeout: login_timeout,
+            transport: Arc::clone(transport),
+        }),
+        CredentialSource::Static(token) => Box::new(StaticSource(secret(token))),
+    }
+}
+
+fn secret(source: &SecretSource) -> Secret {
+    match source {
+        SecretSource::Inline(secret) => Secret::Inline(secret.clone()),
+        SecretSource::File(path) => Secret::File(SecretFile::new(path.clone())),
     }
 }

@@ -1,19 +1,68 @@
-//! Where tokens come from: IntelePeer's session login, or a long-standing token given
-//! inline or in a file.
+//! Where tokens come from, behind [`TokenSource`]: IntelePeer's session login, or a
+//! long-standing token given inline or in a file.
 //!
 //! Knows the auth endpoint's wire format and how each way it can fail is reported;
-//! knows nothing of scheduling (see `expiry` and `credential`).
+//! knows nothing of scheduling, stores or HTTP clients (a [`LoginTransport`] carries
+//! the login).
 
-use std::path::{Path, PathBuf};
+use std::fmt;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use http::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-/// Largest auth response read (DESIGN.md): a token response is tiny.
+use crate::secret::{Secret, SecretFileError};
+
+/// Largest auth response read: a token response is tiny.
 const MAX_AUTH_RESPONSE: usize = 64 * 1024;
+
+/// Where a credential's token comes from.
+pub trait TokenSource: Send + Sync + fmt::Debug {
+    /// `session` or `static`, as `/readyz` shows it.
+    fn kind(&self) -> &'static str;
+
+    /// Fetches a token: logs in, or reads the static token.
+    fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>>;
+
+    /// Re-reads the source's secret file (the password, the static token) and says
+    /// whether its content changed since the last read. `Ok(false)` without a file.
+    fn reread(&self) -> Result<bool, SecretFileError>;
+}
+
+/// What a login needs from the network: one POST of a JSON body.
+pub trait LoginTransport: Send + Sync + fmt::Debug {
+    /// POSTs `body` (JSON) to `url` with `Accept`/`Content-Type: application/json`;
+    /// reads at most `limit` bytes of the answer's body.
+    fn post_json<'a>(
+        &'a self,
+        url: &'a Url,
+        body: Bytes,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<LoginAnswer, LoginTransportError>>;
+}
+
+/// The auth endpoint's answer.
+#[derive(Debug)]
+pub struct LoginAnswer {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Bytes,
+}
+
+/// Why a login request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginTransportError {
+    /// Connect/TLS/tunnel/reset; the text names what failed (the egress proxy by
+    /// host:port when it was the tunnel), never a secret.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
 
 /// Why a login (or a token file read) failed. Display texts carry no secret.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,8 +89,8 @@ pub enum AuthError {
     TooLarge,
     #[error("the token has already expired")]
     AlreadyExpired,
-    #[error("token file {path}: {reason}")]
-    TokenFile { path: PathBuf, reason: String },
+    #[error("secret file {0}")]
+    SecretFile(SecretFileError),
     #[error("the token fetch was interrupted")]
     Interrupted,
 }
@@ -66,20 +115,23 @@ impl AuthError {
                 "bad_response"
             }
             Self::AlreadyExpired => "expired",
-            Self::TokenFile { .. } => "token_file",
+            Self::SecretFile(_) => "secret_file",
             Self::Interrupted => "interrupted",
         }
     }
 }
 
-/// A username/password login against an IntelePeer auth endpoint.
-#[derive(Debug, Clone)]
+/// A username/password login against an IntelePeer auth endpoint. The password is
+/// read at every login when it comes from a file, so a rotated password is used by
+/// the next login.
+#[derive(Debug)]
 pub struct SessionLogin {
     pub url: Url,
     pub username: String,
-    pub password: SecretString,
+    pub password: Secret,
     /// Bounds the whole login, response body included.
     pub timeout: Duration,
+    pub transport: std::sync::Arc<dyn LoginTransport>,
 }
 
 #[derive(serde::Serialize)]
@@ -93,56 +145,57 @@ struct LoginResponse {
     token: Option<String>,
 }
 
-impl SessionLogin {
-    /// Logs in once and returns the token.
-    pub async fn fetch(&self, client: &reqwest::Client) -> Result<SecretString, AuthError> {
-        match tokio::time::timeout(self.timeout, self.fetch_unbounded(client)).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(AuthError::Timeout(self.timeout)),
-        }
+impl TokenSource for SessionLogin {
+    fn kind(&self) -> &'static str {
+        "session"
     }
 
-    async fn fetch_unbounded(&self, client: &reqwest::Client) -> Result<SecretString, AuthError> {
-        let body = LoginBody {
-            username: &self.username,
-            password: self.password.expose_secret(),
-        };
-        let mut response = client
-            .post(self.url.clone())
-            .header(header::ACCEPT, "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|error| AuthError::Unreachable(describe(&error)))?;
-        let status = response.status();
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(AuthError::BadCredentials);
-        }
-        if status != StatusCode::OK {
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            return Err(AuthError::Status {
-                status,
-                retry_after,
-            });
-        }
-        let mut bytes = BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| AuthError::Unreachable(describe(&error)))?
-        {
-            if bytes.len() + chunk.len() > MAX_AUTH_RESPONSE {
-                return Err(AuthError::TooLarge);
+    fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
+        async move {
+            match tokio::time::timeout(self.timeout, self.login()).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(AuthError::Timeout(self.timeout)),
             }
-            bytes.extend_from_slice(&chunk);
+        }
+        .boxed()
+    }
+
+    fn reread(&self) -> Result<bool, SecretFileError> {
+        match &self.password {
+            Secret::Inline(_) => Ok(false),
+            Secret::File(file) => file.current().map(|current| current.changed),
+        }
+    }
+}
+
+impl SessionLogin {
+    async fn login(&self) -> Result<SecretString, AuthError> {
+        let password = self.password.current().map_err(AuthError::SecretFile)?;
+        let body = serde_json::to_vec(&LoginBody {
+            username: &self.username,
+            password: password.secret.expose_secret(),
+        })
+        .map_err(|_| AuthError::Interrupted)?;
+        let answer = self
+            .transport
+            .post_json(&self.url, Bytes::from(body), MAX_AUTH_RESPONSE)
+            .await
+            .map_err(|error| match error {
+                LoginTransportError::Unreachable(why) => AuthError::Unreachable(why),
+                LoginTransportError::TooLarge(_) => AuthError::TooLarge,
+            })?;
+        match answer.status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => return Err(AuthError::BadCredentials),
+            status => {
+                return Err(AuthError::Status {
+                    status,
+                    retry_after: answer.retry_after,
+                });
+            }
         }
         let parsed: LoginResponse =
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::NotJson)?;
+            serde_json::from_slice(&answer.body).map_err(|_| AuthError::NotJson)?;
         match parsed.token {
             Some(token) if !token.trim().is_empty() => Ok(SecretString::from(token)),
             _ => Err(AuthError::MissingToken),
@@ -150,41 +203,39 @@ impl SessionLogin {
     }
 }
 
-/// A reqwest error as a sentence: its category and underlying causes, without the
-/// URL (reqwest's own Display includes it).
-fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = if error.is_connect() {
-        "connection failed"
-    } else if error.is_timeout() {
-        "timed out"
-    } else if error.is_body() || error.is_decode() {
-        "bad response body"
-    } else {
-        "request failed"
+/// A long-standing token: given inline, or read from a file (re-read on every fetch,
+/// keeping the last good value when it becomes unreadable).
+#[derive(Debug)]
+pub struct StaticSource(pub Secret);
+
+impl TokenSource for StaticSource {
+    fn kind(&self) -> &'static str {
+        "static"
     }
-    .to_owned();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+
+    fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
+        let result = self
+            .0
+            .current()
+            .map(|current| current.secret)
+            .map_err(AuthError::SecretFile);
+        async move { result }.boxed()
     }
-    text
+
+    fn reread(&self) -> Result<bool, SecretFileError> {
+        match &self.0 {
+            Secret::Inline(_) => Ok(false),
+            Secret::File(file) => file.current().map(|current| current.changed),
+        }
+    }
 }
 
-/// Reads a static token file: trimmed, non-empty.
-pub async fn read_token_file(path: &Path) -> Result<SecretString, AuthError> {
-    let file_error = |reason: String| AuthError::TokenFile {
-        path: path.to_owned(),
-        reason,
-    };
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|error| file_error(error.to_string()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(file_error("the file is empty".to_owned()));
-    }
-    Ok(SecretString::from(token.to_owned()))
+/// The `Retry-After` of an answer in its delta-seconds form (the only form the auth
+/// endpoints are seen to send).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }

@@ -1,9 +1,12 @@
-//! Pure timing: how long a token lives, when to refresh it, how long to back off.
+//! Pure timing: how long a token lives, when to refresh it, when to fetch next, how
+//! long to back off.
 //!
 //! Everything here is a function of (token, now, settings, a random draw) so that it
 //! can be tested without clocks; the refresh loop around it stays thin.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,7 +20,7 @@ const REFRESH_JITTER_FRACTION: f64 = 0.10;
 
 /// First backoff step after an auth failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest backoff between login attempts (DESIGN.md: 1 s up to 5 min).
+/// Longest backoff between login attempts (1 s up to 5 min).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Shortest wait between attempts, so full jitter can never make a tight loop.
 const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
@@ -25,6 +28,117 @@ const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
 /// A token is not sent upstream in its last moments: it could expire in transit.
 /// The margin is this much, or a tenth of the lifetime for very short-lived tokens.
 const EXPIRY_SAFETY: Duration = Duration::from_secs(1);
+
+/// Why a token fetch happened (the `reason` label of logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// The first token after start-up.
+    Startup,
+    /// Refresh ahead of expiry.
+    Ahead,
+    /// The token expired (a refresh ahead failed for too long).
+    Expired,
+    /// The upstream answered 401 on the current token.
+    Rejected,
+    /// `POST /refresh`.
+    Manual,
+    /// A static credential's `token_file` changed.
+    FileChanged,
+    /// `SIGHUP` found no valid token or a changed password.
+    Reload,
+    /// The shared store came back: the fleet converges on one token.
+    Resync,
+}
+
+impl RefreshReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Ahead => "ahead",
+            Self::Expired => "expired",
+            Self::Rejected => "401",
+            Self::Manual => "manual",
+            Self::FileChanged => "file_changed",
+            Self::Reload => "sighup",
+            Self::Resync => "resync",
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str), for entries read from the store.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Startup,
+            Self::Ahead,
+            Self::Expired,
+            Self::Rejected,
+            Self::Manual,
+            Self::FileChanged,
+            Self::Reload,
+            Self::Resync,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
+}
+
+/// When a session token stops being sent, when it is refreshed, and when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    /// Sent upstream until then (a little before expiry).
+    pub usable_until: Instant,
+    /// Refresh ahead of expiry from then.
+    pub refresh_at: Instant,
+    /// Expiry on the wall clock, as IntelePeer and other replicas see it.
+    pub expires_at: SystemTime,
+}
+
+/// The times of a token of `lifetime` expiring at `expires_at`, seen at `at` (`at_wall`
+/// on the wall clock): for a fresh login, the moment its request was sent; for a token
+/// adopted from the store, now. `None` when it is no longer usable.
+pub fn token_times(
+    expires_at: SystemTime,
+    lifetime: Duration,
+    at: Instant,
+    at_wall: SystemTime,
+    refresh_before: Duration,
+    jitter_draw: f64,
+) -> Option<TokenTimes> {
+    let remaining = expires_at.duration_since(at_wall).ok()?;
+    let elapsed = lifetime.saturating_sub(remaining);
+    let usable = usable_for(lifetime).checked_sub(elapsed)?;
+    if usable.is_zero() {
+        return None;
+    }
+    let refresh_in = refresh_delay(lifetime, refresh_before, jitter_draw).saturating_sub(elapsed);
+    Some(TokenTimes {
+        usable_until: at + usable,
+        refresh_at: at + refresh_in,
+        expires_at,
+    })
+}
+
+/// The next fetch a credential's refresh loop makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    pub at: Instant,
+    pub reason: RefreshReason,
+}
+
+/// When and why to fetch next: at the backoff deadline after a failure, else at the
+/// token's refresh time, else (no token yet) now.
+pub fn next_fetch(token: Option<&TokenTimes>, retry_at: Option<Instant>, now: Instant) -> Fetch {
+    let reason = match token {
+        None => RefreshReason::Startup,
+        Some(times) if now >= times.usable_until => RefreshReason::Expired,
+        Some(_) => RefreshReason::Ahead,
+    };
+    let at = match (retry_at, token) {
+        (Some(retry_at), _) => retry_at,
+        (None, Some(times)) => times.refresh_at,
+        (None, None) => now,
+    };
+    Fetch { at, reason }
+}
 
 /// What the JWT payload says, when the token is a JWT.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -196,6 +310,79 @@ mod tests {
             usable_for(Duration::from_secs(2)),
             Duration::from_millis(1800)
         );
+    }
+
+    #[test]
+    fn a_fresh_login_is_usable_until_just_before_expiry_and_refreshes_at_the_margin() {
+        let at = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let times = token_times(wall + DAY, DAY, at, wall, HOUR, 0.0).expect("usable");
+        assert_eq!(times.usable_until, at + DAY - Duration::from_secs(1));
+        assert_eq!(times.refresh_at, at + DAY - HOUR);
+        assert_eq!(times.expires_at, wall + DAY);
+    }
+
+    #[test]
+    fn an_adopted_token_keeps_its_expiry_and_is_unusable_once_past_it() {
+        let at = Instant::now();
+        let obtained = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // Seen ten hours after another replica obtained it.
+        let seen = obtained + 10 * HOUR;
+        let times = token_times(obtained + DAY, DAY, at, seen, HOUR, 0.0).expect("usable");
+        assert_eq!(times.usable_until, at + 14 * HOUR - Duration::from_secs(1));
+        assert_eq!(times.refresh_at, at + 13 * HOUR);
+        // A second before expiry the safety margin has run out; after it, nothing.
+        let late = obtained + DAY - Duration::from_secs(1);
+        assert_eq!(token_times(obtained + DAY, DAY, at, late, HOUR, 0.0), None);
+        assert_eq!(
+            token_times(obtained + DAY, DAY, at, obtained + 2 * DAY, HOUR, 0.0),
+            None
+        );
+    }
+
+    #[test]
+    fn next_fetch_is_now_without_a_token_then_at_refresh_time_then_at_the_backoff() {
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            next_fetch(None, None, now),
+            Fetch {
+                at: now,
+                reason: RefreshReason::Startup
+            }
+        );
+        let times = token_times(wall + DAY, DAY, now, wall, HOUR, 0.0).expect("usable");
+        assert_eq!(
+            next_fetch(Some(&times), None, now),
+            Fetch {
+                at: now + DAY - HOUR,
+                reason: RefreshReason::Ahead
+            }
+        );
+        let retry = now + Duration::from_secs(7);
+        assert_eq!(next_fetch(Some(&times), Some(retry), now).at, retry);
+        let after_expiry = now + DAY;
+        assert_eq!(
+            next_fetch(Some(&times), Some(retry), after_expiry).reason,
+            RefreshReason::Expired
+        );
+    }
+
+    #[test]
+    fn reasons_read_back_from_their_labels() {
+        for reason in [
+            RefreshReason::Startup,
+            RefreshReason::Ahead,
+            RefreshReason::Expired,
+            RefreshReason::Rejected,
+            RefreshReason::Manual,
+            RefreshReason::FileChanged,
+            RefreshReason::Reload,
+            RefreshReason::Resync,
+        ] {
+            assert_eq!(RefreshReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(RefreshReason::parse("other"), None);
     }
 
     proptest! {
