@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +16,8 @@ use futures_util::future::join_all;
 use ipproxy::sim::{AuthMode, SimConfig};
 use serde_json::Value;
 use support::child::ChildProxy;
-use support::metrics::value;
+use support::keepalive::KeepAlive;
+use support::metrics::{samples, value};
 use support::{Proxy, Sim, client, eventually};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
@@ -52,51 +52,6 @@ fn proxy_vars_for(sim: &Sim, extra: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 // --- shutdown of the real process ---
-
-/// One HTTP/1.1 connection kept open across requests, as an app's client pool does.
-struct KeepAlive {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
-}
-
-impl KeepAlive {
-    async fn open(addr: std::net::SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(connection);
-        Self { sender }
-    }
-
-    /// Status, `Connection` header and JSON body (`null` when not JSON).
-    async fn get(&mut self, path: &str) -> (u16, Option<String>, Value) {
-        use http_body_util::BodyExt as _;
-        self.sender
-            .ready()
-            .await
-            .expect("the connection is still open");
-        let request = http::Request::get(path)
-            .header("host", "ipproxy")
-            .body(http_body_util::Empty::new())
-            .expect("request");
-        let response = self.sender.send_request(request).await.expect("answered");
-        let status = response.status().as_u16();
-        let connection = response
-            .headers()
-            .get("connection")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, connection, body)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{Proxy, Sim, client, eventually, raw_request, raw_status, vars};
+use support::{Proxy, Sim, client, raw_request, raw_status, vars};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -139,50 +139,6 @@ async fn the_key_is_checked_before_the_path() {
     let forbidden = raw_request(proxy.addr, &with_key("/_rest/v4/my/did")).await;
     assert_eq!(raw_status(&forbidden), 403);
     assert_eq!(sim.counters().api_calls, 0);
-}
-
-#[tokio::test]
-async fn rotated_keys_file_takes_effect_without_a_restart() {
-    let sim = Sim::default().await;
-    let (_dir, keys) = keys_file(&digest_line(KEY));
-    let proxy = proxy_with_keys(&sim, &keys).await;
-    assert_eq!(
-        get_with_key(&proxy, ECHO_PATH, Some(KEY)).await.status(),
-        200
-    );
-    assert_eq!(
-        get_with_key(&proxy, ECHO_PATH, Some(OTHER_KEY))
-            .await
-            .status(),
-        407
-    );
-
-    // Write the new file beside the old one and rename it over, as a rotation should.
-    let staged = keys.with_extension("new");
-    std::fs::write(&staged, digest_line(OTHER_KEY)).expect("write new keys");
-    std::fs::rename(&staged, &keys).expect("rotate keys file");
-    let rotated = eventually(Duration::from_secs(5), || async {
-        get_with_key(&proxy, ECHO_PATH, Some(KEY)).await.status() == 407
-    })
-    .await;
-    assert!(rotated, "the old key is refused within 5 s");
-    assert_eq!(
-        get_with_key(&proxy, ECHO_PATH, Some(OTHER_KEY))
-            .await
-            .status(),
-        200
-    );
-
-    // A broken file keeps the keys in force (a rotation caught half-way must not lock
-    // every app out), checked after more than one poll.
-    std::fs::write(&keys, "this line is not a digest\n").expect("break keys file");
-    tokio::time::sleep(ipproxy::access::KEYS_FILE_POLL * 2).await;
-    assert_eq!(
-        get_with_key(&proxy, ECHO_PATH, Some(OTHER_KEY))
-            .await
-            .status(),
-        200
-    );
 }
 
 #[tokio::test]

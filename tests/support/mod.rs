@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod child;
+pub mod keepalive;
 pub mod metrics;
 
 use std::future::Future;

@@ -155,7 +155,7 @@ mod tests {
         );
         let message = Sealer::from_key_lines("secret-looking-line")
             .map(|_| ())
-            .unwrap_err()
+            .expect_err("not a key")
             .to_string();
         assert!(!message.contains("secret-looking-line"), "{message}");
         assert!(!format!("{:?}", Sealer::from_key_lines(KEY_A).expect("key")).contains(KEY_A));
