@@ -1,1 +1,606 @@
+//! The credential's lifecycle in paused time: single flight, the generation compare,
+//! the gates (backoff, reauth interval, static, rejection), the schedule, and the
+//! fleet protocol with several credentials sharing one store as replicas do.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, join_all};
+use secrecy::SecretString;
+
+use super::*;
+use crate::secret::SecretFileError;
+use crate::token::clock::{FollowingClock, SeededRandom};
+use crate::token::store::{Backend, BackendError, MemoryBackend, Sealer, StoreSettings};
+
+const FORMAT: FormatId = FormatId(0);
+/// Token lifetime the fake source issues.
+const LIFETIME: Duration = Duration::from_secs(3600);
+const WAIT: Duration = Duration::from_secs(5);
+
+fn start_wall() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+/// A token source that counts its fetches and can be told to fail or to take time.
+#[derive(Debug, Default)]
+struct Fake {
+    fetches: AtomicU64,
+    failure: Mutex<Option<AuthError>>,
+    delay: Mutex<Duration>,
+    kind: &'static str,
+    clock: Mutex<Option<FollowingClock>>,
+}
+
+impl Fake {
+    fn session(clock: FollowingClock) -> Arc<Self> {
+        Arc::new(Self {
+            kind: "session",
+            clock: Mutex::new(Some(clock)),
+            ..Self::default()
+        })
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    fn fail_with(&self, failure: Option<AuthError>) {
+        *self.failure.lock().expect("lock") = failure;
+    }
+
+    fn take(&self, delay: Duration) {
+        *self.delay.lock().expect("lock") = delay;
+    }
+}
+
+/// A JWT-shaped token issued now, valid for [`LIFETIME`].
+fn jwt(issued: u64, id: u64) -> String {
+    let payload = format!(
+        r#"{{"crt":{issued},"exp":{},"jti":{id}}}"#,
+        issued + LIFETIME.as_secs()
+    );
+    format!(
+        "{}.{}.sig",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+        URL_SAFE_NO_PAD.encode(payload)
+    )
+}
+
+#[derive(Debug)]
+struct Handle(Arc<Fake>);
+
+impl TokenSource for Handle {
+    fn kind(&self) -> &'static str {
+        self.0.kind
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
+        async move {
+            let id = self.0.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            let delay = *self.0.delay.lock().expect("lock");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(failure) = self.0.failure.lock().expect("lock").clone() {
+                return Err(failure);
+            }
+            if self.0.kind == "static" {
+                return Ok(SecretString::from(format!("static-{id}")));
+            }
+            let clock = self.0.clock.lock().expect("lock").expect("a clock");
+            let issued = clock
+                .wall()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after the epoch")
+                .as_secs();
+            Ok(SecretString::from(jwt(issued, id)))
+        }
+        .boxed()
+    }
+
+    fn reread(&self) -> Result<bool, SecretFileError> {
+        Ok(false)
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        token_ttl: LIFETIME,
+        refresh_before: Duration::from_secs(600),
+        min_reauth_interval: Duration::from_secs(30),
+        request_timeout: WAIT,
+    }
+}
+
+/// A store over a backend that several credentials ("replicas") share.
+fn shared_store(backend: Arc<MemoryBackend>) -> Store {
+    Store::new(
+        "memory",
+        false,
+        Box::new(Shared(backend)),
+        Sealer::from_key_lines(&"ab".repeat(32)).expect("a key"),
+        StoreSettings {
+            lock_ttl: Duration::from_secs(2),
+            ..StoreSettings::default()
+        },
+    )
+}
+
+/// One backend seen by many stores.
+#[derive(Debug)]
+struct Shared(Arc<MemoryBackend>);
+
+impl Backend for Shared {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        self.0.get(key)
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.0.set_if_absent(key, value, ttl)
+    }
+    fn set_if_generation<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.0.set_if_generation(key, expected, value, ttl)
+    }
+    fn delete_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.0.delete_if_equal(key, value)
+    }
+    fn expire_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.0.expire_if_equal(key, value, ttl)
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.0.ping()
+    }
+}
+
+struct Replica {
+    credential: Credential,
+    source: Arc<Fake>,
+}
+
+fn replica(store: Store, seed: u64) -> Replica {
+    let clock = FollowingClock::starting_at(start_wall());
+    let source = Fake::session(clock);
+    let credential = Credential::new(Parts {
+        name: "default".to_owned(),
+        settings: settings(),
+        formats: vec![HeaderFormat::default()],
+        source: Box::new(Handle(Arc::clone(&source))),
+        store,
+        clock: Arc::new(clock),
+        random: Arc::new(SeededRandom::new(seed)),
+    });
+    Replica { credential, source }
+}
+
+fn alone() -> Replica {
+    replica(Store::memory(), 7)
+}
+
+async fn first_token(credential: &Credential) -> Lease {
+    credential
+        .join_or_start(RefreshReason::Startup)
+        .await
+        .expect("the first login");
+    credential.current(FORMAT).expect("a usable token")
+}
+
+// --- single flight, generations, gates ---
+
+#[tokio::test(start_paused = true)]
+async fn requests_before_the_first_token_wait_for_that_one_fetch() {
+    let one = alone();
+    one.source.take(Duration::from_millis(300));
+    let _task = one.credential.start();
+    let leases = join_all((0..50).map(|_| one.credential.lease(FORMAT, WAIT))).await;
+    assert!(leases.iter().all(Result::is_ok));
+    assert_eq!(one.source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_401s_on_one_generation_cause_one_login() {
+    let one = alone();
+    let lease = first_token(&one.credential).await;
+    let retries = join_all((0..20).map(|_| {
+        one.credential
+            .lease_after_rejection(FORMAT, lease.generation, WAIT)
+    }))
+    .await;
+    assert!(retries.iter().all(|retry| {
+        retry
+            .as_ref()
+            .is_some_and(|fresh| fresh.generation > lease.generation)
+    }));
+    assert_eq!(one.source.fetches(), 2, "startup + one 401-caused login");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_on_an_older_generation_retries_with_the_current_token() {
+    let one = alone();
+    let old = first_token(&one.credential).await;
+    let current = one.credential.force_refresh().await.expect("refresh");
+    let retry = one
+        .credential
+        .lease_after_rejection(FORMAT, old.generation, WAIT)
+        .await
+        .expect("the current token");
+    assert_eq!(retry.generation, current.generation);
+    assert_eq!(
+        one.source.fetches(),
+        2,
+        "no login for a 401 on an old token"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_credential_never_retries_a_401() {
+    let source = Arc::new(Fake {
+        kind: "static",
+        ..Fake::default()
+    });
+    let credential = Credential::new(Parts {
+        name: "cpaas".to_owned(),
+        settings: settings(),
+        formats: vec![HeaderFormat::default()],
+        source: Box::new(Handle(Arc::clone(&source))),
+        store: Store::memory(),
+        clock: Arc::new(FollowingClock::starting_at(start_wall())),
+        random: Arc::new(SeededRandom::new(1)),
+    });
+    let lease = first_token(&credential).await;
+    assert_eq!(
+        credential
+            .lease_after_rejection(FORMAT, lease.generation, WAIT)
+            .await
+            .map(|lease| lease.generation),
+        None
+    );
+    assert_eq!(source.fetches(), 1, "nothing fresher exists: no fetch");
+    assert!(credential.status().ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_401_refresh_passes_the_401_and_unreadies_until_a_refresh_succeeds() {
+    let one = alone();
+    let lease = first_token(&one.credential).await;
+    one.source.fail_with(Some(AuthError::BadCredentials));
+    let retry = one
+        .credential
+        .lease_after_rejection(FORMAT, lease.generation, WAIT)
+        .await;
+    assert!(retry.is_none(), "the 401 goes back as it came");
+    let status = one.credential.status();
+    assert!(status.rejected && !status.ready, "{status:?}");
+    assert!(
+        one.credential.current(FORMAT).is_some(),
+        "the token is unexpired"
+    );
+
+    one.source.fail_with(None);
+    one.credential.force_refresh().await.expect("a refresh");
+    let status = one.credential.status();
+    assert!(!status.rejected && status.ready, "{status:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_during_backoff_causes_no_login() {
+    let one = alone();
+    let lease = first_token(&one.credential).await;
+    one.source
+        .fail_with(Some(AuthError::Unreachable("down".into())));
+    // A failed refresh for another reason starts the backoff.
+    assert!(one.credential.force_refresh().await.is_err());
+    let before = one.source.fetches();
+    let retry = one
+        .credential
+        .lease_after_rejection(FORMAT, lease.generation, WAIT)
+        .await;
+    assert!(retry.is_none());
+    assert_eq!(one.source.fetches(), before, "backing off: no login");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_content_401s_cause_one_login_per_reauth_interval() {
+    let one = alone();
+    first_token(&one.credential).await;
+    let mut retried = 0;
+    for _ in 0..100 {
+        let current = one.credential.current(FORMAT).expect("a token");
+        if one
+            .credential
+            .lease_after_rejection(FORMAT, current.generation, WAIT)
+            .await
+            .is_some()
+        {
+            retried += 1;
+        }
+    }
+    assert_eq!(one.source.fetches(), 2, "startup + one 401-caused login");
+    assert_eq!(retried, 1, "only the first 401 was retried");
+
+    // Other reasons neither count nor wait for the interval.
+    one.credential
+        .force_refresh()
+        .await
+        .expect("manual refresh");
+    assert_eq!(one.source.fetches(), 3);
+
+    tokio::time::advance(settings().min_reauth_interval).await;
+    let current = one.credential.current(FORMAT).expect("a token");
+    assert!(
+        one.credential
+            .lease_after_rejection(FORMAT, current.generation, WAIT)
+            .await
+            .is_some(),
+        "the interval has passed"
+    );
+    assert_eq!(one.source.fetches(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_while_a_401_login_is_in_flight_joins_it() {
+    let one = alone();
+    let lease = first_token(&one.credential).await;
+    one.source.take(Duration::from_millis(500));
+    let (first, second) = tokio::join!(
+        one.credential
+            .lease_after_rejection(FORMAT, lease.generation, WAIT),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            one.credential
+                .lease_after_rejection(FORMAT, lease.generation, WAIT)
+                .await
+        }
+    );
+    assert_eq!(
+        first.map(|lease| lease.generation),
+        second.map(|lease| lease.generation)
+    );
+    assert_eq!(one.source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refresh_ahead_comes_at_the_margin_minus_seeded_jitter() {
+    let one = alone();
+    let _task = one.credential.start();
+    one.credential
+        .lease(FORMAT, WAIT)
+        .await
+        .expect("first token");
+    let refresh_at = one
+        .credential
+        .inner
+        .slot
+        .with(|token| token.and_then(|token| token.times))
+        .expect("session times")
+        .refresh_at;
+    let now = tokio::time::Instant::now();
+    let margin = Duration::from_secs(600);
+    let earliest = now + LIFETIME - margin - margin / 10 - Duration::from_secs(1);
+    assert!(refresh_at <= now + LIFETIME - margin && refresh_at >= earliest);
+    tokio::time::sleep_until(refresh_at - Duration::from_millis(10)).await;
+    assert_eq!(one.source.fetches(), 1, "not before its time");
+    tokio::time::sleep_until(refresh_at + Duration::from_millis(10)).await;
+    assert_eq!(one.source.fetches(), 2, "refreshed at its time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_token_and_in_backoff_a_request_fails_at_once_with_retry_after() {
+    let one = alone();
+    one.source.fail_with(Some(AuthError::BadCredentials));
+    let _task = one.credential.start();
+    let failed = one.credential.lease(FORMAT, WAIT).await;
+    let started = tokio::time::Instant::now();
+    let unavailable = one
+        .credential
+        .lease(FORMAT, WAIT)
+        .await
+        .expect_err("no token, no fetch in flight");
+    assert!(failed.is_err());
+    assert_eq!(started.elapsed(), Duration::ZERO, "answered at once");
+    assert!(unavailable.retry_after <= schedule::BACKOFF_BASE);
+}
+
+// --- the fleet ---
+
+#[tokio::test(start_paused = true)]
+async fn three_replicas_starting_together_make_one_login() {
+    let backend = Arc::new(MemoryBackend::default());
+    let replicas: Vec<Replica> = (0..3)
+        .map(|seed| replica(shared_store(Arc::clone(&backend)), seed))
+        .collect();
+    for replica in &replicas {
+        replica.source.take(Duration::from_millis(200));
+    }
+    let tokens = join_all(
+        replicas
+            .iter()
+            .map(|replica| first_token(&replica.credential)),
+    )
+    .await;
+    let logins: u64 = replicas
+        .iter()
+        .map(|replica| replica.source.fetches())
+        .sum();
+    assert_eq!(logins, 1, "one login for the fleet");
+    let headers: Vec<_> = tokens.iter().map(|lease| lease.header.clone()).collect();
+    assert!(
+        headers.windows(2).all(|pair| pair[0] == pair[1]),
+        "one token"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_adopts_the_fleets_newer_token_instead_of_logging_in() {
+    let backend = Arc::new(MemoryBackend::default());
+    let a = replica(shared_store(Arc::clone(&backend)), 1);
+    let b = replica(shared_store(Arc::clone(&backend)), 2);
+    first_token(&a.credential).await;
+    let b_old = first_token(&b.credential).await;
+    // A logs in again (an operator's /refresh); B's token is the older one now.
+    let newer = a.credential.force_refresh().await.expect("refresh");
+    let retry = b
+        .credential
+        .lease_after_rejection(FORMAT, b_old.generation, WAIT)
+        .await
+        .expect("a newer token");
+    assert_eq!(retry.header, newer.header(FORMAT).clone());
+    assert_eq!(b.source.fetches(), 0, "B never logged in");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_caused_login_in_the_fleet_closes_the_interval_for_every_replica() {
+    let backend = Arc::new(MemoryBackend::default());
+    let a = replica(shared_store(Arc::clone(&backend)), 1);
+    let b = replica(shared_store(Arc::clone(&backend)), 2);
+    let a_first = first_token(&a.credential).await;
+    first_token(&b.credential).await;
+    a.credential
+        .lease_after_rejection(FORMAT, a_first.generation, WAIT)
+        .await
+        .expect("A's 401 login");
+    // B adopts A's token on its own 401, then a content-401 on it is not a login.
+    let b_current = b.credential.current(FORMAT).expect("token");
+    let adopted = b
+        .credential
+        .lease_after_rejection(FORMAT, b_current.generation, WAIT)
+        .await
+        .expect("adopted");
+    let again = b
+        .credential
+        .lease_after_rejection(FORMAT, adopted.generation, WAIT)
+        .await;
+    assert!(again.is_none(), "suppressed fleet-wide");
+    let logins = a.source.fetches() + b.source.fetches();
+    assert_eq!(logins, 2, "the first login and one 401-caused login");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_died_holding_the_lock_delays_the_others_by_at_most_lock_ttl() {
+    let backend = Arc::new(MemoryBackend::default());
+    let store = shared_store(Arc::clone(&backend));
+    // The dead replica's lock: taken and never released or renewed.
+    let _dead = store
+        .try_lock("default")
+        .await
+        .expect("store up")
+        .expect("free");
+    let other = replica(store.clone(), 3);
+    let started = tokio::time::Instant::now();
+    first_token(&other.credential).await;
+    let waited = started.elapsed();
+    assert!(waited <= store.lock_ttl() + WAIT_POLL, "waited {waited:?}");
+    assert!(
+        waited >= store.lock_ttl() - WAIT_POLL,
+        "waited for the lease: {waited:?}"
+    );
+    assert_eq!(other.source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_that_does_not_open_is_never_used_and_is_replaced() {
+    let backend = Arc::new(MemoryBackend::default());
+    backend
+        .set_if_absent(
+            "ipproxy:{default}:token",
+            b"v1:9:garbage",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("memory");
+    let one = replica(shared_store(Arc::clone(&backend)), 1);
+    first_token(&one.credential).await;
+    assert_eq!(one.source.fetches(), 1, "logged in instead");
+    let entry = shared_store(backend).read("default").await.expect("up");
+    assert_eq!(entry.generation(), 10, "replaced by the login's entry");
+    assert!(entry.token().is_some());
+}
+
+/// A backend that is down.
+#[derive(Debug)]
+struct Down;
+
+impl Backend for Down {
+    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        async { Err(BackendError("connection refused".into())) }.boxed()
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        async { Err(BackendError("connection refused".into())) }.boxed()
+    }
+    fn set_if_generation<'a>(
+        &'a self,
+        _: &'a str,
+        _: u64,
+        _: &'a [u8],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        async { Err(BackendError("connection refused".into())) }.boxed()
+    }
+    fn delete_if_equal<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        async { Err(BackendError("connection refused".into())) }.boxed()
+    }
+    fn expire_if_equal<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        async { Err(BackendError("connection refused".into())) }.boxed()
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        async { Err(BackendError("connection refused".into())) }.boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_store_down_a_replica_logs_in_alone_and_shows_it() {
+    let store = Store::new(
+        "redis",
+        true,
+        Box::new(Down),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    );
+    let one = replica(store.clone(), 1);
+    first_token(&one.credential).await;
+    assert_eq!(one.source.fetches(), 1);
+    let status = store.status().expect("a shared store shows its state");
+    assert!(!status.up);
+    assert_eq!(status.last_error.as_deref(), Some("connection refused"));
+    assert!(
+        one.credential.status().ready,
+        "the store alone never unreadies"
+    );
+}
