@@ -50,6 +50,8 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
             ("url", EnvKind::Text),
             ("connect_timeout", EnvKind::Text),
             ("ca_file", EnvKind::Text),
+            ("proxy", EnvKind::Text),
+            ("proxy_file", EnvKind::Text),
         ],
     ),
     (
@@ -79,8 +81,13 @@ pub(super) const CREDENTIAL_KEYS: &[&str] = &[
 
 /// The two forms of each secret: a variable setting one replaces the other form
 /// coming from the file, so `IPPROXY_AUTH__PASSWORD_FILE` can stand in for a file's
-/// `password` (and the other way round).
-const SECRET_FORMS: &[(&str, &str)] = &[("password", "password_file"), ("token", "token_file")];
+/// `password` (and the other way round), and `IPPROXY_UPSTREAM__PROXY_FILE` for a
+/// file's `upstream.proxy`.
+const SECRET_FORMS: &[(&str, &str)] = &[
+    ("password", "password_file"),
+    ("token", "token_file"),
+    ("proxy", "proxy_file"),
+];
 
 /// The variables, shaped as the file's tables, and which variable set which key.
 #[derive(Debug)]
@@ -148,6 +155,9 @@ impl EnvLayer {
         for (section, value) in root.iter_mut() {
             match (section.as_str(), value) {
                 ("auth", Value::Dict(_, auth)) => tables.push(("auth".to_owned(), auth)),
+                ("upstream", Value::Dict(_, upstream)) => {
+                    tables.push(("upstream".to_owned(), upstream));
+                }
                 ("credentials", Value::Dict(_, credentials)) => {
                     for (name, credential) in credentials.iter_mut() {
                         if let Value::Dict(_, credential) = credential {

@@ -71,10 +71,17 @@ const STATIC_ONLY_KEYS: &[&str] = &["token", "token_file"];
 
 /// Checks `raw` into a [`Config`], pushing every problem found. The result holds
 /// defaults in place of bad values, so it is meaningless when `problems` grew.
-pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
+///
+/// `egress_vars` are the conventional proxy variables (`HTTPS_PROXY`, …), used when
+/// `upstream.proxy` is not set.
+pub(super) fn validate(
+    raw: RawConfig,
+    egress_vars: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) -> Config {
     let mut check = Checker { problems };
     let server = check.server(raw.server);
-    let upstream = check.upstream(raw.upstream);
+    let upstream = check.upstream(raw.upstream, egress_vars);
 
     let routes_use_default = raw.route.is_empty()
         || raw.route.iter().any(|route| {
@@ -207,7 +214,7 @@ impl Checker<'_> {
         }
     }
 
-    fn upstream(&mut self, raw: RawUpstream) -> UpstreamConfig {
+    fn upstream(&mut self, raw: RawUpstream, egress_vars: &[(String, String)]) -> UpstreamConfig {
         let url = self.url("upstream.url", raw.url.as_deref(), DEFAULT_UPSTREAM_URL);
         let connect_timeout = self.positive_duration(
             "upstream.connect_timeout",
@@ -217,10 +224,28 @@ impl Checker<'_> {
         if let Some(ca_file) = &raw.ca_file {
             self.existing_file("upstream.ca_file", ca_file);
         }
+        let explicit_proxy = match (raw.proxy, raw.proxy_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "upstream.proxy",
+                    "give either proxy or proxy_file, not both",
+                );
+                None
+            }
+            (Some(proxy), None) => Some(("upstream.proxy", proxy.0)),
+            (None, Some(path)) => {
+                // An unreadable or empty file is already a problem.
+                let proxy = self.read_secret_file("upstream.proxy_file", &path);
+                (!proxy.expose_secret().is_empty()).then_some(("upstream.proxy_file", proxy))
+            }
+            (None, None) => None,
+        };
+        let egress = super::egress::resolve(explicit_proxy, egress_vars, self.problems);
         UpstreamConfig {
             url,
             connect_timeout,
             ca_file: raw.ca_file,
+            egress,
         }
     }
 
