@@ -88,8 +88,8 @@ fn route_table(runtime: &tokio::runtime::Runtime) -> RouteTable {
     ]
     .map(|(name, value)| (name.to_owned(), value.to_string()));
     let config = config::load(None, vars).expect("benchmark configuration is valid");
-    let client = reqwest::Client::new();
-    let table = RouteTable::build(&config, &client);
+    let logins = ipproxy::proxy::build_login_client(&config.upstream).expect("login client");
+    let table = RouteTable::build(&config, &logins);
     runtime.block_on(async {
         for credential in table.credentials().values() {
             credential

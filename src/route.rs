@@ -15,7 +15,7 @@ use url::Url;
 use crate::config::{Config, HeaderFormat};
 use crate::task::BackgroundTask;
 use crate::telemetry::RouteMetrics;
-use crate::token::Credential;
+use crate::token::{Credential, LoginTransport};
 
 /// One route, resolved: everything the proxy needs to forward a matching request.
 #[derive(Debug)]
@@ -111,7 +111,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Resolves the configured routes; creates one [`Credential`] per credential that
     /// some route uses (an unused credential never logs in).
-    pub fn build(config: &Config, client: &reqwest::Client) -> Self {
+    pub fn build(config: &Config, transport: &Arc<dyn LoginTransport>) -> Self {
         // Formats per credential: index 0 is the credential's own, then each distinct
         // route override, so every token header value is built once per token.
         let mut formats: BTreeMap<&str, Vec<HeaderFormat>> = BTreeMap::new();
@@ -137,7 +137,7 @@ impl RouteTable {
                 let credential = Credential::new(
                     &config.credentials[name],
                     formats,
-                    client.clone(),
+                    Arc::clone(transport),
                     config.server.request_timeout,
                 );
                 (name.to_owned(), credential)

@@ -306,7 +306,7 @@ pub fn load(
     file: Option<&Path>,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let (vars, egress_vars): (Vec<(String, String)>, Vec<(String, String)>) = vars
+    let (vars, egress_vars): (Vec<_>, Vec<_>) = vars
         .into_iter()
         .filter(|(name, _)| name.starts_with(env::PREFIX) || egress::is_egress_var(name))
         .partition(|(name, _)| name.starts_with(env::PREFIX));

@@ -139,7 +139,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
                 .upstream
                 .egress
                 .is_from_the_configuration()
-                .then(|| config.upstream.egress.https.as_ref())
+                .then_some(config.upstream.egress.https.as_ref())
                 .flatten()
                 .map(ToString::to_string),
         },

@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use super::expiry;
-use super::source::{AuthError, SessionLogin, read_token_file};
+use super::source::{AuthError, LoginTransport, SessionLogin, read_token_file};
 use crate::config::{CredentialConfig, CredentialSource, HeaderFormat, StaticToken};
 use crate::task::BackgroundTask;
 
@@ -151,7 +151,8 @@ struct Inner {
     token_ttl: Duration,
     refresh_before: Duration,
     formats: Vec<HeaderFormat>,
-    client: reqwest::Client,
+    /// How logins reach the auth endpoint.
+    transport: Arc<dyn LoginTransport>,
     current: ArcSwapOption<Token>,
     next_generation: AtomicU64,
     /// The fetch in flight, if any. Held only to look at or swap the slot.
@@ -186,7 +187,7 @@ impl Credential {
     pub fn new(
         config: &CredentialConfig,
         formats: Vec<HeaderFormat>,
-        client: reqwest::Client,
+        transport: Arc<dyn LoginTransport>,
         login_timeout: Duration,
     ) -> Self {
         let source = match &config.source {
@@ -209,7 +210,7 @@ impl Credential {
                 token_ttl: config.token_ttl,
                 refresh_before: config.refresh_before,
                 formats,
-                client,
+                transport,
                 current: ArcSwapOption::empty(),
                 next_generation: AtomicU64::new(1),
                 flight: Mutex::new(None),
@@ -476,7 +477,7 @@ impl Credential {
 
     async fn fetch(&self) -> Result<SecretString, AuthError> {
         match &self.inner.source {
-            Source::Session(login) => login.fetch(&self.inner.client).await,
+            Source::Session(login) => login.fetch(self.inner.transport.as_ref()).await,
             Source::Static(StaticToken::Inline(token)) => Ok(token.clone()),
             Source::Static(StaticToken::File(path)) => read_token_file(path).await,
         }

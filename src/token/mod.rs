@@ -13,4 +13,4 @@ mod source;
 pub use credential::{
     Credential, CredentialStatus, Lease, RefreshReason, Token, TokenGeneration, TokenUnavailable,
 };
-pub use source::AuthError;
+pub use source::{AuthError, LoginAnswer, LoginTransport, LoginTransportError};

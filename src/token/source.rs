@@ -2,13 +2,14 @@
 //! inline or in a file.
 //!
 //! Knows the auth endpoint's wire format and how each way it can fail is reported;
-//! knows nothing of scheduling (see `expiry` and `credential`).
+//! knows nothing of scheduling (see `expiry` and `credential`) nor of sockets: a login
+//! goes through a [`LoginTransport`] given by the caller.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use http::{StatusCode, header};
+use bytes::Bytes;
+use http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -72,6 +73,41 @@ impl AuthError {
     }
 }
 
+/// What a login needs from the network: one POST of a JSON body.
+///
+/// Implemented by the outbound client in `proxy` (TLS, `upstream.ca_file`, the egress
+/// proxy), so that `token` never depends on `proxy`; tests can give a double.
+pub trait LoginTransport: Send + Sync + std::fmt::Debug {
+    /// POSTs `body` (JSON) to `url` with `Accept`/`Content-Type: application/json`;
+    /// reads at most `limit` bytes of the answer's body.
+    fn post_json<'a>(
+        &'a self,
+        url: &'a url::Url,
+        body: bytes::Bytes,
+        limit: usize,
+    ) -> futures_util::future::BoxFuture<'a, Result<LoginAnswer, LoginTransportError>>;
+}
+
+/// The auth endpoint's answer, as far as a login looks at it.
+#[derive(Debug)]
+pub struct LoginAnswer {
+    pub status: http::StatusCode,
+    /// `Retry-After` in whole seconds, when the answer carried one.
+    pub retry_after: Option<std::time::Duration>,
+    pub body: bytes::Bytes,
+}
+
+/// Why a [`LoginTransport`] got no answer. Texts carry no secret.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginTransportError {
+    /// Connect/TLS/tunnel/reset; the text names what failed (the egress proxy by
+    /// host:port when it was the tunnel), never a secret.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
 /// A username/password login against an IntelePeer auth endpoint.
 #[derive(Debug, Clone)]
 pub struct SessionLogin {
@@ -94,83 +130,46 @@ struct LoginResponse {
 }
 
 impl SessionLogin {
-    /// Logs in once and returns the token.
-    pub async fn fetch(&self, client: &reqwest::Client) -> Result<SecretString, AuthError> {
-        match tokio::time::timeout(self.timeout, self.fetch_unbounded(client)).await {
+    /// Logs in once through `transport` and returns the token.
+    pub async fn fetch(&self, transport: &dyn LoginTransport) -> Result<SecretString, AuthError> {
+        match tokio::time::timeout(self.timeout, self.fetch_unbounded(transport)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(AuthError::Timeout(self.timeout)),
         }
     }
 
-    async fn fetch_unbounded(&self, client: &reqwest::Client) -> Result<SecretString, AuthError> {
+    async fn fetch_unbounded(
+        &self,
+        transport: &dyn LoginTransport,
+    ) -> Result<SecretString, AuthError> {
         let body = LoginBody {
             username: &self.username,
             password: self.password.expose_secret(),
         };
-        let mut response = client
-            .post(self.url.clone())
-            .header(header::ACCEPT, "application/json")
-            .json(&body)
-            .send()
+        let body = serde_json::to_vec(&body).expect("two strings always serialize as JSON");
+        let answer = transport
+            .post_json(&self.url, Bytes::from(body), MAX_AUTH_RESPONSE)
             .await
-            .map_err(|error| AuthError::Unreachable(describe(&error)))?;
-        let status = response.status();
-        if status == StatusCode::UNAUTHORIZED {
+            .map_err(|error| match error {
+                LoginTransportError::Unreachable(reason) => AuthError::Unreachable(reason),
+                LoginTransportError::TooLarge(_) => AuthError::TooLarge,
+            })?;
+        if answer.status == StatusCode::UNAUTHORIZED {
             return Err(AuthError::BadCredentials);
         }
-        if status != StatusCode::OK {
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+        if answer.status != StatusCode::OK {
             return Err(AuthError::Status {
-                status,
-                retry_after,
+                status: answer.status,
+                retry_after: answer.retry_after,
             });
         }
-        let mut bytes = BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| AuthError::Unreachable(describe(&error)))?
-        {
-            if bytes.len() + chunk.len() > MAX_AUTH_RESPONSE {
-                return Err(AuthError::TooLarge);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
         let parsed: LoginResponse =
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::NotJson)?;
+            serde_json::from_slice(&answer.body).map_err(|_| AuthError::NotJson)?;
         match parsed.token {
             Some(token) if !token.trim().is_empty() => Ok(SecretString::from(token)),
             _ => Err(AuthError::MissingToken),
         }
     }
-}
-
-/// A reqwest error as a sentence: its category and underlying causes, without the
-/// URL (reqwest's own Display includes it).
-fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = if error.is_connect() {
-        "connection failed"
-    } else if error.is_timeout() {
-        "timed out"
-    } else if error.is_body() || error.is_decode() {
-        "bad response body"
-    } else {
-        "request failed"
-    }
-    .to_owned();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Reads a static token file: trimmed, non-empty.
@@ -187,4 +186,144 @@ pub async fn read_token_file(path: &Path) -> Result<SecretString, AuthError> {
         return Err(file_error("the file is empty".to_owned()));
     }
     Ok(SecretString::from(token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt as _;
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+
+    /// Answers every login with what `answer` makes, recording what was posted.
+    struct FakeTransport {
+        answer: fn() -> Result<LoginAnswer, LoginTransportError>,
+        posted: Mutex<Vec<(String, serde_json::Value, usize)>>,
+    }
+
+    impl std::fmt::Debug for FakeTransport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FakeTransport")
+        }
+    }
+
+    impl LoginTransport for FakeTransport {
+        fn post_json<'a>(
+            &'a self,
+            url: &'a Url,
+            body: Bytes,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<LoginAnswer, LoginTransportError>> {
+            let json = serde_json::from_slice(&body).expect("the login body is JSON");
+            self.posted
+                .lock()
+                .expect("not poisoned")
+                .push((url.to_string(), json, limit));
+            let answer = (self.answer)();
+            async move { answer }.boxed()
+        }
+    }
+
+    /// Never answers: for the timeout.
+    #[derive(Debug)]
+    struct SilentTransport;
+
+    impl LoginTransport for SilentTransport {
+        fn post_json<'a>(
+            &'a self,
+            _: &'a Url,
+            _: Bytes,
+            _: usize,
+        ) -> BoxFuture<'a, Result<LoginAnswer, LoginTransportError>> {
+            futures_util::future::pending().boxed()
+        }
+    }
+
+    fn login() -> SessionLogin {
+        SessionLogin {
+            url: Url::parse("https://auth.example/_rest/v4/authenticate").expect("url"),
+            username: "api-user".to_owned(),
+            password: SecretString::from("pw"),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn answer(status: u16, body: &'static str) -> Result<LoginAnswer, LoginTransportError> {
+        Ok(LoginAnswer {
+            status: StatusCode::from_u16(status).expect("status"),
+            retry_after: (status == 503).then_some(Duration::from_secs(7)),
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    }
+
+    async fn fetch_with(
+        answer: fn() -> Result<LoginAnswer, LoginTransportError>,
+    ) -> Result<SecretString, AuthError> {
+        let transport = FakeTransport {
+            answer,
+            posted: Mutex::new(Vec::new()),
+        };
+        let result = login().fetch(&transport).await;
+        let posted = transport.posted.lock().expect("not poisoned");
+        assert_eq!(posted.len(), 1);
+        let (url, body, limit) = &posted[0];
+        assert_eq!(url, "https://auth.example/_rest/v4/authenticate");
+        assert_eq!(
+            body,
+            &serde_json::json!({"username": "api-user", "password": "pw"})
+        );
+        assert_eq!(*limit, MAX_AUTH_RESPONSE);
+        result
+    }
+
+    #[tokio::test]
+    async fn a_200_with_a_token_is_the_token() {
+        let token = fetch_with(|| answer(200, r#"{"token":"abc"}"#))
+            .await
+            .expect("token");
+        assert_eq!(token.expose_secret(), "abc");
+    }
+
+    #[tokio::test]
+    async fn each_bad_answer_maps_to_its_auth_error() {
+        let error = fetch_with(|| answer(401, "{}")).await.expect_err("401");
+        assert!(matches!(error, AuthError::BadCredentials), "{error}");
+        let error = fetch_with(|| answer(503, "")).await.expect_err("503");
+        assert!(
+            matches!(error, AuthError::Status { status, retry_after: Some(after) }
+                if status == StatusCode::SERVICE_UNAVAILABLE && after == Duration::from_secs(7)),
+            "{error}"
+        );
+        let error = fetch_with(|| answer(200, "<html>"))
+            .await
+            .expect_err("html");
+        assert!(matches!(error, AuthError::NotJson), "{error}");
+        let error = fetch_with(|| answer(200, r#"{"token":" "}"#))
+            .await
+            .expect_err("blank token");
+        assert!(matches!(error, AuthError::MissingToken), "{error}");
+        let error = fetch_with(|| Err(LoginTransportError::TooLarge(MAX_AUTH_RESPONSE)))
+            .await
+            .expect_err("too large");
+        assert!(matches!(error, AuthError::TooLarge), "{error}");
+        let error = fetch_with(|| {
+            Err(LoginTransportError::Unreachable(
+                "the egress proxy 127.0.0.1:3128 could not be reached".to_owned(),
+            ))
+        })
+        .await
+        .expect_err("unreachable");
+        assert_eq!(
+            error.to_string(),
+            "auth endpoint unreachable: the egress proxy 127.0.0.1:3128 could not be reached"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_without_an_answer_times_out() {
+        let error = login().fetch(&SilentTransport).await.expect_err("timeout");
+        assert!(matches!(error, AuthError::Timeout(limit) if limit == Duration::from_secs(5)));
+    }
 }
