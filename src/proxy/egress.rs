@@ -2,17 +2,17 @@
 //!
 //! [`EgressConnector`] sits under the TLS layer: for a target that the egress settings
 //! send through a proxy, it opens a TCP connection to the proxy and asks it for an
-//! HTTP `CONNECT` tunnel to the target (hyper-util's `Tunnel`, with
-//! `Proxy-Authorization: Basic` when the proxy URL carries credentials); TLS then runs
+//! HTTP `CONNECT` tunnel to the target (with `Proxy-Authorization: Basic` when the
+//! proxy URL carries credentials), all within `connect_timeout`; TLS then runs
 //! inside the tunnel, end to end with IntelePeer, so the proxy sees neither plaintext
 //! nor token. Plain-`http` targets are tunnelled the same way (no absolute-form
 //! requests), so every request reaches its target the same way and the proxy only
 //! ever sees `CONNECT host:port`. Other targets are connected to directly.
 //!
-//! Which targets go through which proxy is hyper-util's `Matcher` (scheme → proxy,
-//! `NO_PROXY` hosts, domains, IPs and CIDRs), fed the way curl reads `NO_PROXY`
-//! ([`curl_no_proxy`]). Failures are [`EgressError`]s that name the proxy by
-//! `host:port`, never its password.
+//! Which targets go through which proxy, and the `Basic` credentials, are hyper-util's
+//! `Matcher` (scheme → proxy, `NO_PROXY` hosts, domains, IPs and CIDRs), fed the way
+//! curl reads `NO_PROXY` ([`curl_no_proxy`]). Failures are [`EgressError`]s that name
+//! the proxy by `host:port` and the proxy's answer, never its password.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -20,12 +20,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http::HeaderValue;
 use http::Uri;
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tower::{Service, ServiceExt as _};
 
@@ -88,14 +89,9 @@ impl Service<Uri> for EgressConnector {
             .uri()
             .authority()
             .map_or_else(String::new, ToString::to_string);
-        let to_proxy = self
-            .tcp
-            .clone()
-            .map_err(|error| ProxyNotReached(error_chain(&error)));
-        let mut tunnel = Tunnel::new(intercept.uri().clone(), to_proxy);
-        if let Some(authorization) = intercept.basic_auth() {
-            tunnel = tunnel.with_auth(authorization.clone());
-        }
+        let proxy_uri = intercept.uri().clone();
+        let authorization = intercept.basic_auth().cloned();
+        let tcp = self.tcp.clone();
         let setup_timeout = self.setup_timeout;
         Box::pin(async move {
             let fail = |reason: String| -> BoxError {
@@ -104,19 +100,130 @@ impl Service<Uri> for EgressConnector {
                     reason,
                 })
             };
-            // hyper-util's tunnel assumes port 443 when the target has none.
-            let (target, target_name) = with_explicit_port(&target)
+            let target = tunnel_target(&target)
                 .ok_or_else(|| fail("was not used: the target has no host".to_owned()))?;
-            match tokio::time::timeout(setup_timeout, tunnel.oneshot(target)).await {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(error)) => Err(fail(tunnel_failure(&error, &target_name, &source))),
+            let setup = async {
+                let stream = tcp
+                    .oneshot(proxy_uri)
+                    .await
+                    .map_err(|error| format!("could not be reached: {}", error_chain(&error)))?;
+                open_tunnel(
+                    stream.into_inner(),
+                    &target,
+                    authorization.as_ref(),
+                    &source,
+                )
+                .await
+            };
+            match tokio::time::timeout(setup_timeout, setup).await {
+                Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
+                Ok(Err(reason)) => Err(fail(reason)),
                 Err(_elapsed) => Err(fail(format!(
-                    "did not set up the tunnel to {target_name} within {setup_timeout:?} \
+                    "did not set up the tunnel to {target} within {setup_timeout:?} \
                      (upstream.connect_timeout)"
                 ))),
             }
         })
     }
+}
+
+/// Largest answer head to `CONNECT` read: proxies answer with a few short headers.
+const MAX_CONNECT_ANSWER: usize = 8 * 1024;
+/// Most headers parsed in that answer.
+const MAX_CONNECT_HEADERS: usize = 64;
+
+/// Asks the proxy on `stream` for a tunnel to `target` (`host:port`) and reads its
+/// answer; the stream is the tunnel once the proxy answered 2xx. The error is the rest
+/// of a sentence that starts with "the egress proxy HOST:PORT".
+///
+/// Hand-written rather than hyper-util's `Tunnel`: that one reduces every answer but
+/// 407 to "unsuccessful" behind an error type it does not export, and an operator
+/// needs the status (tinyproxy answers 401 to wrong credentials, Squid 403 to a
+/// forbidden port).
+async fn open_tunnel(
+    mut stream: TcpStream,
+    target: &str,
+    authorization: Option<&HeaderValue>,
+    source: &str,
+) -> Result<TcpStream, String> {
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n").into_bytes();
+    if let Some(authorization) = authorization {
+        request.extend_from_slice(b"Proxy-Authorization: ");
+        request.extend_from_slice(authorization.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    let broke = |error: std::io::Error| {
+        format!("broke the connection while opening the tunnel to {target}: {error}")
+    };
+    stream.write_all(&request).await.map_err(broke)?;
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut chunk).await.map_err(broke)?;
+        if read == 0 {
+            return Err(format!(
+                "closed the connection before answering CONNECT {target}"
+            ));
+        }
+        head.extend_from_slice(&chunk[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_CONNECT_HEADERS];
+        let mut answer = httparse::Response::new(&mut headers);
+        match answer.parse(&head) {
+            Ok(httparse::Status::Complete(length)) => {
+                let code = answer.code.unwrap_or_default();
+                if !(200..300).contains(&code) {
+                    return Err(refusal(
+                        code,
+                        answer.reason.unwrap_or_default(),
+                        target,
+                        source,
+                        authorization.is_some(),
+                    ));
+                }
+                // The client speaks first in a tunnel (TLS, or the HTTP request): bytes
+                // here would belong to no one.
+                if length < head.len() {
+                    return Err(format!(
+                        "sent data after accepting CONNECT {target}, before ipproxy spoke"
+                    ));
+                }
+                return Ok(stream);
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_CONNECT_ANSWER => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(format!(
+                    "answered CONNECT {target} with a head over {MAX_CONNECT_ANSWER} bytes"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "answered CONNECT {target} with something that is not HTTP"
+                ));
+            }
+        }
+    }
+}
+
+/// The proxy's refusal of a tunnel, with its status and what it usually means.
+fn refusal(code: u16, reason: &str, target: &str, source: &str, sent_credentials: bool) -> String {
+    // The reason phrase comes from the proxy: only a short run of visible text.
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect();
+    let answer = format!("{code} {reason}");
+    let answer = answer.trim_end();
+    let hint = match code {
+        401 | 407 if sent_credentials => {
+            format!(": the user:password in {source} is not accepted")
+        }
+        401 | 407 => format!(": it wants credentials; give user:password@ in {source}"),
+        403 => " (a host or port it does not allow)".to_owned(),
+        _ => String::new(),
+    };
+    format!("refused the tunnel to {target} with {answer}{hint}")
 }
 
 /// Which targets go through which proxy.
@@ -213,8 +320,8 @@ pub(crate) fn curl_no_proxy(entries: &str) -> (bool, String) {
     (false, kept.join(","))
 }
 
-/// `target` with its port spelled out, and `host:port` for messages.
-fn with_explicit_port(target: &Uri) -> Option<(Uri, String)> {
+/// The `host:port` to ask a tunnel for: the target's port spelled out.
+fn tunnel_target(target: &Uri) -> Option<String> {
     let host = target.host()?;
     let port = target.port_u16().unwrap_or_else(|| {
         if target.scheme() == Some(&Scheme::HTTP) {
@@ -223,54 +330,7 @@ fn with_explicit_port(target: &Uri) -> Option<(Uri, String)> {
             443
         }
     });
-    let name = format!("{host}:{port}");
-    let authority = Authority::try_from(name.as_str()).ok()?;
-    let uri = Uri::builder()
-        .scheme(target.scheme_str().unwrap_or("https"))
-        .authority(authority)
-        .path_and_query("/")
-        .build()
-        .ok()?;
-    Some((uri, name))
-}
-
-/// The TCP connection to the egress proxy failed (the cause, as text).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct ProxyNotReached(String);
-
-/// What went wrong with a tunnel, as the rest of a sentence that starts with "the
-/// egress proxy HOST:PORT".
-///
-/// hyper-util does not export its tunnel error type, so the failure is told apart by
-/// its sources (our [`ProxyNotReached`], an I/O error) and, for the one answer it
-/// reports apart (407), by its fixed text; anything else is a refusal. The unit tests
-/// below pin each case against a loopback stand-in for the proxy.
-fn tunnel_failure(error: &(dyn StdError + 'static), target: &str, source: &str) -> String {
-    let mut cause = error.source();
-    while let Some(current) = cause {
-        if let Some(not_reached) = current.downcast_ref::<ProxyNotReached>() {
-            return format!("could not be reached: {not_reached}");
-        }
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            return format!("broke the connection while opening the tunnel to {target}: {io}");
-        }
-        cause = current.source();
-    }
-    let text = error.to_string();
-    if text.contains("authorization required") {
-        format!(
-            "refused the tunnel to {target} with 407 Proxy Authentication Required: \
-             the user:password in {source} is missing or wrong"
-        )
-    } else if text.contains("end of file") {
-        format!("closed the connection before answering CONNECT {target}")
-    } else {
-        format!(
-            "refused the tunnel to {target}: it answered CONNECT with neither 200 nor 407 \
-             (403 for a host or port it does not allow, 5xx when it cannot reach it)"
-        )
-    }
+    Some(format!("{host}:{port}"))
 }
 
 /// `error` and its sources, joined with `": "`.
@@ -395,13 +455,13 @@ mod tests {
 
     #[test]
     fn the_tunnel_target_always_carries_a_port() {
-        let (_, name) =
-            with_explicit_port(&"http://sim.internal".parse().expect("uri")).expect("target");
-        assert_eq!(name, "sim.internal:80");
-        let (uri, name) = with_explicit_port(&"https://api.intelepeer.com/x".parse().expect("uri"))
-            .expect("target");
-        assert_eq!(name, "api.intelepeer.com:443");
-        assert_eq!(uri.port_u16(), Some(443));
+        let target = |url: &str| tunnel_target(&url.parse().expect("uri")).expect("target");
+        assert_eq!(target("http://sim.internal"), "sim.internal:80");
+        assert_eq!(
+            target("https://api.intelepeer.com/x"),
+            "api.intelepeer.com:443"
+        );
+        assert_eq!(target("https://[::1]:8443"), "[::1]:8443");
     }
 
     #[test]
@@ -522,9 +582,28 @@ mod tests {
         )
         .await;
         assert_eq!(error.proxy, proxy.to_string());
-        assert!(error.reason.contains("407"), "{error}");
-        assert!(error.reason.contains("upstream.proxy"), "{error}");
-        assert!(error.reason.contains("api.example:443"), "{error}");
+        assert_eq!(
+            error.reason,
+            "refused the tunnel to api.example:443 with 407 Proxy Authentication Required: \
+             the user:password in upstream.proxy is not accepted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_401_is_taken_for_refused_credentials_too() {
+        // tinyproxy's answer to a wrong password.
+        let (proxy, _head) = stand_in(Then::Answer(b"HTTP/1.0 401 Unauthorized\r\n\r\n")).await;
+        let error = failure(
+            connector_via(proxy, Duration::from_secs(5)),
+            "https://api.example",
+        )
+        .await;
+        assert!(
+            error.reason.ends_with(
+                "with 401 Unauthorized: the user:password in upstream.proxy is not accepted"
+            ),
+            "{error}"
+        );
     }
 
     #[tokio::test]
