@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod child;
+pub mod forward_proxy;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
