@@ -11,7 +11,7 @@
 //!
 //! Which targets go through which proxy, and the `Basic` credentials, are hyper-util's
 //! `Matcher` (scheme → proxy, `NO_PROXY` hosts, domains, IPs and CIDRs), fed the way
-//! curl reads `NO_PROXY` ([`curl_no_proxy`]). Failures are [`EgressError`]s that name
+//! curl reads `NO_PROXY` (`curl_no_proxy`). Failures are [`EgressError`]s that name
 //! the proxy by `host:port` and the proxy's answer, never its password.
 
 use std::error::Error as StdError;
