@@ -5,18 +5,16 @@
 //! `cargo bench --bench hot_path`. The load benchmark against nginx is `bench/run.sh`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipproxy::config;
-use ipproxy::proxy::ReqwestLogin;
 use ipproxy::proxy::headers::{strip_response_headers, upstream_request_headers};
 use ipproxy::request_id::RequestId;
 use ipproxy::route::RouteTable;
 use ipproxy::token::store::Store;
-use ipproxy::token::{LoginTransport, Registry};
+use ipproxy::token::Registry;
 
 /// What an app's HTTP client typically sends to IntelePeer through the proxy.
 fn typical_request_headers(with_connection: bool) -> HeaderMap {
@@ -92,7 +90,7 @@ fn route_table(runtime: &tokio::runtime::Runtime) -> RouteTable {
     ]
     .map(|(name, value)| (name.to_owned(), value.to_string()));
     let config = config::load(None, vars).expect("benchmark configuration is valid");
-    let login: Arc<dyn LoginTransport> = Arc::new(ReqwestLogin(reqwest::Client::new()));
+    let login = ipproxy::proxy::build_login_client(&config.upstream).expect("login client");
     let credentials = Registry::build(&config, &login, &Store::memory());
     let table = RouteTable::build(&config, &credentials);
     runtime.block_on(async {

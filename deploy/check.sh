@@ -96,7 +96,7 @@ grep -Eq '^[0-9a-f]{64}$' "$workdir/keys" || die "ipproxy hash-key did not print
 echo "ok: ipproxy hash-key printed a SHA-256 hex line"
 
 # Runs `ipproxy check --config FILE` in a clean environment: no inherited IPPROXY_*
-# variable (unknown ones are errors, and PROXY_BIN itself is not a config key), the
+# or proxy variable (unknown ones are errors, and PROXY_BIN itself is not a config key), the
 # secret-file keys pointed at the temporary files, plus any extra VAR=VALUE given.
 run_check() {
   local config="$1"; shift
@@ -113,6 +113,10 @@ run_check() {
   while IFS= read -r name; do
     unset_args+=(-u "$name")
   done < <(compgen -e | grep '^IPPROXY_' || true)
+  # The egress proxy variables are read too: this machine's must not decide the result.
+  for name in https_proxy HTTPS_PROXY http_proxy NO_PROXY no_proxy; do
+    unset_args+=(-u "$name")
+  done
 
   echo "-- $PROXY_BIN check --config $config  (${vars[*]})"
   local out="$workdir/check.out" rc=0

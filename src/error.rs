@@ -28,6 +28,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached or gave a bad response")]
     UpstreamUnreachable,
+    /// The tunnel through the egress proxy failed: says which proxy (`host:port`,
+    /// never its credentials) and what it did.
+    #[error("the upstream could not be reached: the egress proxy {proxy} {reason}")]
+    EgressUnreachable { proxy: String, reason: String },
     #[error("no valid token is available for credential {credential}; try again later")]
     TokenUnavailable {
         credential: String,
@@ -71,7 +75,9 @@ impl ProxyError {
                 "proxy_auth_required",
             ),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            Self::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            Self::UpstreamUnreachable | Self::EgressUnreachable { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream_unreachable")
+            }
             Self::TokenUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

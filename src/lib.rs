@@ -7,7 +7,9 @@
 //! - [`server`]: listeners, the request pipeline, load shedding, graceful shutdown.
 //! - [`access`]: path safety, inbound client keys, the path allowlist.
 //! - [`route`]: longest-prefix route table → upstream, credential, header format.
-//! - [`proxy`]: forwarding: header rules, replay buffer, the one retry on 401.
+//! - [`proxy`]: forwarding: header rules, replay buffer, the one retry on 401; the one
+//!   outbound client stack (TLS, `ca_file`, the egress `CONNECT` tunnel) for forwarding
+//!   and logins.
 //! - [`token`]: one shared, self-refreshing token per credential (`ArcSwap`), single flight.
 //! - [`admin`]: `/healthz`, `/readyz`, `/refresh`, `/metrics`.
 //! - [`error`]: the proxy's own answers (DESIGN.md's error table), in one place.

@@ -240,13 +240,23 @@ fn hash_key() -> ExitCode {
 /// Healthcheck budget: container runtimes give a probe a few seconds.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A plain HTTP GET of the admin listener (local: never through an egress proxy);
+/// exit 0 on a 2xx answer.
 fn healthcheck(url: &str) -> ExitCode {
     let probe = async {
-        let client = reqwest::Client::builder()
-            .timeout(HEALTHCHECK_TIMEOUT)
-            .no_proxy()
-            .build()?;
-        client.get(url).send().await
+        let uri: http::Uri = url.parse().context("not a URL")?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let request = async {
+            client
+                .get(uri)
+                .await
+                .map_err(|error| anyhow::anyhow!("{}", describe_client_error(&error)))
+        };
+        tokio::time::timeout(HEALTHCHECK_TIMEOUT, request)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {HEALTHCHECK_TIMEOUT:?}"))?
     };
     match runtime().map(|runtime| runtime.block_on(probe)) {
         Ok(Ok(response)) if response.status().is_success() => ExitCode::SUCCESS,
@@ -255,7 +265,7 @@ fn healthcheck(url: &str) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(Err(error)) => {
-            eprintln!("ipproxy: {url}: {error}");
+            eprintln!("ipproxy: {url}: {error:#}");
             ExitCode::FAILURE
         }
         Err(error) => {
@@ -263,6 +273,19 @@ fn healthcheck(url: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// hyper's client error with its causes ("client error (Connect): tcp connect error:
+/// Connection refused").
+fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -29,8 +29,8 @@ use crate::route::RouteTable;
 use crate::shutdown::{self, ShutdownFlag, Stage, reached};
 use crate::task::BackgroundTask;
 use crate::telemetry;
+use crate::token::Registry;
 use crate::token::store::{Store, StoreConfigError};
-use crate::token::{LoginTransport, Registry};
 
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -106,9 +106,7 @@ pub async fn serve(
     // Installed before the first request so that no early metric is lost.
     let metrics = telemetry::metrics_handle();
     let _metrics_upkeep = telemetry::start_upkeep();
-    let login: Arc<dyn LoginTransport> = Arc::new(proxy::ReqwestLogin(proxy::build_login_client(
-        &config.upstream,
-    )?));
+    let login = proxy::build_login_client(&config.upstream)?;
     let store = Store::from_config(&config.store)?;
     let _store_probe = store.start_probe();
     let credentials = Registry::build(&config, &login, &store);

@@ -1,150 +1,14 @@
-//! TLS to the upstream, verification always on: a local HTTPS upstream whose CA and
-//! certificate are made in the test is trusted through `upstream.ca_file` and refused
-//! without it. The login goes to the simulator over plain HTTP.
+//! TLS to the upstream and to the auth endpoint, verification always on: a local
+//! HTTPS server whose CA and certificate are made in the test is trusted through
+//! `upstream.ca_file` and refused without it. Unless the test says otherwise, the
+//! login goes to the simulator over plain HTTP.
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use ipproxy::sim::{SimConfig, Simulator};
 use serde_json::Value;
+use support::tls::{TestPki, TlsUpstream, serve_tls_app};
 use support::{Proxy, Sim, client, vars};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::{self, pki_types};
-
-/// A test CA and a `localhost` / `127.0.0.1` certificate it signed, as PEM.
-struct TestPki {
-    ca_pem: String,
-    leaf_pem: String,
-    leaf_key_pem: String,
-}
-
-impl TestPki {
-    fn generate() -> Self {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "ipproxy test CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("leaf params");
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf_params.use_authority_key_identifier_extension = true;
-        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_cert = leaf_params
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf certificate");
-        Self {
-            ca_pem: ca_cert.pem(),
-            leaf_pem: leaf_cert.pem(),
-            leaf_key_pem: leaf_key.serialize_pem(),
-        }
-    }
-}
-
-/// An HTTPS upstream on 127.0.0.1 that answers 200 and records each request's
-/// `Authorization` header.
-struct TlsUpstream {
-    addr: SocketAddr,
-    authorizations: Arc<Mutex<Vec<String>>>,
-    _stop: oneshot::Sender<()>,
-}
-
-impl TlsUpstream {
-    async fn start(pki: &TestPki) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let certificate =
-            pki_types::CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).expect("leaf PEM");
-        let key =
-            pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).expect("key PEM");
-        // ring: the provider reqwest's rustls uses; no process-wide default needed.
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![certificate], key)
-        .expect("server certificate");
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-
-        let authorizations = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&authorizations);
-        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let seen = Arc::clone(&seen);
-            async move {
-                let authorization = request
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-                    .unwrap_or_default();
-                seen.lock().expect("not poisoned").push(authorization);
-                (
-                    [("content-type", "application/json")],
-                    r#"{"upstream":"tls"}"#,
-                )
-            }
-        });
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(app.clone());
-                tokio::spawn(async move {
-                    // A refused handshake (the untrusted case) ends here.
-                    let Ok(tls_stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls_stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            authorizations,
-            _stop: stop,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}", self.addr.port())
-    }
-
-    fn authorizations(&self) -> Vec<String> {
-        self.authorizations.lock().expect("not poisoned").clone()
-    }
-}
 
 /// Login at the simulator, API calls to the TLS upstream.
 fn proxy_vars(sim: &Sim, upstream: &TlsUpstream) -> Vec<(String, String)> {
@@ -232,4 +96,70 @@ async fn a_ca_file_for_another_ca_does_not_make_the_upstream_trusted() {
     let response = get_did(&proxy).await;
     assert_eq!(response.status(), 502);
     assert!(upstream.authorizations().is_empty());
+}
+
+/// The simulator as an HTTPS auth endpoint on `https://127.0.0.1:PORT`, and variables
+/// that log in there (and send API calls to the plain-HTTP `api` simulator).
+async fn https_login(
+    pki: &TestPki,
+    api: &Sim,
+) -> (
+    Simulator,
+    Vec<(String, String)>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let auth = Simulator::new(SimConfig::default());
+    let (addr, stop) = serve_tls_app(auth.router(), pki).await;
+    let mut all = api.vars();
+    all.retain(|(name, _)| name != "IPPROXY_AUTH__URL");
+    all.extend(vars(&[(
+        "IPPROXY_AUTH__URL",
+        &format!("https://127.0.0.1:{}/_rest/v4/authenticate", addr.port()),
+    )]));
+    (auth, all, stop)
+}
+
+#[tokio::test]
+async fn login_endpoint_signed_by_the_configured_ca_is_trusted() {
+    let pki = TestPki::generate();
+    let api = Sim::default().await;
+    let (auth, mut proxy_vars, _auth_stop) = https_login(&pki, &api).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = pki.write_ca(&dir).display().to_string();
+    proxy_vars.extend(vars(&[("IPPROXY_UPSTREAM__CA_FILE", &ca_file)]));
+    let proxy = Proxy::start(proxy_vars).await;
+
+    let response = client()
+        .post(proxy.admin_url("/refresh"))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert!(
+        auth.counters().auth_calls >= 1,
+        "the HTTPS endpoint was used"
+    );
+}
+
+#[tokio::test]
+async fn login_endpoint_with_an_unknown_ca_is_refused() {
+    let pki = TestPki::generate();
+    let api = Sim::default().await;
+    let (auth, proxy_vars, _auth_stop) = https_login(&pki, &api).await;
+    let proxy = Proxy::start(proxy_vars).await;
+
+    let response = client()
+        .post(proxy.admin_url("/refresh"))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.expect("json");
+    let message = body["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("invalid peer certificate"), "{body}");
+    assert_eq!(
+        auth.counters().auth_calls,
+        0,
+        "no login crossed an unverified connection"
+    );
 }

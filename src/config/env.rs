@@ -50,6 +50,8 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
             ("url", EnvKind::Text),
             ("connect_timeout", EnvKind::Text),
             ("ca_file", EnvKind::Text),
+            ("proxy", EnvKind::Text),
+            ("proxy_file", EnvKind::Text),
         ],
     ),
     (
@@ -93,10 +95,12 @@ pub(super) const CREDENTIAL_KEYS: &[&str] = &[
 
 /// The two forms of each secret: a variable setting one replaces the other form
 /// coming from the file, so `IPPROXY_AUTH__PASSWORD_FILE` can stand in for a file's
-/// `password` (and the other way round).
+/// `password` (and the other way round), and `IPPROXY_UPSTREAM__PROXY_FILE` for a
+/// file's `upstream.proxy`.
 const SECRET_FORMS: &[(&str, &str)] = &[
     ("password", "password_file"),
     ("token", "token_file"),
+    ("proxy", "proxy_file"),
     ("url", "url_file"),
 ];
 
@@ -167,6 +171,9 @@ impl EnvLayer {
             match (section.as_str(), value) {
                 ("auth", Value::Dict(_, auth)) => tables.push(("auth".to_owned(), auth)),
                 ("store", Value::Dict(_, store)) => tables.push(("store".to_owned(), store)),
+                ("upstream", Value::Dict(_, upstream)) => {
+                    tables.push(("upstream".to_owned(), upstream));
+                }
                 ("credentials", Value::Dict(_, credentials)) => {
                     for (name, credential) in credentials.iter_mut() {
                         if let Value::Dict(_, credential) = credential {

@@ -12,12 +12,15 @@
 //! - `raw`: the file's shape as serde structs (every key optional, loosely typed).
 //! - `env`: `IPPROXY_<SECTION>__<KEY>` variables → a layer typed by the schema, so that
 //!   a password that looks like a number stays a string.
+//! - `egress`: `upstream.proxy` or the conventional `HTTPS_PROXY`-style variables →
+//!   [`EgressConfig`].
 //! - `validate`: raw → [`Config`], collecting every problem before failing.
 //! - `render`: [`Config::to_redacted_toml`] for `ipproxy check`.
 //!
 //! It must not start anything (no sockets, no token fetches): loading is pure apart
 //! from reading the files the configuration names.
 
+mod egress;
 mod env;
 mod raw;
 mod render;
@@ -37,6 +40,8 @@ use figment::value::{Dict, Value};
 use http::HeaderName;
 use secrecy::SecretString;
 use url::Url;
+
+pub use egress::{EgressConfig, EgressProxy, NoProxyList};
 
 /// The variable naming the configuration file when no `--config` is given.
 pub const CONFIG_FILE_VAR: &str = "IPPROXY_CONFIG";
@@ -96,8 +101,11 @@ pub struct UpstreamConfig {
     pub url: Url,
     /// Limit for establishing a connection to any upstream.
     pub connect_timeout: Duration,
-    /// An extra CA (PEM) trusted besides the standard web roots.
+    /// An extra CA (PEM) trusted besides the standard web roots, by forwarding and
+    /// logins alike.
     pub ca_file: Option<PathBuf>,
+    /// The egress proxy, if any, for every connection to IntelePeer.
+    pub egress: EgressConfig,
 }
 
 /// How a credential obtains its token.
@@ -322,18 +330,20 @@ impl fmt::Display for Problem {
 
 /// Loads and validates the configuration from `file` (or, when `file` is `None`, the
 /// file named by an `IPPROXY_CONFIG` entry of `vars`, if any) with the `IPPROXY_*`
-/// entries of `vars` over it. Entries of `vars` without the `IPPROXY_` prefix are
-/// ignored, so the whole process environment may be passed.
+/// entries of `vars` over it. Of the other entries only the conventional proxy
+/// variables (`HTTPS_PROXY`, `https_proxy`, `http_proxy`, `NO_PROXY`, `no_proxy`) are
+/// read, for [`UpstreamConfig::egress`]; the rest are ignored, so the whole process
+/// environment may be passed.
 ///
 /// Every problem found is reported in the one error.
 pub fn load(
     file: Option<&Path>,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let vars: Vec<(String, String)> = vars
+    let (vars, egress_vars): (Vec<_>, Vec<_>) = vars
         .into_iter()
-        .filter(|(name, _)| name.starts_with(env::PREFIX))
-        .collect();
+        .filter(|(name, _)| name.starts_with(env::PREFIX) || egress::is_egress_var(name))
+        .partition(|(name, _)| name.starts_with(env::PREFIX));
     let file = file.map(Path::to_path_buf).or_else(|| {
         vars.iter()
             .find(|(name, value)| name == CONFIG_FILE_VAR && !value.is_empty())
@@ -371,7 +381,7 @@ pub fn load(
 
     if let Some(raw) = raw::deserialize(&merged, &env_layer, &mut problems) {
         let mut warnings = Vec::new();
-        let mut config = validate::validate(raw, &mut problems, &mut warnings);
+        let mut config = validate::validate(raw, &egress_vars, &mut problems, &mut warnings);
         if problems.is_empty() {
             config.warnings = warnings;
             return Ok(config);
@@ -381,7 +391,7 @@ pub fn load(
 }
 
 /// [`load`] with the process environment: reads `IPPROXY_CONFIG` (when `file` is
-/// `None`) and every `IPPROXY_*` variable.
+/// `None`), every `IPPROXY_*` variable and the conventional proxy variables.
 pub fn load_from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
     let mut vars = Vec::new();
     let mut problems = Vec::new();
@@ -389,7 +399,7 @@ pub fn load_from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(name) = name.to_str() else {
             continue;
         };
-        if !name.starts_with(env::PREFIX) {
+        if !name.starts_with(env::PREFIX) && !egress::is_egress_var(name) {
             continue;
         }
         match value.into_string() {

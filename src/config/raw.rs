@@ -52,6 +52,9 @@ pub(super) struct RawUpstream {
     pub url: Option<String>,
     pub connect_timeout: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// May carry a password: read as a secret, never echoed.
+    pub proxy: Option<RawSecret>,
+    pub proxy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -11,7 +11,8 @@ use serde::Serialize;
 use secrecy::ExposeSecret;
 
 use super::{
-    AllowRule, Config, CredentialConfig, CredentialSource, LogFormat, SecretSource, StoreConfig,
+    AllowRule, Config, CredentialConfig, CredentialSource, EgressConfig, EgressProxy, LogFormat,
+    SecretSource, StoreConfig,
 };
 
 /// What every secret is shown as.
@@ -68,6 +69,9 @@ struct UpstreamView {
     connect_timeout: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_file: Option<String>,
+    /// Set by `upstream.proxy` or `proxy_file`: the URL with the password as `***`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -157,6 +161,13 @@ pub(super) fn redacted_toml(config: &Config) -> String {
                 .ca_file
                 .as_ref()
                 .map(|path| path.display().to_string()),
+            proxy: config
+                .upstream
+                .egress
+                .is_from_the_configuration()
+                .then_some(config.upstream.egress.https.as_ref())
+                .flatten()
+                .map(ToString::to_string),
         },
         auth,
         credentials,
@@ -197,7 +208,34 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         .iter()
         .map(|warning| format!("# {warning}\n"))
         .collect();
-    format!("{ignored}{body}")
+    format!("{ignored}{}{body}", egress_comment(&config.upstream.egress))
+}
+
+/// An egress proxy taken from the variables is not a key of the file: it is shown as
+/// comment lines above the TOML, so the output stays a valid configuration.
+fn egress_comment(egress: &EgressConfig) -> String {
+    if egress.is_direct() || egress.is_from_the_configuration() {
+        return String::new();
+    }
+    let through = |proxy: Option<&EgressProxy>| {
+        proxy.map_or_else(
+            || "direct".to_owned(),
+            |proxy| format!("through {proxy} ({})", proxy.source),
+        )
+    };
+    let mut comment = format!(
+        "# egress from the environment: HTTPS targets {}; plain-HTTP targets {}\n",
+        through(egress.https.as_ref()),
+        through(egress.http.as_ref()),
+    );
+    if let Some(no_proxy) = &egress.no_proxy {
+        comment.push_str(&format!(
+            "# reached directly ({}): {}\n",
+            no_proxy.source,
+            no_proxy.entries.replace(['\n', '\r'], " ")
+        ));
+    }
+    comment
 }
 
 fn credential_view(credential: &CredentialConfig) -> CredentialView {

@@ -78,14 +78,18 @@ const STATIC_ONLY_KEYS: &[&str] = &["token", "token_file"];
 /// Checks `raw` into a [`Config`], pushing every problem found, and every key it
 /// ignored to `warnings`. The result holds defaults in place of bad values, so it is
 /// meaningless when `problems` grew.
+///
+/// `egress_vars` are the conventional proxy variables (`HTTPS_PROXY`, …), used when
+/// `upstream.proxy` is not set.
 pub(super) fn validate(
     raw: RawConfig,
+    egress_vars: &[(String, String)],
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
 ) -> Config {
     let mut check = Checker { problems, warnings };
     let server = check.server(raw.server);
-    let upstream = check.upstream(raw.upstream);
+    let upstream = check.upstream(raw.upstream, egress_vars);
 
     let routes_use_default = raw.route.is_empty()
         || raw.route.iter().any(|route| {
@@ -226,7 +230,7 @@ impl Checker<'_> {
         }
     }
 
-    fn upstream(&mut self, raw: RawUpstream) -> UpstreamConfig {
+    fn upstream(&mut self, raw: RawUpstream, egress_vars: &[(String, String)]) -> UpstreamConfig {
         let url = self.url("upstream.url", raw.url.as_deref(), DEFAULT_UPSTREAM_URL);
         let connect_timeout = self.positive_duration(
             "upstream.connect_timeout",
@@ -236,10 +240,30 @@ impl Checker<'_> {
         if let Some(ca_file) = &raw.ca_file {
             self.existing_file("upstream.ca_file", ca_file);
         }
+        let explicit_proxy = match (raw.proxy, raw.proxy_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "upstream.proxy",
+                    "give either proxy or proxy_file, not both",
+                );
+                None
+            }
+            (Some(proxy), None) => Some(("upstream.proxy", proxy.0)),
+            (None, Some(path)) => match secret::read_secret(&path) {
+                Ok(proxy) => Some(("upstream.proxy_file", proxy)),
+                Err(error) => {
+                    self.problem("upstream.proxy_file", error.to_string());
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let egress = super::egress::resolve(explicit_proxy, egress_vars, self.problems);
         UpstreamConfig {
             url,
             connect_timeout,
             ca_file: raw.ca_file,
+            egress,
         }
     }
 

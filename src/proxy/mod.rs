@@ -3,36 +3,31 @@
 //!
 //! - `headers`: what crosses the proxy in each direction.
 //! - `body`: the replay buffer and the streaming `max_body` limit.
+//! - `outbound`: the one client stack (TLS, `ca_file`, pool) for forwarding and logins.
+//! - `egress`: the `CONNECT` tunnel through a corporate egress proxy.
 //!
 //! Knows routes and leases, not where tokens come from.
 
 mod body;
+pub mod egress;
 pub mod headers;
+mod outbound;
 mod pipeline;
 
 pub use pipeline::{Pipeline, ProxyResponse};
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
-use crate::config::{Config, UpstreamConfig};
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
 use body::{OutboundBody, UpstreamBody};
-
-/// Idle upstream connections are kept this long (IntelePeer is one host per route).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use egress::EgressError;
+pub use outbound::{ClientError, UpstreamClient, build_client, build_login_client};
 
 /// Limits that apply to every forwarded request.
 #[derive(Debug, Clone)]
@@ -58,169 +53,6 @@ impl Limits {
 pub struct Outcome {
     /// A second attempt was sent after a 401.
     pub retried: bool,
-}
-
-/// The pooled upstream client used for forwarding.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
-
-/// Builds the pooled HTTPS client for forwarding: rustls (ring) with the standard web
-/// roots plus `ca_file`, verification always on, HTTP/1.1 or HTTP/2 by ALPN, no
-/// redirects followed (a redirect is the upstream's answer to the client), no
-/// decompression (bodies pass through byte for byte).
-pub fn build_client(upstream: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for certificate in extra_roots(upstream)? {
-        roots
-            .add(certificate)
-            .map_err(|error| ca_file_error(upstream, error.to_string()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| ClientError::Build(error.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(upstream.connect_timeout));
-    http.set_nodelay(true);
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        // `forward` sets Host from the route's prebuilt value.
-        .set_host(false)
-        .build(https))
-}
-
-/// Builds the client used for logins (reqwest: JSON in, JSON out), trusting the same
-/// roots as the forwarding client.
-pub fn build_login_client(upstream: &UpstreamConfig) -> Result<reqwest::Client, ClientError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(upstream.connect_timeout)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy();
-    for certificate in extra_roots(upstream)? {
-        let certificate = reqwest::Certificate::from_der(certificate.as_ref())
-            .map_err(|error| ca_file_error(upstream, error.to_string()))?;
-        builder = builder.add_root_certificate(certificate);
-    }
-    builder
-        .build()
-        .map_err(|error| ClientError::Build(error.to_string()))
-}
-
-/// Logins over reqwest.
-#[derive(Debug)]
-pub struct ReqwestLogin(pub reqwest::Client);
-
-impl crate::token::LoginTransport for ReqwestLogin {
-    fn post_json<'a>(
-        &'a self,
-        url: &'a url::Url,
-        body: Bytes,
-        limit: usize,
-    ) -> futures_util::future::BoxFuture<
-        'a,
-        Result<crate::token::LoginAnswer, crate::token::LoginTransportError>,
-    > {
-        use crate::token::{LoginAnswer, LoginTransportError};
-        use futures_util::FutureExt as _;
-        async move {
-            let mut response = self
-                .0
-                .post(url.clone())
-                .header(header::ACCEPT, "application/json")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .send()
-                .await
-                .map_err(|error| LoginTransportError::Unreachable(describe(&error)))?;
-            let status = response.status();
-            let retry_after = crate::token::retry_after(response.headers());
-            let mut bytes = bytes::BytesMut::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|error| LoginTransportError::Unreachable(describe(&error)))?
-            {
-                if bytes.len() + chunk.len() > limit {
-                    return Err(LoginTransportError::TooLarge(limit));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(LoginAnswer {
-                status,
-                retry_after,
-                body: bytes.freeze(),
-            })
-        }
-        .boxed()
-    }
-}
-
-/// A reqwest error as a sentence: its category and underlying causes, without the
-/// URL (reqwest's own Display includes it).
-fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = if error.is_connect() {
-        "connection failed"
-    } else if error.is_timeout() {
-        "timed out"
-    } else if error.is_body() || error.is_decode() {
-        "bad response body"
-    } else {
-        "request failed"
-    }
-    .to_owned();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The certificates of `upstream.ca_file` (none when unset).
-fn extra_roots(upstream: &UpstreamConfig) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let Some(path) = &upstream.ca_file else {
-        return Ok(Vec::new());
-    };
-    let pem = std::fs::read(path).map_err(|error| ca_file_error(upstream, error.to_string()))?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| ca_file_error(upstream, error.to_string()))?;
-    if certificates.is_empty() {
-        return Err(ca_file_error(
-            upstream,
-            "no PEM certificate found".to_owned(),
-        ));
-    }
-    Ok(certificates)
-}
-
-fn ca_file_error(upstream: &UpstreamConfig, reason: String) -> ClientError {
-    let path = upstream
-        .ca_file
-        .as_ref()
-        .map_or_else(String::new, |path| path.display().to_string());
-    ClientError::CaFile { path, reason }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("upstream.ca_file {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("the HTTPS client could not be built: {0}")]
-    Build(String),
 }
 
 /// Forwards `request` along `route`. The path has already passed the access checks.
@@ -309,8 +141,14 @@ async fn attempt(
     match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) => {
-            tracing::debug!(cause = %error, connect = error.is_connect(), "upstream request failed");
-            Err(ProxyError::UpstreamUnreachable)
+            tracing::debug!(cause = %outbound::describe(&error), connect = error.is_connect(), "upstream request failed");
+            match EgressError::find(&error) {
+                Some(egress) => Err(ProxyError::EgressUnreachable {
+                    proxy: egress.proxy.clone(),
+                    reason: egress.reason.clone(),
+                }),
+                None => Err(ProxyError::UpstreamUnreachable),
+            }
         }
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout(timeout)),
     }

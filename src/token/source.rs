@@ -239,3 +239,144 @@ pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
         .and_then(|value| value.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Answers every login with what `answer` makes, recording what was posted.
+    struct FakeTransport {
+        answer: fn() -> Result<LoginAnswer, LoginTransportError>,
+        posted: Mutex<Vec<(String, serde_json::Value, usize)>>,
+    }
+
+    impl std::fmt::Debug for FakeTransport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FakeTransport")
+        }
+    }
+
+    impl LoginTransport for FakeTransport {
+        fn post_json<'a>(
+            &'a self,
+            url: &'a Url,
+            body: Bytes,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<LoginAnswer, LoginTransportError>> {
+            let json = serde_json::from_slice(&body).expect("the login body is JSON");
+            self.posted
+                .lock()
+                .expect("not poisoned")
+                .push((url.to_string(), json, limit));
+            let answer = (self.answer)();
+            async move { answer }.boxed()
+        }
+    }
+
+    /// Never answers: for the timeout.
+    #[derive(Debug)]
+    struct SilentTransport;
+
+    impl LoginTransport for SilentTransport {
+        fn post_json<'a>(
+            &'a self,
+            _: &'a Url,
+            _: Bytes,
+            _: usize,
+        ) -> BoxFuture<'a, Result<LoginAnswer, LoginTransportError>> {
+            futures_util::future::pending().boxed()
+        }
+    }
+
+    fn login(transport: std::sync::Arc<dyn LoginTransport>) -> SessionLogin {
+        SessionLogin {
+            url: Url::parse("https://auth.example/_rest/v4/authenticate").expect("url"),
+            username: "api-user".to_owned(),
+            password: Secret::Inline(SecretString::from("pw")),
+            timeout: Duration::from_secs(5),
+            transport,
+        }
+    }
+
+    fn answer(status: u16, body: &'static str) -> Result<LoginAnswer, LoginTransportError> {
+        Ok(LoginAnswer {
+            status: StatusCode::from_u16(status).expect("status"),
+            retry_after: (status == 503).then_some(Duration::from_secs(7)),
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    }
+
+    async fn fetch_with(
+        answer: fn() -> Result<LoginAnswer, LoginTransportError>,
+    ) -> Result<SecretString, AuthError> {
+        let transport = std::sync::Arc::new(FakeTransport {
+            answer,
+            posted: Mutex::new(Vec::new()),
+        });
+        let result = login(transport.clone()).fetch().await;
+        let posted = transport.posted.lock().expect("not poisoned");
+        assert_eq!(posted.len(), 1);
+        let (url, body, limit) = &posted[0];
+        assert_eq!(url, "https://auth.example/_rest/v4/authenticate");
+        assert_eq!(
+            body,
+            &serde_json::json!({"username": "api-user", "password": "pw"})
+        );
+        assert_eq!(*limit, MAX_AUTH_RESPONSE);
+        result
+    }
+
+    #[tokio::test]
+    async fn a_200_with_a_token_is_the_token() {
+        let token = fetch_with(|| answer(200, r#"{"token":"abc"}"#))
+            .await
+            .expect("token");
+        assert_eq!(token.expose_secret(), "abc");
+    }
+
+    #[tokio::test]
+    async fn each_bad_answer_maps_to_its_auth_error() {
+        let error = fetch_with(|| answer(401, "{}")).await.expect_err("401");
+        assert!(matches!(error, AuthError::BadCredentials), "{error}");
+        let error = fetch_with(|| answer(503, "")).await.expect_err("503");
+        assert!(
+            matches!(error, AuthError::Status { status, retry_after: Some(after) }
+                if status == StatusCode::SERVICE_UNAVAILABLE && after == Duration::from_secs(7)),
+            "{error}"
+        );
+        let error = fetch_with(|| answer(200, "<html>"))
+            .await
+            .expect_err("html");
+        assert!(matches!(error, AuthError::NotJson), "{error}");
+        let error = fetch_with(|| answer(200, r#"{"token":" "}"#))
+            .await
+            .expect_err("blank token");
+        assert!(matches!(error, AuthError::MissingToken), "{error}");
+        let error = fetch_with(|| Err(LoginTransportError::TooLarge(MAX_AUTH_RESPONSE)))
+            .await
+            .expect_err("too large");
+        assert!(matches!(error, AuthError::TooLarge), "{error}");
+        let error = fetch_with(|| {
+            Err(LoginTransportError::Unreachable(
+                "the egress proxy 127.0.0.1:3128 could not be reached".to_owned(),
+            ))
+        })
+        .await
+        .expect_err("unreachable");
+        assert_eq!(
+            error.to_string(),
+            "auth endpoint unreachable: the egress proxy 127.0.0.1:3128 could not be reached"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_without_an_answer_times_out() {
+        let error = login(std::sync::Arc::new(SilentTransport))
+            .fetch()
+            .await
+            .expect_err("timeout");
+        assert!(matches!(error, AuthError::Timeout(limit) if limit == Duration::from_secs(5)));
+    }
+}

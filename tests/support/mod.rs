@@ -4,8 +4,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod child;
+pub mod forward_proxy;
 pub mod keepalive;
 pub mod metrics;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,164 @@
+//! HTTPS test servers with a CA made in the test: [`TestPki`] (a CA and a
+//! `localhost` / `127.0.0.1` certificate it signed), [`serve_tls_app`] (any axum app
+//! over TLS, e.g. the simulator as an HTTPS auth endpoint) and [`TlsUpstream`] (an
+//! HTTPS upstream that records the `Authorization` header of each request).
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, pki_types};
+
+/// A test CA and a `localhost` / `127.0.0.1` certificate it signed, as PEM.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
+}
+
+impl TestPki {
+    pub fn generate() -> Self {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ipproxy test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("leaf params");
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf_params.use_authority_key_identifier_extension = true;
+        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_cert = leaf_params
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf certificate");
+        Self {
+            ca_pem: ca_cert.pem(),
+            leaf_pem: leaf_cert.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    /// Writes the CA certificate to `ca.pem` in `dir`, for `upstream.ca_file`.
+    pub fn write_ca(&self, dir: &tempfile::TempDir) -> PathBuf {
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).expect("write CA");
+        path
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        let certificate =
+            pki_types::CertificateDer::from_pem_slice(self.leaf_pem.as_bytes()).expect("leaf PEM");
+        let key = pki_types::PrivateKeyDer::from_pem_slice(self.leaf_key_pem.as_bytes())
+            .expect("key PEM");
+        // ring: the provider the proxy's rustls uses; no process-wide default needed.
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .expect("server certificate");
+        TlsAcceptor::from(Arc::new(tls))
+    }
+}
+
+/// Serves `app` over TLS with `pki`'s certificate on `127.0.0.1:0` until the returned
+/// sender is dropped.
+pub async fn serve_tls_app(app: axum::Router, pki: &TestPki) -> (SocketAddr, oneshot::Sender<()>) {
+    let acceptor = pki.acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+                _ = &mut stopped => break,
+            };
+            let acceptor = acceptor.clone();
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                // A refused handshake (the untrusted case) ends here.
+                let Ok(tls_stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls_stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, stop)
+}
+
+/// An HTTPS upstream on 127.0.0.1 that answers 200 and records each request's
+/// `Authorization` header.
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    authorizations: Arc<Mutex<Vec<String>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TlsUpstream {
+    pub async fn start(pki: &TestPki) -> Self {
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&authorizations);
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let authorization = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+                    .unwrap_or_default();
+                seen.lock().expect("not poisoned").push(authorization);
+                (
+                    [("content-type", "application/json")],
+                    r#"{"upstream":"tls"}"#,
+                )
+            }
+        });
+        let (addr, stop) = serve_tls_app(app, pki).await;
+        Self {
+            addr,
+            authorizations,
+            _stop: stop,
+        }
+    }
+
+    /// `https://localhost:PORT` (the certificate names `localhost` and `127.0.0.1`).
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn authorizations(&self) -> Vec<String> {
+        self.authorizations.lock().expect("not poisoned").clone()
+    }
+}
