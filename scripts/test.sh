@@ -3,20 +3,24 @@
 # sockets, property tests), then one summary line added up from cargo's own results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# tests/egress.rs starts a real forward proxy, tinyproxy; without it those tests fail
-# (with a message saying so), so a failed install does not stop the run here.
-install_tinyproxy() {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy
+# The tests start real servers: redis-server (the token store, tests/fleet.rs) and
+# tinyproxy (the egress proxy, tests/egress.rs). Without them those tests fail with a
+# message saying so, so a failed install does not stop the run here.
+install_packages() {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
-if ! command -v tinyproxy >/dev/null 2>&1; then
-    echo "tinyproxy is missing: installing it for the egress tests"
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "missing for the tests: ${missing[*]}; installing"
     if [ "$(id -u)" -eq 0 ]; then
-        install_tinyproxy || echo "tinyproxy could not be installed" >&2
+        install_packages "${missing[@]}" || echo "could not install ${missing[*]}" >&2
     elif command -v sudo >/dev/null 2>&1; then
-        sudo bash -c "$(declare -f install_tinyproxy); install_tinyproxy" \
-            || echo "tinyproxy could not be installed" >&2
+        sudo bash -c "$(declare -f install_packages); install_packages ${missing[*]}" \
+            || echo "could not install ${missing[*]}" >&2
     else
-        echo "cannot install tinyproxy (not root, no sudo): the egress tests will fail" >&2
+        echo "cannot install ${missing[*]} (not root, no sudo): their tests will fail" >&2
     fi
 fi
 log="$(mktemp)"

@@ -69,11 +69,17 @@ async fn after_revocation_100_concurrent_requests_cause_at_most_one_login() {
         assert_eq!(response.status(), 202);
     }
     let counters = sim.counters();
-    assert!(
-        counters.auth_calls <= 2,
-        "startup + at most one: {counters:?}"
+    assert_eq!(
+        counters.auth_calls, 2,
+        "startup + exactly one: {counters:?}"
     );
-    assert_eq!(counters.tokens_issued, counters.auth_calls);
+    // Every rejected first attempt was retried once, and only those.
+    assert_eq!(
+        counters.api_calls,
+        100 + counters.revoked_token,
+        "{counters:?}"
+    );
+    assert!(counters.revoked_token >= 1, "{counters:?}");
 }
 
 #[tokio::test]
@@ -637,4 +643,37 @@ async fn unsafe_paths_are_refused_before_any_upstream_call() {
         assert!(response.contains(r#""error":"bad_request""#), "{response}");
     }
     assert_eq!(sim.counters().api_calls, 0);
+}
+
+#[tokio::test]
+async fn a_hundred_content_401s_cost_at_most_one_login() {
+    let sim = Sim::start(SimConfig {
+        numbers: vec!["+15550001111".into()],
+        ..SimConfig::default()
+    })
+    .await;
+    let proxy = Proxy::start(sim.vars()).await;
+    wait_ready(&proxy).await;
+    sim.sim.reset_counters();
+    let client = client();
+    let not_ours = r#"{"from":"+15559999999","to":"+15550002222","text":"hi"}"#;
+    for _ in 0..100 {
+        let response = client
+            .post(proxy.url("/_rest/v4/app/sms/send"))
+            .header("content-type", "application/json")
+            .body(not_ours)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 401, "IntelePeer's 401 passes through");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "Unauthorized");
+    }
+    let counters = sim.counters();
+    assert_eq!(counters.auth_calls, 1, "one 401-caused login: {counters:?}");
+    assert_eq!(
+        counters.rejected_content, 101,
+        "one retry, after that login"
+    );
+    assert_eq!(send_sms(&client, &proxy).await.status(), 202);
 }

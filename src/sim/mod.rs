@@ -271,6 +271,12 @@ impl Simulator {
         self.state.write_tokens().revoke_all();
     }
 
+    /// Every token issued and still remembered, oldest first: for tests that scan
+    /// what the proxy wrote or printed for a token.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.read_tokens().tokens()
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.state.counters.snapshot()

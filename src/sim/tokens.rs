@@ -126,6 +126,17 @@ impl TokenStore {
         }
     }
 
+    /// Every token remembered (issued and not yet forgotten), oldest first.
+    pub(super) fn tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<(&u64, &String)> = self
+            .entries
+            .iter()
+            .map(|(token, entry)| (&entry.id, token))
+            .collect();
+        tokens.sort();
+        tokens.into_iter().map(|(_, token)| token.clone()).collect()
+    }
+
     /// Revoke every token issued so far.
     pub(super) fn revoke_all(&mut self) {
         for entry in self.entries.values_mut() {

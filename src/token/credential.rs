@@ -239,8 +239,6 @@ impl Credential {
                         telemetry::reauth_suppressed(self.name());
                         return None;
                     }
-                    // Counts whether the login succeeds or fails.
-                    state.reauth_closed_until = Some(now + self.inner.settings.min_reauth_interval);
                     self.start_flight(&mut state, RefreshReason::Rejected)
                 }
             }
@@ -565,6 +563,7 @@ impl Credential {
             }
             let generation = seen.generation().max(self.fleet_generation()) + 1;
             let (obtained, stored) = self.login(reason, generation).await?;
+
             if let Some(stored) = stored {
                 let written = store
                     .write(
@@ -723,6 +722,12 @@ impl Credential {
         fleet_generation: u64,
     ) -> Result<(Obtained, Option<StoredToken>), RefreshError> {
         let started = self.inner.clock.now();
+        if reason == RefreshReason::Rejected {
+            // A 401-caused login closes the interval whether it succeeds or fails; a
+            // 401 answered by adopting the fleet's newer token does not.
+            self.lock_state().reauth_closed_until =
+                Some(started + self.inner.settings.min_reauth_interval);
+        }
         let started_wall = self.inner.clock.wall();
         let secret = self.inner.source.fetch().await?;
         let times = if self.is_static() {

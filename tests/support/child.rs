@@ -90,6 +90,12 @@ impl ChildProxy {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// Kills the process at once (SIGKILL): a replica that dies mid-work.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The exit status if the child exits within `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;

@@ -604,3 +604,25 @@ async fn with_the_store_down_a_replica_logs_in_alone_and_shows_it() {
         "the store alone never unreadies"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_401_answered_by_adopting_does_not_close_the_reauth_interval() {
+    let backend = Arc::new(MemoryBackend::default());
+    let a = replica(shared_store(Arc::clone(&backend)), 1);
+    let b = replica(shared_store(Arc::clone(&backend)), 2);
+    first_token(&a.credential).await;
+    first_token(&b.credential).await;
+    for _ in 0..3 {
+        // Another replica logs in (its refresh ahead); B's token is now the old one.
+        a.credential.force_refresh().await.expect("refresh");
+        let b_old = b.credential.current(FORMAT).expect("token");
+        assert!(
+            b.credential
+                .lease_after_rejection(FORMAT, b_old.generation, WAIT)
+                .await
+                .is_some(),
+            "every such 401 is retried with the fleet's token"
+        );
+    }
+    assert_eq!(b.source.fetches(), 0);
+}

@@ -1,0 +1,225 @@
+//! A real `redis-server` for the token store tests: Debian's, started on a free
+//! loopback port with persistence off, stopped by PID when dropped; it can be killed
+//! and started again on the same port (an outage). A missing `redis-server` fails the
+//! test that needs it (`scripts/test.sh` and `.ci/run` install it): never a skip.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long redis-server may take to accept connections.
+const START_LIMIT: Duration = Duration::from_secs(10);
+/// Attempts at a free port (another process may take the one just found).
+const START_ATTEMPTS: usize = 3;
+
+/// TLS settings for a `rediss://` server.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A running (or stopped, between [`kill`](Self::kill) and
+/// [`restart`](Self::restart)) redis-server.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    password: Option<String>,
+    tls: Option<RedisTls>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// A plain server without a password.
+    pub fn start() -> Self {
+        Self::start_with(None, None)
+    }
+
+    /// A server that requires `password` (`requirepass`), over TLS when `tls` is set.
+    pub fn start_with(password: Option<&str>, tls: Option<RedisTls>) -> Self {
+        for _ in 0..START_ATTEMPTS {
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                password: password.map(str::to_owned),
+                tls: tls.clone(),
+                dir: tempfile::tempdir().expect("temp dir"),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start in {START_ATTEMPTS} attempts");
+    }
+
+    /// `redis://` (or `rediss://`) URL, with the password when there is one.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let host = if self.tls.is_some() {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        match &self.password {
+            Some(password) => format!("{scheme}://:{password}@{host}:{}/0", self.port),
+            None => format!("{scheme}://{host}:{}/0", self.port),
+        }
+    }
+
+    /// Stops the server at once (SIGKILL): an outage, or a crashed Redis.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty (persistence is off).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        assert!(self.spawn(), "redis-server restarted on port {}", self.port);
+    }
+
+    /// Every key and its value (plain `redis-cli`-free access through the client
+    /// crate): for scanning what the store wrote.
+    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut connection)
+            .expect("KEYS");
+        keys.into_iter()
+            .map(|key| {
+                let value: Vec<u8> = redis::cmd("GET")
+                    .arg(&key)
+                    .query(&mut connection)
+                    .expect("GET");
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Sets `key` to `value` (for planting garbage).
+    pub fn set(&self, key: &str, value: &[u8]) {
+        let mut connection = self.connection();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut connection)
+            .expect("SET");
+    }
+
+    fn connection(&self) -> redis::Connection {
+        assert!(self.tls.is_none(), "plain servers only");
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to the test redis")
+    }
+
+    /// Spawns redis-server and waits until it accepts; false when it exited first.
+    fn spawn(&mut self) -> bool {
+        let mut command = Command::new(redis_server());
+        command
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(self.dir.path());
+        if let Some(password) = &self.password {
+            command.arg("--requirepass").arg(password);
+        }
+        match &self.tls {
+            None => {
+                command.arg("--port").arg(self.port.to_string());
+            }
+            Some(tls) => {
+                let cert = write(self.dir.path(), "redis.crt", &tls.cert_pem);
+                let key = write(self.dir.path(), "redis.key", &tls.key_pem);
+                command
+                    .arg("--port")
+                    .arg("0")
+                    .arg("--tls-port")
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-auth-clients")
+                    .arg("no");
+            }
+        }
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_status)) = child.try_wait()
+            {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not accept connections within {START_LIMIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The redis-server binary; a test that needs it fails with a clear message without it.
+fn redis_server() -> PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("redis-server"));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "redis-server is not installed, and the token store tests need a real one: run \
+         `apt-get install -y redis-server` (scripts/test.sh does it when it can)"
+    );
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write");
+    path
+}
