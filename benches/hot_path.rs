@@ -91,8 +91,8 @@ fn route_table(runtime: &tokio::runtime::Runtime) -> RouteTable {
     .map(|(name, value)| (name.to_owned(), value.to_string()));
     let config = config::load(None, vars).expect("benchmark configuration is valid");
     let login = ipproxy::proxy::build_login_client(&config.upstream).expect("login client");
-    let credentials = Registry::build(&config, &login, &Store::memory());
-    let table = RouteTable::build(&config, &credentials);
+    let (credentials, route_tokens) = Registry::build(&config, &login, &Store::memory());
+    let table = RouteTable::build(&config, route_tokens);
     runtime.block_on(async {
         for credential in credentials.iter() {
             credential

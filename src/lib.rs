@@ -21,6 +21,7 @@ pub mod access;
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod hop_by_hop;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;

@@ -109,10 +109,10 @@ pub async fn serve(
     let login = proxy::build_login_client(&config.upstream)?;
     let store = Store::from_config(&config.store)?;
     let _store_probe = store.start_probe();
-    let credentials = Registry::build(&config, &login, &store);
+    let (credentials, route_tokens) = Registry::build(&config, &login, &store);
     let flag = ShutdownFlag::default();
     let pipeline = Arc::new(Pipeline::new(
-        RouteTable::build(&config, &credentials),
+        RouteTable::build(&config, route_tokens),
         Access::new(&config.access)?,
         Limits::from_config(&config),
         config.server.max_concurrency,

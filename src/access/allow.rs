@@ -5,7 +5,6 @@ use http::Method;
 
 use crate::config::AllowRule;
 use crate::error::ProxyError;
-use crate::route::prefix_matches;
 
 /// The configured allow rules.
 #[derive(Debug, Default)]
@@ -22,8 +21,7 @@ impl Allowlist {
             return Ok(());
         }
         let allowed = self.0.iter().any(|rule| {
-            prefix_matches(&rule.prefix, path)
-                && (rule.methods.is_empty() || rule.methods.contains(method))
+            rule.prefix.matches(path) && (rule.methods.is_empty() || rule.methods.contains(method))
         });
         if allowed {
             Ok(())
@@ -37,7 +35,7 @@ impl Allowlist {
 mod tests {
     use super::*;
     use crate::access::Access;
-    use crate::config::AccessConfig;
+    use crate::config::{AccessConfig, RoutePrefix};
 
     #[test]
     fn allowlist_matches_on_segments_and_methods() {
@@ -45,11 +43,11 @@ mod tests {
             keys_file: None,
             allow: vec![
                 AllowRule {
-                    prefix: "/_rest/v4/app/sms/".into(),
+                    prefix: RoutePrefix::parse("/_rest/v4/app/sms/").expect("prefix"),
                     methods: vec![],
                 },
                 AllowRule {
-                    prefix: "/_rest/v4/my".into(),
+                    prefix: RoutePrefix::parse("/_rest/v4/my").expect("prefix"),
                     methods: vec![Method::GET],
                 },
             ],

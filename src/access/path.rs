@@ -64,7 +64,7 @@ fn is_dot_segment(segment: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::prefix_matches;
+    use crate::config::prefix_matches;
     use proptest::prelude::*;
 
     #[test]

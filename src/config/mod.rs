@@ -22,6 +22,7 @@
 
 mod egress;
 mod env;
+mod parse;
 mod raw;
 mod render;
 mod validate;
@@ -96,9 +97,8 @@ pub struct ServerConfig {
 /// `[upstream]`: the default route's target and how to reach upstreams.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// The default route's target: `http`/`https`, a host, an optional port and an
-    /// optional base path (as parsed, so at least `/`); no query, fragment or userinfo.
-    pub url: Url,
+    /// The default route's target.
+    pub url: UpstreamTarget,
     /// Limit for establishing a connection to any upstream.
     pub connect_timeout: Duration,
     /// An extra CA (PEM) trusted besides the standard web roots, by forwarding and
@@ -227,15 +227,115 @@ impl Default for HeaderFormat {
     }
 }
 
+/// A path prefix of a route or an allow rule: starts with `/`, no `..`, `//`, `%`,
+/// `?`, `#`, spaces or control characters, so that it means what the proxy's path
+/// check lets through. Matches whole segments ([`prefix_matches`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoutePrefix(String);
+
+impl RoutePrefix {
+    /// A prefix from text, checked (see the type).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        parse::route_prefix(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `path` is under this prefix, on a segment boundary.
+    pub fn matches(&self, path: &str) -> bool {
+        prefix_matches(&self.0, path)
+    }
+
+    /// `path` with this prefix removed (its trailing `/` kept on the path), for
+    /// `strip_prefix`; `path` itself when it does not start with the prefix.
+    pub fn strip<'a>(&self, path: &'a str) -> &'a str {
+        path.strip_prefix(self.0.trim_end_matches('/'))
+            .unwrap_or(path)
+    }
+
+    /// The number of bytes: the longest prefix wins.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for RoutePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `prefix` matches `path` on a segment boundary (`/a/b` matches `/a/b` and `/a/b/c`,
+/// not `/a/bc`; `/a/` matches everything under `/a/`).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// An upstream: an `http`/`https` URL with a host, optional port and base path, no
+/// query, fragment or user info, parsed once into the parts every request is built
+/// from.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    url: Url,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Without a trailing `/` (empty for none).
+    base_path: String,
+    /// `Host` for the upstream: the authority (the port only when not the default).
+    host: http::HeaderValue,
+}
+
+impl UpstreamTarget {
+    /// A target from text, checked (see the type).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        parse::upstream_target(text)
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn scheme(&self) -> &http::uri::Scheme {
+        &self.scheme
+    }
+
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    pub fn host(&self) -> &http::HeaderValue {
+        &self.host
+    }
+}
+
+impl fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.url, f)
+    }
+}
+
 /// One `[[route]]` (or the implicit `/` route).
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// The `route` label in logs and metrics.
     pub name: String,
-    /// Path prefix, starting with `/`.
-    pub prefix: String,
-    /// Scheme, host and optional port (and optional base path) of the target.
-    pub upstream: Url,
+    /// Path prefix the route matches.
+    pub prefix: RoutePrefix,
+    /// Where matching requests go.
+    pub upstream: UpstreamTarget,
     /// A key of [`Config::credentials`].
     pub credential: String,
     /// Overrides the credential's header name.
@@ -258,8 +358,8 @@ pub struct AccessConfig {
 /// One entry of `[access] allow`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
-    /// Path prefix, starting with `/`.
-    pub prefix: String,
+    /// Path prefix the rule allows.
+    pub prefix: RoutePrefix,
     /// Upper-case methods; empty = every method.
     pub methods: Vec<http::Method>,
 }

@@ -176,7 +176,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             .iter()
             .map(|route| RouteView {
                 name: route.name.clone(),
-                prefix: route.prefix.clone(),
+                prefix: route.prefix.to_string(),
                 upstream: route.upstream.to_string(),
                 credential: route.credential.clone(),
                 header: route.header.as_ref().map(ToString::to_string),
@@ -326,10 +326,10 @@ pub(super) fn redacted_url(text: &str) -> String {
 
 fn allow_view(rule: &AllowRule) -> AllowView {
     if rule.methods.is_empty() {
-        AllowView::Prefix(rule.prefix.clone())
+        AllowView::Prefix(rule.prefix.to_string())
     } else {
         AllowView::Rule {
-            prefix: rule.prefix.clone(),
+            prefix: rule.prefix.to_string(),
             methods: rule.methods.iter().map(ToString::to_string).collect(),
         }
     }

@@ -117,7 +117,10 @@ fn username_and_password_vars_alone_give_the_documented_defaults() {
     assert_eq!(server.max_concurrency, 1024);
     assert_eq!(server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(server.header_read_timeout, Duration::from_secs(10));
-    assert_eq!(config.upstream.url.as_str(), "https://api.intelepeer.com/");
+    assert_eq!(
+        config.upstream.url.url().as_str(),
+        "https://api.intelepeer.com/"
+    );
     assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));
     assert_eq!(config.upstream.ca_file, None);
 
@@ -149,7 +152,7 @@ fn username_and_password_vars_alone_give_the_documented_defaults() {
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!((route.name.as_str(), route.prefix.as_str()), ("/", "/"));
-    assert_eq!(route.upstream, config.upstream.url);
+    assert_eq!(route.upstream.url(), config.upstream.url.url());
     assert_eq!(route.credential, DEFAULT_CREDENTIAL);
     assert!(route.header.is_none() && route.format.is_none() && !route.strip_prefix);
 
@@ -229,11 +232,11 @@ fn list_var_in_toml_array_form_sets_access_allow() {
         config.access.allow,
         vec![
             AllowRule {
-                prefix: "/_rest/v4/app/sms/".into(),
+                prefix: RoutePrefix::parse("/_rest/v4/app/sms/").expect("prefix"),
                 methods: vec![]
             },
             AllowRule {
-                prefix: "/rest/v1/".into(),
+                prefix: RoutePrefix::parse("/rest/v1/").expect("prefix"),
                 methods: vec![http::Method::GET, http::Method::POST],
             },
         ]
@@ -521,9 +524,9 @@ fn upstream_url_with_user_info_is_refused_without_echoing_it() {
 fn upstream_url_may_have_a_base_path() {
     let toml = with_auth("[upstream]\nurl = \"http://127.0.0.1:9000/base\"\n");
     let config = expect_ok(load_toml(&toml, &[]));
-    assert_eq!(config.upstream.url.path(), "/base");
+    assert_eq!(config.upstream.url.url().path(), "/base");
     assert_eq!(
-        config.routes[0].upstream.as_str(),
+        config.routes[0].upstream.url().as_str(),
         "http://127.0.0.1:9000/base"
     );
 }
@@ -834,7 +837,10 @@ fn route_defaults_name_upstream_credential_and_strip_prefix() {
     let config = expect_ok(load_toml(&toml, &[]));
     let route = &config.routes[0];
     assert_eq!(route.name, "/sms/");
-    assert_eq!(route.upstream.as_str(), "https://eu.api.intelepeer.com/");
+    assert_eq!(
+        route.upstream.url().as_str(),
+        "https://eu.api.intelepeer.com/"
+    );
     assert_eq!(route.credential, DEFAULT_CREDENTIAL);
     assert!(!route.strip_prefix && route.header.is_none() && route.format.is_none());
 }
@@ -847,7 +853,10 @@ fn route_overrides_are_kept() {
     let config = expect_ok(load_toml(&toml, &[]));
     let route = &config.routes[0];
     assert_eq!(route.name, "my");
-    assert_eq!(route.upstream.host_str(), Some("customer.intelepeer.com"));
+    assert_eq!(
+        route.upstream.url().host_str(),
+        Some("customer.intelepeer.com")
+    );
     assert_eq!(
         route.header.as_ref().map(HeaderName::as_str),
         Some("x-token")
@@ -1201,7 +1210,7 @@ fn intelepeer_example_config_loads_with_a_route_per_api_family() {
         config
             .routes
             .iter()
-            .find(|route| route.prefix == prefix)
+            .find(|route| route.prefix.as_str() == prefix)
             .unwrap_or_else(|| panic!("no route for {prefix}"))
     };
     for prefix in [
@@ -1210,20 +1219,20 @@ fn intelepeer_example_config_loads_with_a_route_per_api_family() {
         "/_rest/v4/sfgen/",
     ] {
         assert_eq!(
-            route(prefix).upstream.host_str(),
+            route(prefix).upstream.url().host_str(),
             Some("api.intelepeer.com")
         );
         assert_eq!(route(prefix).credential, DEFAULT_CREDENTIAL);
     }
     for prefix in ["/_rest/v4/carrier/", "/_rest/v4/my/"] {
         assert_eq!(
-            route(prefix).upstream.host_str(),
+            route(prefix).upstream.url().host_str(),
             Some("customer.intelepeer.com")
         );
         assert_eq!(route(prefix).format, HeaderFormat::parse("{token}"));
     }
     assert_eq!(
-        route("/rest/v1/").upstream.host_str(),
+        route("/rest/v1/").upstream.url().host_str(),
         Some("atmosphere-api.intelepeer.com")
     );
     assert_eq!(route("/rest/v1/").credential, "cpaas");

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use secrecy::{ExposeSecret, SecretString};
-use url::Url;
 
+use super::parse;
 use super::raw::{
     RawAccess, RawAllow, RawConfig, RawCredential, RawKind, RawLog, RawLogFormat, RawRoute,
     RawSecret, RawServer, RawSize, RawStore, RawStoreKind, RawUpstream,
@@ -20,7 +20,7 @@ use super::raw::{
 use super::{
     AccessConfig, AllowRule, Config, CredentialConfig, CredentialSource, DEFAULT_CREDENTIAL,
     HeaderFormat, LogConfig, LogFormat, Problem, RedisStoreConfig, RouteConfig, SecretSource,
-    ServerConfig, StoreConfig, UpstreamConfig,
+    ServerConfig, StoreConfig, UpstreamConfig, UpstreamTarget,
 };
 use crate::secret;
 
@@ -46,21 +46,6 @@ const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_HEADER: &str = "authorization";
 const DEFAULT_LOG_LEVEL: &str = "info";
-
-/// Headers the token may not go in: the proxy sets or strips them itself.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
 
 /// Keys that only a session credential has.
 const SESSION_ONLY_KEYS: &[&str] = &[
@@ -231,7 +216,7 @@ impl Checker<'_> {
     }
 
     fn upstream(&mut self, raw: RawUpstream, egress_vars: &[(String, String)]) -> UpstreamConfig {
-        let url = self.url("upstream.url", raw.url.as_deref(), DEFAULT_UPSTREAM_URL);
+        let url = self.target("upstream.url", raw.url.as_deref(), DEFAULT_UPSTREAM_URL);
         let connect_timeout = self.positive_duration(
             "upstream.connect_timeout",
             raw.connect_timeout,
@@ -310,11 +295,14 @@ impl Checker<'_> {
 
         let source = match kind {
             RawKind::Session => {
-                let url = self.url(
-                    &format!("{section}.url"),
-                    raw.url.as_deref(),
-                    DEFAULT_AUTH_URL,
-                );
+                let url = self
+                    .target(
+                        &format!("{section}.url"),
+                        raw.url.as_deref(),
+                        DEFAULT_AUTH_URL,
+                    )
+                    .url()
+                    .clone();
                 let username = match raw.username {
                     Some(username) if !username.trim().is_empty() => username,
                     Some(_) => {
@@ -443,7 +431,9 @@ impl Checker<'_> {
             "store",
             ("url", raw.url),
             ("url_file", raw.url_file),
-            |check, (key, url)| check.redis_url(key, url),
+            |check, (key, url)| {
+                let _ = check.parsed(key, parse::redis_url(url));
+            },
         );
         let key_file = match raw.key_file {
             Some(path) => {
@@ -501,23 +491,6 @@ impl Checker<'_> {
         })
     }
 
-    /// A Redis URL: `redis://`, `rediss://` (TLS), `valkey://` or `valkeys://`, with a
-    /// host. Never quoted back: it may carry a password.
-    fn redis_url(&mut self, key: &str, text: &str) {
-        match Url::parse(text.trim()) {
-            Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "valkey" | "valkeys") => {
-                if url.host_str().is_none_or(str::is_empty) {
-                    self.problem(key, "the URL needs a host");
-                }
-            }
-            Ok(_) => self.problem(
-                key,
-                "the scheme must be redis://, rediss:// (TLS), valkey:// or valkeys://",
-            ),
-            Err(error) => self.problem(key, format!("not a URL: {error}")),
-        }
-    }
-
     /// A static token must be non-empty and fit in a header value.
     fn check_token(&mut self, key: &str, token: &str, format: &HeaderFormat) {
         if token.is_empty() {
@@ -533,13 +506,14 @@ impl Checker<'_> {
     fn routes(
         &mut self,
         raw: Vec<RawRoute>,
-        default_upstream: &Url,
+        default_upstream: &UpstreamTarget,
         known: &BTreeSet<String>,
     ) -> Vec<RouteConfig> {
+        let root = || parse::route_prefix("/").expect("/ is a prefix");
         if raw.is_empty() {
             return vec![RouteConfig {
                 name: "/".to_owned(),
-                prefix: "/".to_owned(),
+                prefix: root(),
                 upstream: default_upstream.clone(),
                 credential: DEFAULT_CREDENTIAL.to_owned(),
                 header: None,
@@ -552,23 +526,24 @@ impl Checker<'_> {
         let mut routes = Vec::with_capacity(raw.len());
         for (index, route) in raw.into_iter().enumerate() {
             let section = format!("route[{index}]");
+            let key = format!("{section}.prefix");
             let prefix = match route.prefix {
-                Some(prefix) => {
-                    self.path_prefix(&format!("{section}.prefix"), &prefix);
-                    if let Some(first) = prefixes.insert(prefix.clone(), index) {
+                Some(text) => {
+                    if let Some(first) = prefixes.insert(text.clone(), index) {
                         self.problem(
-                            &format!("{section}.prefix"),
-                            format!("{prefix:?} is already the prefix of route[{first}]"),
+                            &key,
+                            format!("{text:?} is already the prefix of route[{first}]"),
                         );
                     }
-                    prefix
+                    self.parsed(&key, parse::route_prefix(&text))
+                        .unwrap_or_else(root)
                 }
                 None => {
-                    self.problem(&format!("{section}.prefix"), "required");
-                    "/".to_owned()
+                    self.problem(&key, "required");
+                    root()
                 }
             };
-            let name = route.name.unwrap_or_else(|| prefix.clone());
+            let name = route.name.unwrap_or_else(|| prefix.to_string());
             if name.is_empty() {
                 self.problem(&format!("{section}.name"), "is empty");
             }
@@ -580,7 +555,7 @@ impl Checker<'_> {
             }
             let upstream = match route.upstream.as_deref() {
                 None => default_upstream.clone(),
-                Some(text) => self.url(
+                Some(text) => self.target(
                     &format!("{section}.upstream"),
                     Some(text),
                     DEFAULT_UPSTREAM_URL,
@@ -631,7 +606,9 @@ impl Checker<'_> {
                 self.problem(&format!("{key}.prefix"), "required");
                 continue;
             };
-            self.path_prefix(&key, &prefix);
+            let Some(prefix) = self.parsed(&key, parse::route_prefix(&prefix)) else {
+                continue;
+            };
             let methods = match methods {
                 None => Vec::new(),
                 Some(names) if names.is_empty() => {
@@ -644,7 +621,7 @@ impl Checker<'_> {
                 Some(names) => {
                     let mut methods: Vec<Method> = Vec::new();
                     for name in names {
-                        match standard_method(&name) {
+                        match parse::standard_method(&name) {
                             Some(method) if !methods.contains(&method) => methods.push(method),
                             Some(_) => {}
                             None => self.problem(
@@ -681,28 +658,19 @@ impl Checker<'_> {
         LogConfig { format, level }
     }
 
+    /// The parsed value, or `None` with the problem recorded under `key`.
+    fn parsed<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.problem(key, message)).ok()
+    }
+
     fn socket_addr(&mut self, key: &str, raw: Option<String>, default: &str) -> SocketAddr {
-        let fallback = || default.parse().expect("the default listen addresses parse");
-        match raw {
-            None => fallback(),
-            Some(text) => text.trim().parse().unwrap_or_else(|_| {
-                self.problem(
-                    key,
-                    format!("{text:?} is not an IP address and port such as \"127.0.0.1:8080\""),
-                );
-                fallback()
-            }),
-        }
+        raw.and_then(|text| self.parsed(key, parse::socket_addr(&text)))
+            .unwrap_or_else(|| default.parse().expect("the default listen addresses parse"))
     }
 
     fn duration(&mut self, key: &str, raw: Option<String>, default: Duration) -> Duration {
-        match raw {
-            None => default,
-            Some(text) => humantime::parse_duration(text.trim()).unwrap_or_else(|error| {
-                self.problem(key, format!("{text:?} is not a duration such as \"500ms\", \"30s\", \"5m\" or \"24h\" ({error})"));
-                default
-            }),
-        }
+        raw.and_then(|text| self.parsed(key, parse::duration(&text)))
+            .unwrap_or(default)
     }
 
     fn positive_duration(&mut self, key: &str, raw: Option<String>, default: Duration) -> Duration {
@@ -715,152 +683,28 @@ impl Checker<'_> {
     }
 
     fn size(&mut self, key: &str, raw: Option<RawSize>, default: u64) -> u64 {
-        match raw {
-            None => default,
-            Some(RawSize::Bytes(bytes)) => bytes,
-            Some(RawSize::Text(text)) => match text.trim().parse::<bytesize::ByteSize>() {
-                Ok(size) => size.as_u64(),
-                Err(_) => {
-                    self.problem(key, format!("{text:?} is not a size such as \"64KiB\" or \"10MiB\" or a number of bytes"));
-                    default
-                }
-            },
-        }
+        raw.and_then(|raw| self.parsed(key, parse::size(&raw)))
+            .unwrap_or(default)
     }
 
-    /// An `http`/`https` URL with a host and no query, fragment or user info. The
-    /// value is not quoted back: user info would be a secret.
-    fn url(&mut self, key: &str, raw: Option<&str>, default: &str) -> Url {
-        let fallback = || Url::parse(default).expect("the default URLs parse");
-        let Some(text) = raw else {
-            return fallback();
-        };
-        let url = match Url::parse(text.trim()) {
-            Ok(url) => url,
-            Err(error) => {
-                self.problem(key, format!("not a URL: {error}"));
-                return fallback();
-            }
-        };
-        let mut wrong = Vec::new();
-        if !matches!(url.scheme(), "http" | "https") {
-            wrong.push("the scheme must be http or https");
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            wrong.push("it needs a host");
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            wrong.push("it must not hold a user name or password");
-        }
-        if url.query().is_some() {
-            wrong.push("it must not have a query (?...)");
-        }
-        if url.fragment().is_some() {
-            wrong.push("it must not have a fragment (#...)");
-        }
-        // The proxy builds its upstream requests from the parsed parts.
-        if http::Uri::try_from(url.as_str()).is_err() {
-            wrong.push("it is not a valid HTTP URI");
-        }
-        if wrong.is_empty() {
-            url
-        } else {
-            self.problem(key, wrong.join("; "));
-            fallback()
-        }
-    }
-
-    /// A path prefix: starts with `/`; no `..`, `//`, `%`, `?`, `#`, spaces or control
-    /// characters, so it matches what the proxy's path normalisation lets through.
-    fn path_prefix(&mut self, key: &str, prefix: &str) {
-        let mut wrong = Vec::new();
-        if !prefix.starts_with('/') {
-            wrong.push("must start with \"/\"");
-        }
-        if prefix.contains("..") {
-            wrong.push("must not contain \"..\"");
-        }
-        if prefix.contains("//") {
-            wrong.push("must not contain \"//\"");
-        }
-        if prefix.contains('%') {
-            wrong.push("must not contain \"%\" (write the path decoded)");
-        }
-        if prefix.contains(['?', '#']) {
-            wrong.push("must not contain \"?\" or \"#\"");
-        }
-        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            wrong.push("must not contain spaces or control characters");
-        }
-        if !wrong.is_empty() {
-            self.problem(key, format!("{prefix:?} {}", wrong.join("; ")));
-        }
+    /// An `http`/`https` URL (see [`parse::upstream_target`]), `default` when unset
+    /// or wrong.
+    fn target(&mut self, key: &str, raw: Option<&str>, default: &str) -> UpstreamTarget {
+        raw.and_then(|text| self.parsed(key, parse::upstream_target(text)))
+            .unwrap_or_else(|| {
+                parse::upstream_target(default).expect("the default URLs are valid upstreams")
+            })
     }
 
     fn header_name(&mut self, key: &str, text: &str) -> Option<HeaderName> {
-        match HeaderName::from_bytes(text.trim().as_bytes()) {
-            Ok(name) if RESERVED_HEADERS.contains(&name.as_str()) => {
-                self.problem(
-                    key,
-                    format!("{text:?} is set or removed by the proxy itself"),
-                );
-                None
-            }
-            Ok(name) => Some(name),
-            Err(_) => {
-                self.problem(key, format!("{text:?} is not a valid header name"));
-                None
-            }
-        }
+        self.parsed(key, parse::header_name(text))
     }
 
     fn header_format(&mut self, key: &str, text: &str) -> Option<HeaderFormat> {
-        let Some(format) = HeaderFormat::parse(text) else {
-            self.problem(
-                key,
-                format!(
-                    "{text:?} must contain {} exactly once",
-                    HeaderFormat::PLACEHOLDER
-                ),
-            );
-            return None;
-        };
-        let valid = |part: &str| part.is_empty() || HeaderValue::from_str(part).is_ok();
-        if !valid(&format.prefix) || !valid(&format.suffix) {
-            self.problem(
-                key,
-                format!("{text:?} holds characters a header value cannot"),
-            );
-            return None;
-        }
-        Some(format)
+        self.parsed(key, parse::header_format(text))
     }
 
     fn existing_file(&mut self, key: &str, path: &Path) {
-        if !path.is_file() {
-            self.problem(
-                key,
-                format!("{} does not exist or is not a file", path.display()),
-            );
-        }
+        let _ = self.parsed(key, parse::existing_file(path));
     }
-}
-
-/// The standard methods of RFC 9110 and PATCH, upper-cased; anything else is most
-/// likely a typo.
-fn standard_method(name: &str) -> Option<Method> {
-    let method = Method::from_bytes(name.trim().to_ascii_uppercase().as_bytes()).ok()?;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::CONNECT,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PATCH,
-    ]
-    .contains(&method)
-    .then_some(method)
 }

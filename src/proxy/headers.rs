@@ -4,18 +4,7 @@
 
 use http::{HeaderMap, HeaderName, header};
 
-/// Hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy `Proxy-Connection`).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
+use crate::hop_by_hop::HOP_BY_HOP;
 
 /// The headers to send upstream: the client's, less hop-by-hop headers, `Host` (the
 /// client set it for the proxy), `Authorization` (a client's own credential never

@@ -85,7 +85,7 @@ pub async fn forward(
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
         *headers = headers::upstream_request_headers(&parts.headers, &route.header);
-        headers.insert(header::HOST, route.host.clone());
+        headers.insert(header::HOST, route.host().clone());
         headers.insert(request_id::HEADER, request_id.header_value());
         headers.insert(route.header.clone(), token);
         attempt(client, request, limits.request_timeout)

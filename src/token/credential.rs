@@ -155,15 +155,6 @@ impl Credential {
         self.inner.source.kind() == "static"
     }
 
-    /// Which of this credential's header values is rendered with `format`.
-    pub fn format_id(&self, format: &HeaderFormat) -> Option<FormatId> {
-        self.inner
-            .formats
-            .iter()
-            .position(|known| known == format)
-            .map(FormatId)
-    }
-
     /// Starts the first fetch now (so requests that arrive before it wait for this very
     /// fetch) and, for a session credential, the loop that keeps the token fresh.
     pub fn start(&self) -> BackgroundTask {

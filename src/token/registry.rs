@@ -20,31 +20,43 @@ pub struct Registry {
     credentials: BTreeMap<String, Credential>,
 }
 
-/// What a route holds of its credential: the shared handle and which of the token's
-/// prebuilt header values it sends.
+/// What a route holds of its credential: the shared handle, the header the token goes
+/// in, and which of the token's prebuilt header values it sends.
 #[derive(Debug, Clone)]
 pub struct RouteToken {
     pub credential: Credential,
+    pub header: http::HeaderName,
     pub format: FormatId,
 }
 
 impl Registry {
-    /// Creates the credentials that `config.routes` use. Each credential's header
-    /// formats are its own, then every distinct route override, so that every header
-    /// value is built once per token.
-    pub fn build(config: &Config, transport: &Arc<dyn LoginTransport>, store: &Store) -> Self {
+    /// Creates the credentials that `config.routes` use, and each route's token handle
+    /// (in the order of `config.routes`). Each credential's header formats are its
+    /// own, then every distinct route override, so that every header value is built
+    /// once per token.
+    pub fn build(
+        config: &Config,
+        transport: &Arc<dyn LoginTransport>,
+        store: &Store,
+    ) -> (Self, Vec<RouteToken>) {
         let mut formats: BTreeMap<&str, Vec<HeaderFormat>> = BTreeMap::new();
+        let mut route_formats = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let credential = &config.credentials[&route.credential];
             let list = formats
                 .entry(route.credential.as_str())
                 .or_insert_with(|| vec![credential.format.clone()]);
             let wanted = route.format.as_ref().unwrap_or(&credential.format);
-            if !list.contains(wanted) {
-                list.push(wanted.clone());
-            }
+            let index = match list.iter().position(|known| known == wanted) {
+                Some(index) => index,
+                None => {
+                    list.push(wanted.clone());
+                    list.len() - 1
+                }
+            };
+            route_formats.push(FormatId(index));
         }
-        let credentials = formats
+        let credentials: BTreeMap<String, Credential> = formats
             .into_iter()
             .map(|(name, formats)| {
                 let credential = &config.credentials[name];
@@ -65,18 +77,20 @@ impl Registry {
                 (name.to_owned(), Credential::new(parts))
             })
             .collect();
-        Self { credentials }
-    }
-
-    /// The token handle for a route using `credential` with header `format`; `None`
-    /// when the registry was not built for that pair.
-    pub fn route_token(&self, credential: &str, format: &HeaderFormat) -> Option<RouteToken> {
-        let credential = self.credentials.get(credential)?;
-        let format = credential.format_id(format)?;
-        Some(RouteToken {
-            credential: credential.clone(),
-            format,
-        })
+        let tokens = config
+            .routes
+            .iter()
+            .zip(route_formats)
+            .map(|(route, format)| RouteToken {
+                credential: credentials[&route.credential].clone(),
+                header: route
+                    .header
+                    .clone()
+                    .unwrap_or_else(|| config.credentials[&route.credential].header.clone()),
+                format,
+            })
+            .collect();
+        (Self { credentials }, tokens)
     }
 
     /// The credential named `name`.
