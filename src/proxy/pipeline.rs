@@ -1,5 +1,6 @@
-//! The request pipeline: shutdown check → client key → admission (`max_concurrency`) →
-//! path form → allowlist → route → forward, then one log line and the request metrics.
+//! The request pipeline: shutdown check → client key → method → admission
+//! (`max_concurrency`) → path form → allowlist → route → forward, then one log line and
+//! the request metrics.
 //!
 //! Owns the order of the checks and the in-flight count; every answer the proxy makes
 //! itself comes from [`ProxyError`], so this module decides *whether* to refuse, never
@@ -136,8 +137,11 @@ impl Pipeline {
         if self.shutdown.is_set() {
             return Err(ProxyError::ShuttingDown.into());
         }
-        // The key first: a caller without one learns nothing about paths or load.
+        // The key first: a caller without one learns nothing about methods, paths or
+        // load. Then the method, before a slot is taken or the allowlist consulted:
+        // CONNECT and TRACE never go anywhere.
         self.access.check_key(request.headers())?;
+        access::check_method(request.method())?;
         let in_flight = InFlight::admit(&self.inflight).ok_or(ProxyError::Overloaded)?;
         let path = request.uri().path();
         access::check_path(path)?;
