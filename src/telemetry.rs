@@ -8,7 +8,7 @@
 //! never a secret.
 
 use std::io::{BufWriter, IsTerminal as _};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
@@ -139,7 +139,13 @@ pub fn start_upkeep() -> BackgroundTask {
 /// request is then a few atomic operations, with no registry lookup, label building
 /// or allocation. Made after the recorder is installed (`server::serve` installs it
 /// first), otherwise the handles record nothing.
-pub struct RouteMetrics {
+///
+/// A cheap handle (`Clone` shares the handles): an upstream response carries its
+/// route's metrics until its body is done.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<RouteHandles>);
+
+struct RouteHandles {
     route: SharedString,
     duration: Histogram,
     retries: Counter,
@@ -202,12 +208,12 @@ impl RouteMetrics {
     /// The metrics of route `route`; `-` for requests refused before routing.
     pub fn new(route: &str) -> Self {
         let route = SharedString::from(route.to_owned());
-        Self {
+        Self(Arc::new(RouteHandles {
             duration: histogram!("ipproxy_request_duration_seconds", "route" => route.clone()),
             retries: counter!("ipproxy_upstream_retries_total", "route" => route.clone()),
             requests: Default::default(),
             route,
-        }
+        }))
     }
 
     /// The metrics of requests refused before routing (route `-`).
@@ -225,9 +231,9 @@ impl RouteMetrics {
         retried: bool,
     ) {
         self.count_request(method, status);
-        self.duration.record(duration.as_secs_f64());
+        self.0.duration.record(duration.as_secs_f64());
         if retried {
-            self.retries.increment(1);
+            self.0.retries.increment(1);
         }
     }
 
@@ -235,7 +241,7 @@ impl RouteMetrics {
         let register = |method: SharedString, status: SharedString| {
             counter!(
                 "ipproxy_requests_total",
-                "route" => self.route.clone(),
+                "route" => self.0.route.clone(),
                 "method" => method,
                 "status" => status
             )
@@ -246,7 +252,7 @@ impl RouteMetrics {
             .iter()
             .position(|(code, _)| *code == status.as_u16())
         {
-            Some(s) => self.requests[m][s]
+            Some(s) => self.0.requests[m][s]
                 .get_or_init(|| register(method, SharedString::const_str(STATUSES[s].1)))
                 .increment(1),
             None => register(method, status_label(status)).increment(1),
@@ -258,7 +264,7 @@ impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("RouteMetrics")
-            .field("route", &self.route)
+            .field("route", &self.0.route)
             .finish_non_exhaustive()
     }
 }
