@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -89,7 +89,8 @@ impl Pipeline {
     /// Answers one client request, forwarding it with `client`. The request log line
     /// and the request metrics are written when the answer is done: at once for the
     /// proxy's own answers, when the body has been sent (or abandoned) for an upstream
-    /// response, so that a client that stalls the download is logged `408`.
+    /// response, so that a client that stalls the download is logged `408`. Either
+    /// way the duration is the time to the response head, as the histogram says.
     pub async fn handle(
         &self,
         client: &UpstreamClient,
@@ -110,6 +111,7 @@ impl Pipeline {
         {
             Ok((response, route, outcome)) => {
                 let status = response.status();
+                let head_after = record.started.elapsed();
                 response.map(|body| {
                     Either::Left(Guarded {
                         body: body.body,
@@ -118,6 +120,7 @@ impl Pipeline {
                             route_name: Arc::clone(&route.name),
                             metrics: route.metrics.clone(),
                             status,
+                            head_after,
                             retried: outcome.retried,
                         }),
                         _in_flight: body.in_flight,
@@ -133,7 +136,8 @@ impl Pipeline {
                     Some(route) => (&*route.name, &route.metrics),
                     None => ("-", RouteMetrics::unrouted()),
                 };
-                record.finish(name, metrics, response.status(), false);
+                let head_after = record.started.elapsed();
+                record.finish(name, metrics, response.status(), head_after, false);
                 response
             }
         }
@@ -212,9 +216,16 @@ struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// Writes the request log line and counts the request.
-    fn finish(self, route: &str, metrics: &RouteMetrics, status: StatusCode, retried: bool) {
-        let duration = self.started.elapsed();
+    /// Writes the request log line and counts the request; `duration` is the time to
+    /// the response head.
+    fn finish(
+        self,
+        route: &str,
+        metrics: &RouteMetrics,
+        status: StatusCode,
+        duration: Duration,
+        retried: bool,
+    ) {
         metrics.request_finished(&self.method, status, duration, retried);
         tracing::info!(
             request_id = self.request_id.as_str(),
@@ -237,6 +248,8 @@ struct PendingLog {
     metrics: RouteMetrics,
     /// The upstream's status, as sent to the client.
     status: StatusCode,
+    /// From the request's arrival to the response head.
+    head_after: Duration,
     retried: bool,
 }
 
@@ -259,8 +272,13 @@ impl Drop for Guarded {
             } else {
                 log.status
             };
-            log.record
-                .finish(&log.route_name, &log.metrics, status, log.retried);
+            log.record.finish(
+                &log.route_name,
+                &log.metrics,
+                status,
+                log.head_after,
+                log.retried,
+            );
         }
     }
 }
