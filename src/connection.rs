@@ -67,7 +67,7 @@ pub struct ConnectionWatch {
 struct State {
     /// Requests of this connection, by slot; ended slots are reused.
     slots: Vec<Slot>,
-    free: Vec<u32>,
+    free: Vec<usize>,
     /// Requests in progress.
     live: usize,
     /// When the connection was accepted or its last request ended.
@@ -122,17 +122,15 @@ impl ConnectionWatch {
     /// Starts a request; it ends when the returned slot is dropped.
     pub fn begin(self: &Arc<Self>) -> RequestSlot {
         let mut state = self.lock();
-        let index = match state.free.pop() {
-            Some(index) => index,
-            None => {
-                state.slots.push(Slot::default());
-                u32::try_from(state.slots.len() - 1).unwrap_or(u32::MAX)
-            }
-        };
+        let index = state.free.pop().unwrap_or_else(|| {
+            state.slots.push(Slot::default());
+            state.slots.len() - 1
+        });
         state.live += 1;
-        let slot = &mut state.slots[index as usize];
-        slot.live = true;
-        let generation = slot.generation;
+        let generation = state.slots.get_mut(index).map_or(0, |slot| {
+            slot.live = true;
+            slot.generation
+        });
         drop(state);
         RequestSlot {
             handle: RequestHandle {
@@ -192,13 +190,13 @@ impl ConnectionWatch {
         update: impl FnOnce(&mut Slot) -> T,
     ) -> Option<T> {
         let mut state = self.lock();
-        let slot = state.slots.get_mut(handle.index as usize)?;
+        let slot = state.slots.get_mut(handle.index)?;
         (slot.live && slot.generation == handle.generation).then(|| update(slot))
     }
 
     fn end(&self, handle: &RequestHandle) {
         let mut state = self.lock();
-        let Some(slot) = state.slots.get_mut(handle.index as usize) else {
+        let Some(slot) = state.slots.get_mut(handle.index) else {
             return;
         };
         if !slot.live || slot.generation != handle.generation {
@@ -241,7 +239,7 @@ impl Drop for RequestSlot {
 #[derive(Debug, Clone)]
 pub struct RequestHandle {
     watch: Arc<ConnectionWatch>,
-    index: u32,
+    index: usize,
     generation: u32,
 }
 
