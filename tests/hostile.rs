@@ -458,7 +458,7 @@ async fn silent_connections_are_closed_at_header_read_timeout_whatever_they_bega
 }
 
 #[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed_at_header_read_timeout() {
+async fn idle_keep_alive_connections_are_closed_at_header_read_timeout() {
     let sim = Sim::default().await;
     let mut all = sim.vars();
     all.extend(vars(&[("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "1s")]));
@@ -484,6 +484,20 @@ async fn an_idle_keep_alive_connection_is_closed_at_header_read_timeout() {
         after >= Duration::from_millis(800),
         "closed after {after:?}"
     );
+
+    // HTTP/2 alike: a connection whose streams are all done is closed (GOAWAY, then
+    // dropped a second later at most if the client does not finish the goodbye).
+    let (mut send, connection) = h2_connect(proxy.addr, &h2::client::Builder::new()).await;
+    let request = http::Request::builder()
+        .uri(format!("http://{}{ECHO_PATH}", proxy.addr))
+        .body(())
+        .expect("request");
+    assert_eq!(h2_request(&mut send, request).await.expect("answer").0, 200);
+    let idle_since = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(2) + SLACK, connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
+    assert!(idle_since.elapsed() >= Duration::from_millis(800));
+    drop(send);
 }
 
 #[tokio::test]
