@@ -24,6 +24,13 @@ pub enum ProxyError {
     NoRoute,
     #[error("a valid proxy key is required (Proxy-Authorization: Bearer <key>)")]
     ProxyAuthRequired,
+    /// `CONNECT` or `TRACE`: a tunnel would carry the token wherever the client points
+    /// it, and a `TRACE` answer echoes the request, injected token included.
+    #[error("CONNECT and TRACE are never forwarded")]
+    MethodNotAllowed,
+    /// The client stalled: no next chunk of its request body within `client_timeout`.
+    #[error("the request body stalled for longer than {0:?}")]
+    ClientTimeout(Duration),
     #[error("the request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the upstream could not be reached or gave a bad response")]
@@ -49,6 +56,10 @@ pub enum ProxyError {
     /// Admin `/refresh`: the login failed. `reason` carries no secret.
     #[error("credential {credential}: {reason}")]
     RefreshFailed { credential: String, reason: String },
+    /// Admin `/refresh` from a page of another site (`Origin` or `Sec-Fetch-Site`):
+    /// a web page must not be able to make the proxy log in.
+    #[error("refused: the request comes from another site's page (Origin or Sec-Fetch-Site)")]
+    CrossSite,
 }
 
 #[derive(Serialize)]
@@ -63,6 +74,10 @@ const SHORT_RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
+/// `Allow` sent with `405 method_not_allowed`: the methods of RFC 9110 that the proxy
+/// forwards, and PATCH. Any other method passes through too, but cannot be listed.
+const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH");
+
 impl ProxyError {
     /// The status code and the stable `error` code of DESIGN.md's table.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -74,6 +89,8 @@ impl ProxyError {
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "proxy_auth_required",
             ),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::ClientTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "client_timeout"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::UpstreamUnreachable | Self::EgressUnreachable { .. } => {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable")
@@ -84,6 +101,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::UnknownCredential(_) => (StatusCode::NOT_FOUND, "unknown_credential"),
             Self::RefreshFailed { .. } => (StatusCode::BAD_GATEWAY, "refresh_failed"),
+            Self::CrossSite => (StatusCode::FORBIDDEN, "cross_site_refused"),
         }
     }
 
@@ -110,6 +128,9 @@ impl ProxyError {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
+            Self::MethodNotAllowed => {
+                headers.insert(header::ALLOW, ALLOW);
+            }
             Self::Overloaded => {
                 headers.insert(header::RETRY_AFTER, SHORT_RETRY_AFTER);
             }
@@ -120,6 +141,10 @@ impl ProxyError {
             // The rest of the body is read and dropped for a while (proxy::body),
             // then the connection closes, as nginx does after a 413.
             Self::BodyTooLarge { .. } => {
+                headers.insert(header::CONNECTION, CLOSE);
+            }
+            // The request is abandoned: the rest of a stalled body is not waited for.
+            Self::ClientTimeout(_) => {
                 headers.insert(header::CONNECTION, CLOSE);
             }
             _ => {}
@@ -164,6 +189,20 @@ mod tests {
         let response = error.into_response_for(&RequestId::generate());
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[tokio::test]
+    async fn method_not_allowed_lists_the_forwarded_methods_without_connect_or_trace() {
+        let response = ProxyError::MethodNotAllowed.into_response_for(&RequestId::generate());
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let allow = response.headers()[header::ALLOW].to_str().expect("ascii");
+        for method in allow.split(", ") {
+            let method = http::Method::from_bytes(method.as_bytes()).expect("a method");
+            assert_ne!(method, http::Method::CONNECT);
+            assert_ne!(method, http::Method::TRACE);
+        }
+        assert!(allow.contains("GET") && allow.contains("PATCH"), "{allow}");
+        assert_eq!(body_json(response).await["error"], "method_not_allowed");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the TOML file and `IPPROXY_*` variables → a validated [`config::Config`].
 //! - [`server`]: listeners, the request pipeline, load shedding, graceful shutdown.
+//! - [`connection`]: per-connection bounds on slow and silent clients.
 //! - [`access`]: path safety, inbound client keys, the path allowlist.
 //! - [`route`]: longest-prefix route table → upstream, credential, header format.
 //! - [`proxy`]: forwarding: header rules, replay buffer, the one retry on 401; the one
@@ -20,6 +21,7 @@
 pub mod access;
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod hop_by_hop;
 pub mod proxy;

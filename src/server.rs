@@ -7,22 +7,22 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tower::ServiceExt as _;
 
 use crate::access::{Access, AccessError};
 use crate::config::Config;
+use crate::connection::{ClientBody, ClientLimits, ConnectionWatch, Verdict, WatchedBody};
 use crate::proxy::{self, ClientError, Limits, Pipeline};
 use crate::reload::Reloader;
 use crate::route::RouteTable;
@@ -34,6 +34,14 @@ use crate::token::store::{Store, StoreConfigError};
 
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Streams an HTTP/2 client may have open at once on one connection: the least RFC
+/// 9113 advises, and what each connection can cost in slots and buffers.
+const MAX_H2_STREAMS: u32 = 100;
+
+/// How long a connection closed for idling may take to say goodbye (HTTP/2 GOAWAY, an
+/// HTTP/1 head already under way) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The two bound listeners.
 #[derive(Debug)]
@@ -136,7 +144,10 @@ pub async fn serve(
 
     let (proxy_stage, proxy_stage_rx) = watch::channel(Stage::Serving);
     let (admin_stage, admin_stage_rx) = watch::channel(Stage::Serving);
-    let header_read_timeout = config.server.header_read_timeout;
+    let limits = ClientLimits {
+        header_read_timeout: config.server.header_read_timeout,
+        client_timeout: config.server.client_timeout,
+    };
     let workers = worker_count();
     tracing::info!(
         proxy = %local_addr(&listeners.proxy),
@@ -153,7 +164,7 @@ pub async fn serve(
             client: proxy::build_client(&config.upstream)?,
         };
         let socket = proxy_listener.try_clone().map_err(ServeError::Worker)?;
-        drained.push(worker.start(index, socket, proxy_stage_rx.clone(), header_read_timeout)?);
+        drained.push(worker.start(index, socket, proxy_stage_rx.clone(), limits)?);
     }
     // Only the workers' copies remain: when they stop accepting, the port closes.
     drop(proxy_listener);
@@ -161,7 +172,7 @@ pub async fn serve(
         listeners.admin,
         admin_app,
         admin_stage_rx,
-        header_read_timeout,
+        limits,
     ));
 
     shutdown.await;
@@ -215,7 +226,7 @@ impl Worker {
         index: usize,
         socket: std::net::TcpListener,
         stage: watch::Receiver<Stage>,
-        header_read_timeout: Duration,
+        limits: ClientLimits,
     ) -> Result<oneshot::Receiver<()>, ServeError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -223,28 +234,17 @@ impl Worker {
             .map_err(ServeError::Worker)?;
         // The proxy answers every path the same way: a plain service, no router.
         let worker = Arc::new(self);
-        let app = tower::ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::new([
-                header::AUTHORIZATION,
-                header::PROXY_AUTHORIZATION,
-            ]))
-            .service(tower::service_fn(
-                move |request: http::Request<Incoming>| {
-                    let worker = Arc::clone(&worker);
-                    async move {
-                        Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await)
-                    }
-                },
-            ));
+        let app = tower::service_fn(move |request: http::Request<ClientBody>| {
+            let worker = Arc::clone(&worker);
+            async move { Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await) }
+        });
         let (drained, done) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("ipproxy-worker-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            accept_loop(listener, app, stage, header_read_timeout).await
-                        }
+                        Ok(listener) => accept_loop(listener, app, stage, limits).await,
                         Err(error) => tracing::error!(cause = %error, "worker cannot listen"),
                     }
                 });
@@ -262,35 +262,39 @@ fn local_addr(listener: &TcpListener) -> String {
 }
 
 /// Accepts connections until the stage is `Draining`; keeps serving the open ones
-/// until it is `Closing`, then waits for them to finish their in-flight requests
-/// (hyper closes idle keep-alive connections and sends `Connection: close` on the
-/// last response of busy ones).
+/// until it is `Closing`, then closes each gracefully (hyper closes idle keep-alive
+/// connections and sends `Connection: close` on the last response of busy ones) and
+/// waits for them to finish.
 async fn accept_loop<S, B>(
     listener: TcpListener,
     app: S,
     mut stage: watch::Receiver<Stage>,
-    header_read_timeout: Duration,
+    limits: ClientLimits,
 ) where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+    S: tower::Service<http::Request<ClientBody>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        // Also enforced from accept by the connection watch; hyper's own timer runs
+        // from the first read of each head and answers `408` when it fires first.
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(MAX_REQUEST_HEAD as u32);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender: when all are gone, every connection is.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -305,20 +309,90 @@ async fn accept_loop<S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let builder = Arc::clone(&builder);
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    // Errors here are client-side (reset, malformed request): hyper
-                    // already answered what it could.
-                    let _ = watcher.watch(connection).await;
-                });
+                tokio::spawn(serve_connection(
+                    Arc::clone(&builder),
+                    stream,
+                    app.clone(),
+                    limits,
+                    stage.clone(),
+                    open.clone(),
+                ));
             }
             () = reached(&mut stage, Stage::Draining) => break,
         }
     }
     drop(listener);
-    reached(&mut stage, Stage::Closing).await;
-    graceful.shutdown().await;
+    drop(open);
+    let _ = all_closed.recv().await;
+}
+
+/// Serves one connection until it ends, the server closes it, or it breaks a bound of
+/// [`ClientLimits`]: idle (no request in progress) for `header_read_timeout` → closed
+/// gracefully, dropped if that takes longer than [`IDLE_CLOSE_GRACE`]; a request body
+/// stalled → that request answers `408` and the connection closes after it; a
+/// response chunk not taken for `client_timeout` → dropped at once, which cancels its
+/// upstream request and frees its slot.
+async fn serve_connection<S, B>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: tokio::net::TcpStream,
+    app: S,
+    limits: ClientLimits,
+    mut stage: watch::Receiver<Stage>,
+    _open: mpsc::Sender<()>,
+) where
+    S: tower::Service<http::Request<ClientBody>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let watch = ConnectionWatch::new(limits);
+    let service = {
+        let watch = Arc::clone(&watch);
+        hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let slot = watch.begin();
+            let request = request.map(|body| ClientBody::new(body, slot.handle()));
+            let call = app.clone().oneshot(request);
+            async move {
+                let response = call.await?;
+                Ok::<_, Infallible>(response.map(|body| WatchedBody::new(body, slot)))
+            }
+        })
+    };
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let mut check_at = Instant::now() + watch.check_interval();
+    let mut closing_idle: Option<Instant> = None;
+    let mut server_closing = false;
+    loop {
+        let wake_at = closing_idle.map_or(check_at, |since| check_at.min(since + IDLE_CLOSE_GRACE));
+        tokio::select! {
+            // Errors here are client-side (reset, malformed request): hyper already
+            // answered what it could.
+            _ = connection.as_mut() => return,
+            () = tokio::time::sleep_until(wake_at) => {
+                let now = Instant::now();
+                let (verdict, next) = watch.check(now);
+                check_at = next;
+                match verdict {
+                    Verdict::Fine => closing_idle = None,
+                    Verdict::BodyStalled => connection.as_mut().graceful_shutdown(),
+                    Verdict::Idle => match closing_idle {
+                        None => {
+                            connection.as_mut().graceful_shutdown();
+                            closing_idle = Some(now);
+                        }
+                        Some(since) if now >= since + IDLE_CLOSE_GRACE => return,
+                        Some(_) => {}
+                    },
+                    Verdict::ResponseStalled => return,
+                }
+            }
+            () = reached(&mut stage, Stage::Closing), if !server_closing => {
+                server_closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }

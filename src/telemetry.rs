@@ -1,11 +1,14 @@
 //! Logs and metrics: the `tracing` subscriber (JSON or text) and the Prometheus
 //! recorder, plus the few functions that record the metrics of DESIGN.md.
 //!
-//! Metric labels are route and credential names from the configuration, methods and
-//! status codes: bounded sets, never raw paths, never secrets.
+//! Every metric label comes from a set bounded by the code or the configuration, never
+//! by what a client sends: route and credential names from the configuration, refresh
+//! reasons and results from the code, the method as one of [`METHOD_LABELS`], and the
+//! status as a registered code or its class (see [`status_label`]). Never a raw path,
+//! never a secret.
 
 use std::io::{BufWriter, IsTerminal as _};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
@@ -141,25 +144,52 @@ pub fn start_upkeep() -> BackgroundTask {
 /// request is then a few atomic operations, with no registry lookup, label building
 /// or allocation. Made after the recorder is installed (`server::serve` installs it
 /// first), otherwise the handles record nothing.
-pub struct RouteMetrics {
+///
+/// A cheap handle (`Clone` shares the handles): an upstream response carries its
+/// route's metrics until its body is done.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<RouteHandles>);
+
+struct RouteHandles {
     route: SharedString,
     duration: Histogram,
     retries: Counter,
-    /// `ipproxy_requests_total` per common method × common status, registered on
+    /// `ipproxy_requests_total` per method label × common status, registered on
     /// first use so that only series that happened are exported.
-    requests: [[OnceLock<Counter>; STATUSES.len()]; METHODS.len()],
+    requests: [[OnceLock<Counter>; STATUSES.len()]; METHOD_LABELS.len()],
 }
 
-/// Methods with a cached counter; others take the slow path.
-const METHODS: [Method; 7] = [
-    Method::GET,
-    Method::POST,
-    Method::PUT,
-    Method::PATCH,
-    Method::DELETE,
-    Method::HEAD,
-    Method::OPTIONS,
+/// The `method` label values: the methods of RFC 9110 and PATCH by name, and `other`
+/// for every other method, so that no client can grow the metric set (a method is any
+/// token up to the 64 KiB head limit).
+pub const METHOD_LABELS: [&str; 10] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "other",
 ];
+
+/// The index in [`METHOD_LABELS`] of `method`'s label.
+fn method_index(method: &Method) -> usize {
+    let other = METHOD_LABELS.len() - 1;
+    METHOD_LABELS[..other]
+        .iter()
+        .position(|name| *name == method.as_str())
+        .unwrap_or(other)
+}
+
+/// The `status` label: the code itself when it is registered (one `http` knows a
+/// reason phrase for: about 60 codes), otherwise its class (`2xx` … `9xx`). Status
+/// codes come from the upstream; the label set stays bounded and small, and an
+/// unregistered code an upstream invents is still told apart by class.
+pub fn status_label(status: StatusCode) -> SharedString {
+    const CLASSES: [&str; 10] = [
+        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
+    if status.canonical_reason().is_some() {
+        SharedString::from(status.as_str().to_owned())
+    } else {
+        // `StatusCode` holds 100..=999, so the class is one digit.
+        SharedString::const_str(CLASSES[usize::from(status.as_u16() / 100) % CLASSES.len()])
+    }
+}
 
 /// The statuses an IntelePeer proxy answers most, with a cached counter.
 const STATUSES: [(u16, &str); 14] = [
@@ -183,12 +213,12 @@ impl RouteMetrics {
     /// The metrics of route `route`; `-` for requests refused before routing.
     pub fn new(route: &str) -> Self {
         let route = SharedString::from(route.to_owned());
-        Self {
+        Self(Arc::new(RouteHandles {
             duration: histogram!("ipproxy_request_duration_seconds", "route" => route.clone()),
             retries: counter!("ipproxy_upstream_retries_total", "route" => route.clone()),
             requests: Default::default(),
             route,
-        }
+        }))
     }
 
     /// The metrics of requests refused before routing (route `-`).
@@ -206,9 +236,9 @@ impl RouteMetrics {
         retried: bool,
     ) {
         self.count_request(method, status);
-        self.duration.record(duration.as_secs_f64());
+        self.0.duration.record(duration.as_secs_f64());
         if retried {
-            self.retries.increment(1);
+            self.0.retries.increment(1);
         }
     }
 
@@ -216,29 +246,21 @@ impl RouteMetrics {
         let register = |method: SharedString, status: SharedString| {
             counter!(
                 "ipproxy_requests_total",
-                "route" => self.route.clone(),
+                "route" => self.0.route.clone(),
                 "method" => method,
                 "status" => status
             )
         };
-        let method_index = METHODS.iter().position(|known| known == method);
-        let status_index = STATUSES
+        let m = method_index(method);
+        let method = SharedString::const_str(METHOD_LABELS[m]);
+        match STATUSES
             .iter()
-            .position(|(code, _)| *code == status.as_u16());
-        match (method_index, status_index) {
-            (Some(m), Some(s)) => self.requests[m][s]
-                .get_or_init(|| {
-                    register(
-                        SharedString::const_str(METHODS[m].as_str()),
-                        SharedString::const_str(STATUSES[s].1),
-                    )
-                })
+            .position(|(code, _)| *code == status.as_u16())
+        {
+            Some(s) => self.0.requests[m][s]
+                .get_or_init(|| register(method, SharedString::const_str(STATUSES[s].1)))
                 .increment(1),
-            _ => register(
-                SharedString::from(method.as_str().to_owned()),
-                SharedString::from(status.as_str().to_owned()),
-            )
-            .increment(1),
+            None => register(method, status_label(status)).increment(1),
         }
     }
 }
@@ -247,7 +269,7 @@ impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("RouteMetrics")
-            .field("route", &self.route)
+            .field("route", &self.0.route)
             .finish_non_exhaustive()
     }
 }
@@ -359,15 +381,40 @@ mod tests {
             metrics.request_finished(&Method::GET, StatusCode::OK, ms, true);
             let propfind = Method::from_bytes(b"PROPFIND").expect("a method");
             metrics.request_finished(&propfind, StatusCode::IM_A_TEAPOT, ms, false);
+            let lowercase = Method::from_bytes(b"get").expect("a method");
+            metrics.request_finished(&lowercase, StatusCode::OK, ms, false);
+            metrics.request_finished(&Method::TRACE, StatusCode::METHOD_NOT_ALLOWED, ms, false);
+            let invented = StatusCode::from_u16(599).expect("a status");
+            metrics.request_finished(&Method::GET, invented, ms, false);
         });
         let text = handle.render();
         for line in [
             r#"ipproxy_requests_total{route="sms",method="GET",status="200"} 2"#,
-            r#"ipproxy_requests_total{route="sms",method="PROPFIND",status="418"} 1"#,
+            r#"ipproxy_requests_total{route="sms",method="other",status="418"} 1"#,
+            r#"ipproxy_requests_total{route="sms",method="other",status="200"} 1"#,
+            r#"ipproxy_requests_total{route="sms",method="TRACE",status="405"} 1"#,
+            r#"ipproxy_requests_total{route="sms",method="GET",status="5xx"} 1"#,
             r#"ipproxy_upstream_retries_total{route="sms"} 1"#,
-            r#"ipproxy_request_duration_seconds_count{route="sms"} 3"#,
+            r#"ipproxy_request_duration_seconds_count{route="sms"} 6"#,
         ] {
             assert!(text.lines().any(|found| found == line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn every_method_label_is_bounded_and_every_status_label_is_a_code_or_a_class() {
+        for method in ["GET", "PATCH", "CONNECT", "TRACE"] {
+            let method = Method::from_bytes(method.as_bytes()).expect("a method");
+            assert_eq!(METHOD_LABELS[method_index(&method)], method.as_str());
+        }
+        for method in ["PROPFIND", "get", "X-ANYTHING", &"M".repeat(1000)] {
+            let method = Method::from_bytes(method.as_bytes()).expect("a method");
+            assert_eq!(METHOD_LABELS[method_index(&method)], "other");
+        }
+        let labels: std::collections::BTreeSet<String> = (100..=999)
+            .map(|code| status_label(StatusCode::from_u16(code).expect("a status")).into_owned())
+            .collect();
+        assert!(labels.len() < 80, "{} status labels", labels.len());
+        assert!(labels.contains("422") && labels.contains("7xx") && labels.contains("2xx"));
     }
 }

@@ -1,18 +1,16 @@
 //! The proxy as an outsider attacks it, over real sockets: without a key, with a wrong
-//! key, with rotated keys, outside the allowlist, with crafted paths, oversized and
-//! malformed request heads, slow clients; and secrets kept out of everything it prints.
+//! key, with rotated keys, outside the allowlist, with crafted paths; and secrets kept
+//! out of everything it prints. Hostile and broken clients (methods, smuggling, slow
+//! and silent connections, HTTP/2 floods) are in `tests/hostile.rs`.
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{Proxy, Sim, client, raw_request, raw_status, vars};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const KEY: &str = "app-one-key-4f1c9e";
 const OTHER_KEY: &str = "app-two-key-77ab02";
@@ -248,166 +246,8 @@ async fn crafted_paths_are_refused_and_never_reach_the_upstream() {
     assert_eq!(sim.counters().api_calls, 0, "no crafted path was forwarded");
 }
 
-#[tokio::test]
-async fn absolute_form_and_connect_cannot_turn_it_into_an_open_proxy() {
-    let sim = Sim::default().await;
-    let proxy = Proxy::start(sim.vars()).await;
-    // The authority of an absolute-form target is ignored: it still goes to the
-    // configured upstream (here the simulator), never to the named host.
-    let head = format!("GET http://attacker.invalid{ECHO_PATH} HTTP/1.1\r\nHost: attacker.invalid");
-    let response = raw_request(proxy.addr, &head).await;
-    assert_eq!(raw_status(&response), 200, "{response}");
-    assert!(
-        response.contains(r#""path":"/_rest/v4/my/did""#),
-        "{response}"
-    );
-    assert_eq!(sim.counters().api_calls, 1);
-    // CONNECT has no path: refused.
-    let head = "CONNECT attacker.invalid:443 HTTP/1.1\r\nHost: attacker.invalid:443";
-    let status = raw_status(&raw_request(proxy.addr, head).await);
-    assert!((400..500).contains(&status), "CONNECT answered {status}");
-    assert_eq!(sim.counters().api_calls, 1);
-}
-
-// --- input limits ---
-
-/// Writes `request` on a fresh connection and reads until the proxy closes it (at most
-/// 5 s). A write error is fine (the proxy may answer and close before reading all of
-/// an oversized head); so is a reset after the answer.
-async fn send_raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let _ = stream.write_all(request).await;
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok(Ok(read)) = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await
-    {
-        if read == 0 {
-            break;
-        }
-        response.extend_from_slice(&chunk[..read]);
-    }
-    String::from_utf8_lossy(&response).into_owned()
-}
-
-/// The status of a raw response; 0 when the connection closed without one.
-fn status_or_zero(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn still_serving(proxy: &Proxy) {
-    let response = client()
-        .get(proxy.url(ECHO_PATH))
-        .send()
-        .await
-        .expect("the proxy still answers");
-    assert_eq!(response.status(), 200);
-}
-
-#[tokio::test]
-async fn oversized_request_heads_get_4xx_and_the_proxy_keeps_serving() {
-    let sim = Sim::default().await;
-    let proxy = Proxy::start(sim.vars()).await;
-    let host = proxy.addr;
-
-    let many_headers: String = (0..200).map(|n| format!("x-h{n}: v\r\n")).collect();
-    let huge_header = format!("x-big: {}\r\n", "a".repeat(80 * 1024));
-    let long_uri = format!("{ECHO_PATH}/{}", "a".repeat(80 * 1024));
-    let cases = [
-        (
-            "200 headers",
-            format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\n{many_headers}\r\n"),
-        ),
-        (
-            "an 80 KiB header",
-            format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\n{huge_header}\r\n"),
-        ),
-        (
-            "an 80 KiB URI",
-            format!("GET {long_uri} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
-        ),
-    ];
-    for (what, request) in cases {
-        let response = send_raw(proxy.addr, request.as_bytes()).await;
-        let status = status_or_zero(&response);
-        assert!(
-            (400..500).contains(&status),
-            "{what}: expected a 4xx, got {status}: {}",
-            response.lines().next().unwrap_or("")
-        );
-    }
-    assert_eq!(
-        sim.counters().api_calls,
-        0,
-        "nothing oversized went upstream"
-    );
-    still_serving(&proxy).await;
-}
-
-#[tokio::test]
-async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
-    let sim = Sim::default().await;
-    let proxy = Proxy::start(sim.vars()).await;
-    let host = proxy.addr;
-    for request in [
-        "GARBAGE\r\n\r\n".to_owned(),
-        "GET\r\n\r\n".to_owned(),
-        format!("GET {ECHO_PATH} HTTP/1.1 extra\r\nHost: {host}\r\n\r\n"),
-        format!("GET {ECHO_PATH} HTTX/1.1\r\nHost: {host}\r\n\r\n"),
-        format!("G\u{0}T {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
-        format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\nno-colon-here\r\n\r\n"),
-        format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\nbad name: v\r\n\r\n"),
-        format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\nx: a\u{0}b\r\n\r\n"),
-        format!(
-            "POST {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\
-             Content-Length: 7\r\n\r\nhello"
-        ),
-        format!("POST {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Length: -1\r\n\r\n"),
-        format!(
-            "POST {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n\
-             zz\r\nhello\r\n0\r\n\r\n"
-        ),
-    ] {
-        let response = send_raw(proxy.addr, request.as_bytes()).await;
-        let status = status_or_zero(&response);
-        assert_eq!(status, 400, "{request:?}: {response}");
-    }
-    assert_eq!(sim.counters().api_calls, 0);
-    still_serving(&proxy).await;
-}
-
-#[tokio::test]
-async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let sim = Sim::default().await;
-    let mut all = sim.vars();
-    all.extend(vars(&[("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "500ms")]));
-    let proxy = Proxy::start(all).await;
-
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: x\r\nx-slow: ").as_bytes())
-        .await
-        .expect("write a partial head");
-    let started = Instant::now();
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the connection is still open after 3 s");
-    let waited = started.elapsed();
-    assert!(
-        waited < Duration::from_secs(2),
-        "closed after {waited:?}, expected about 500 ms"
-    );
-    assert!(
-        waited >= Duration::from_millis(300),
-        "closed too early, after {waited:?}"
-    );
-    assert_eq!(sim.counters().api_calls, 0);
-    still_serving(&proxy).await;
-}
+// Absolute-form targets, CONNECT, oversized and malformed heads and slow clients:
+// tests/hostile.rs.
 
 // --- secrets never printed ---
 

@@ -1,9 +1,10 @@
 //! Who may come in and where. The pipeline runs the checks in this order — client key,
-//! path form, allowlist — so a caller without a key learns nothing about which paths
-//! exist or are allowed.
+//! method, path form, allowlist — so a caller without a key learns nothing about which
+//! methods are forwarded or which paths exist or are allowed.
 //!
 //! - `keys`: inbound client keys (`access.keys_file`), checked in constant time and
 //!   re-read when the file changes.
+//! - `method`: `CONNECT` and `TRACE` are never forwarded.
 //! - `path`: the path form check (refused, never rewritten).
 //! - `allow`: the path allowlist (`[access] allow`).
 //!
@@ -12,6 +13,7 @@
 
 mod allow;
 mod keys;
+mod method;
 mod path;
 
 use http::{HeaderMap, Method};
@@ -20,6 +22,7 @@ use crate::config::AccessConfig;
 use crate::error::ProxyError;
 use allow::Allowlist;
 pub use keys::ClientKeys;
+pub use method::check_method;
 pub use path::check_path;
 
 /// The inbound checks: client keys (when `access.keys_file` is set) and the allowlist.

@@ -42,6 +42,7 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
             ("max_concurrency", EnvKind::Integer),
             ("shutdown_grace", EnvKind::Text),
             ("header_read_timeout", EnvKind::Text),
+            ("client_timeout", EnvKind::Text),
         ],
     ),
     (

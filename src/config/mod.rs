@@ -90,8 +90,12 @@ pub struct ServerConfig {
     pub max_concurrency: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
-    /// How long a client may take to send its request headers.
+    /// How long a connection may go without a complete request head: from accept, and
+    /// from the moment it falls idle (no request in progress).
     pub header_read_timeout: Duration,
+    /// How long the proxy waits for the next chunk of a request body, and for the
+    /// client to take the next chunk of a response; past it the request is abandoned.
+    pub client_timeout: Duration,
 }
 
 /// `[upstream]`: the default route's target and how to reach upstreams.

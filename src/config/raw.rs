@@ -44,6 +44,7 @@ pub(super) struct RawServer {
     pub max_concurrency: Option<u64>,
     pub shutdown_grace: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub client_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

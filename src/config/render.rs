@@ -61,6 +61,7 @@ struct ServerView {
     max_concurrency: u64,
     shutdown_grace: String,
     header_read_timeout: String,
+    client_timeout: String,
 }
 
 #[derive(Serialize)]
@@ -152,6 +153,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             max_concurrency: u64::try_from(config.server.max_concurrency).unwrap_or(u64::MAX),
             shutdown_grace: duration(config.server.shutdown_grace),
             header_read_timeout: duration(config.server.header_read_timeout),
+            client_timeout: duration(config.server.client_timeout),
         },
         upstream: UpstreamView {
             url: config.upstream.url.to_string(),

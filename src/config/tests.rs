@@ -117,6 +117,7 @@ fn username_and_password_vars_alone_give_the_documented_defaults() {
     assert_eq!(server.max_concurrency, 1024);
     assert_eq!(server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(server.client_timeout, Duration::from_secs(60));
     assert_eq!(
         config.upstream.url.url().as_str(),
         "https://api.intelepeer.com/"
@@ -455,12 +456,13 @@ fn display_has_one_key_prefixed_line_per_problem() {
 #[test]
 fn durations_and_sizes_read_human_units_and_plain_bytes() {
     let toml = with_auth(
-        "[server]\nrequest_timeout = \"500ms\"\nshutdown_grace = \"5m\"\nheader_read_timeout = \"2s\"\nmax_body = \"64KiB\"\nreplay_limit = 1000\n",
+        "[server]\nrequest_timeout = \"500ms\"\nshutdown_grace = \"5m\"\nheader_read_timeout = \"2s\"\nclient_timeout = \"1500ms\"\nmax_body = \"64KiB\"\nreplay_limit = 1000\n",
     );
     let config = expect_ok(load_toml(&toml, &[]));
     assert_eq!(config.server.request_timeout, Duration::from_millis(500));
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(300));
     assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(config.server.client_timeout, Duration::from_millis(1500));
     assert_eq!(config.server.max_body, 64 * 1024);
     assert_eq!(config.server.replay_limit, 1000);
 }
@@ -473,6 +475,7 @@ fn bad_server_values_are_each_named() {
         admin_listen = "127.0.0.1"
         request_timeout = "soon"
         header_read_timeout = "0s"
+        client_timeout = "0s"
         shutdown_grace = "30"
         max_body = "big"
         max_concurrency = 0
@@ -484,6 +487,7 @@ fn bad_server_values_are_each_named() {
         "server.admin_listen",
         "server.request_timeout",
         "server.header_read_timeout",
+        "server.client_timeout",
         "server.shutdown_grace",
         "server.max_body",
         "server.max_concurrency",
@@ -984,6 +988,7 @@ fn redacted_toml_hides_every_secret_and_still_parses() {
     assert!(text.contains(&token_path.display().to_string()), "{text}");
     assert!(text.contains("max_body = \"10MiB\""), "{text}");
     assert!(text.contains("header_read_timeout = \"10s\""), "{text}");
+    assert!(text.contains("client_timeout = \"1m\""), "{text}");
     assert!(text.contains("token_ttl = \"24h\""), "{text}");
     toml::from_str::<toml::Table>(&text).expect("the redacted output is TOML");
 }

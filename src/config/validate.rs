@@ -35,6 +35,7 @@ const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 const MAX_CONCURRENCY_LIMIT: u64 = 1_000_000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_UPSTREAM_URL: &str = "https://api.intelepeer.com";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_AUTH_URL: &str = "https://customer.intelepeer.com/_rest/v4/authenticate";
@@ -211,6 +212,11 @@ impl Checker<'_> {
                 "server.header_read_timeout",
                 raw.header_read_timeout,
                 DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            client_timeout: self.positive_duration(
+                "server.client_timeout",
+                raw.client_timeout,
+                DEFAULT_CLIENT_TIMEOUT,
             ),
         }
     }

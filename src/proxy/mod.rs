@@ -22,6 +22,7 @@ use http::{HeaderValue, Request, StatusCode, Uri, header};
 use hyper::body::Incoming;
 
 use crate::config::Config;
+use crate::connection::ClientBody;
 use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
@@ -36,6 +37,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub replay_limit: u64,
     pub max_body: u64,
+    /// For the `408` message when a request body stalls (the bound itself is enforced
+    /// by the connection watch).
+    pub client_timeout: Duration,
 }
 
 impl Limits {
@@ -44,6 +48,7 @@ impl Limits {
             request_timeout: config.server.request_timeout,
             replay_limit: config.server.replay_limit,
             max_body: config.server.max_body,
+            client_timeout: config.server.client_timeout,
         }
     }
 }
@@ -60,7 +65,7 @@ pub async fn forward(
     client: &UpstreamClient,
     limits: &Limits,
     route: &Route,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     request_id: &RequestId,
 ) -> Result<(http::Response<Incoming>, Outcome), ProxyError> {
     let (parts, body) = request.into_parts();
@@ -93,12 +98,8 @@ pub async fn forward(
 
     let first = send(lease.header, body.attempt(), uri).await;
     let response = match first {
-        Err(_) if body.exceeded_limit() => {
-            return Err(ProxyError::BodyTooLarge {
-                limit: limits.max_body,
-            });
-        }
-        other => other?,
+        Err(error) => return Err(body.cut_off(limits).unwrap_or(error)),
+        Ok(response) => response,
     };
     if response.status() != StatusCode::UNAUTHORIZED || !body.is_replayable() {
         return Ok((

@@ -1,5 +1,6 @@
-//! The request pipeline: shutdown check → client key → admission (`max_concurrency`) →
-//! path form → allowlist → route → forward, then one log line and the request metrics.
+//! The request pipeline: shutdown check → client key → method → admission
+//! (`max_concurrency`) → path form → allowlist → route → forward, then one log line and
+//! the request metrics.
 //!
 //! Owns the order of the checks and the in-flight count; every answer the proxy makes
 //! itself comes from [`ProxyError`], so this module decides *whether* to refuse, never
@@ -8,11 +9,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::Uri;
+use http::{Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -20,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Limits, Outcome, UpstreamClient};
 use crate::access::{self, Access};
+use crate::connection::{ClientBody, RequestHandle};
 use crate::error::ProxyError;
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteTable};
@@ -84,67 +86,87 @@ impl Pipeline {
         let _all = Arc::clone(&self.inflight).acquire_many_owned(permits).await;
     }
 
-    /// Answers one client request, forwarding it with `client`.
+    /// Answers one client request, forwarding it with `client`. The request log line
+    /// and the request metrics are written when the answer is done: at once for the
+    /// proxy's own answers, when the body has been sent (or abandoned) for an upstream
+    /// response, so that a client that stalls the download is logged `408`. Either
+    /// way the duration is the time to the response head, as the histogram says.
     pub async fn handle(
         &self,
         client: &UpstreamClient,
-        request: http::Request<Incoming>,
+        request: http::Request<ClientBody>,
     ) -> ProxyResponse {
-        let started = Instant::now();
-        let request_id = RequestId::from_headers(request.headers());
-        let method = request.method().clone();
-        // The log line names the path after the request has moved on; the copy is only
-        // made when that line is written.
-        let uri = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone());
-        let (response, route, retried) =
-            match self.admit_and_forward(client, request, &request_id).await {
-                Ok((response, route, outcome)) => (response, Some(route), outcome.retried),
-                Err(refusal) => {
-                    let response = refusal
-                        .error
-                        .into_response_for(&request_id)
-                        .map(Either::Right);
-                    (response, refusal.route, false)
-                }
-            };
-        let status = response.status();
-        let duration = started.elapsed();
-        let metrics = match route {
-            Some(route) => &route.metrics,
-            None => RouteMetrics::unrouted(),
+        let record = RequestRecord {
+            started: Instant::now(),
+            request_id: RequestId::from_headers(request.headers()),
+            method: request.method().clone(),
+            // The log line names the path after the request has moved on; the copy is
+            // only made when that line is written.
+            uri: tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone()),
+            connection: request.body().handle().clone(),
         };
-        metrics.request_finished(&method, status, duration, retried);
-        tracing::info!(
-            request_id = request_id.as_str(),
-            method = method.as_str(),
-            route = route.map_or("-", |route| &*route.name),
-            path = uri.as_ref().map(Uri::path),
-            status = status.as_u16(),
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            retried,
-            "request"
-        );
-        response
+        match self
+            .admit_and_forward(client, request, &record.request_id)
+            .await
+        {
+            Ok((response, route, outcome)) => {
+                let status = response.status();
+                let head_after = record.started.elapsed();
+                response.map(|body| {
+                    Either::Left(Guarded {
+                        body: body.body,
+                        log: Some(PendingLog {
+                            record,
+                            route_name: Arc::clone(&route.name),
+                            metrics: route.metrics.clone(),
+                            status,
+                            head_after,
+                            retried: outcome.retried,
+                        }),
+                        _in_flight: body.in_flight,
+                    })
+                })
+            }
+            Err(refusal) => {
+                let response = refusal
+                    .error
+                    .into_response_for(&record.request_id)
+                    .map(Either::Right);
+                let (name, metrics) = match refusal.route {
+                    Some(route) => (&*route.name, &route.metrics),
+                    None => ("-", RouteMetrics::unrouted()),
+                };
+                let head_after = record.started.elapsed();
+                record.finish(name, metrics, response.status(), head_after, false);
+                response
+            }
+        }
     }
 
     async fn admit_and_forward<'a>(
         &'a self,
         client: &UpstreamClient,
-        request: http::Request<Incoming>,
+        request: http::Request<ClientBody>,
         request_id: &RequestId,
-    ) -> Result<(ProxyResponse, &'a Route, Outcome), Refusal<'a>> {
+    ) -> Result<(http::Response<Sending>, &'a Route, Outcome), Refusal<'a>> {
         if self.shutdown.is_set() {
             return Err(ProxyError::ShuttingDown.into());
         }
-        // The key first: a caller without one learns nothing about paths or load.
+        // The key first: a caller without one learns nothing about methods, paths or
+        // load. Then the method, before a slot is taken or the allowlist consulted:
+        // CONNECT and TRACE never go anywhere.
         self.access.check_key(request.headers())?;
+        access::check_method(request.method())?;
         let in_flight = InFlight::admit(&self.inflight).ok_or(ProxyError::Overloaded)?;
         let path = request.uri().path();
         access::check_path(path)?;
         self.access.check_allowed(request.method(), path)?;
         let route = self.routes.find(path).ok_or(ProxyError::NoRoute)?;
         match super::forward(client, &self.limits, route, request, request_id).await {
-            Ok((response, outcome)) => Ok((in_flight.hold_until_sent(response), route, outcome)),
+            Ok((response, outcome)) => {
+                let response = response.map(|body| Sending { body, in_flight });
+                Ok((response, route, outcome))
+            }
             Err(error) => Err(Refusal {
                 error,
                 route: Some(route),
@@ -167,16 +189,6 @@ impl InFlight {
         telemetry::inflight(1.0);
         Some(Self { _permit: permit })
     }
-
-    /// Moves the count into `response`'s body, released when the body is done.
-    fn hold_until_sent(self, response: http::Response<Incoming>) -> ProxyResponse {
-        response.map(|body| {
-            Either::Left(Guarded {
-                body,
-                _in_flight: self,
-            })
-        })
-    }
 }
 
 impl Drop for InFlight {
@@ -185,11 +197,90 @@ impl Drop for InFlight {
     }
 }
 
-/// An upstream response body holding its request's [`InFlight`] count.
+/// An upstream response body and its request's [`InFlight`] count, before the log
+/// line is attached.
+struct Sending {
+    body: Incoming,
+    in_flight: InFlight,
+}
+
+/// What the request log line and the request metrics need.
+#[derive(Debug)]
+struct RequestRecord {
+    started: Instant,
+    request_id: RequestId,
+    method: Method,
+    uri: Option<Uri>,
+    /// Says whether the request was abandoned for stalling (logged `408`).
+    connection: RequestHandle,
+}
+
+impl RequestRecord {
+    /// Writes the request log line and counts the request; `duration` is the time to
+    /// the response head.
+    fn finish(
+        self,
+        route: &str,
+        metrics: &RouteMetrics,
+        status: StatusCode,
+        duration: Duration,
+        retried: bool,
+    ) {
+        metrics.request_finished(&self.method, status, duration, retried);
+        tracing::info!(
+            request_id = self.request_id.as_str(),
+            method = self.method.as_str(),
+            route,
+            path = self.uri.as_ref().map(Uri::path),
+            status = status.as_u16(),
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            retried,
+            "request"
+        );
+    }
+}
+
+/// The log line of an upstream response, written when its body is done.
+#[derive(Debug)]
+struct PendingLog {
+    record: RequestRecord,
+    route_name: Arc<str>,
+    metrics: RouteMetrics,
+    /// The upstream's status, as sent to the client.
+    status: StatusCode,
+    /// From the request's arrival to the response head.
+    head_after: Duration,
+    retried: bool,
+}
+
+/// An upstream response body holding its request's [`InFlight`] count and its log
+/// line, both released when the body has been sent or dropped.
 #[derive(Debug)]
 pub struct Guarded {
     body: Incoming,
+    log: Option<PendingLog>,
     _in_flight: InFlight,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            // Abandoned because the client stopped taking the body: the upstream's
+            // status went out, but the request ended as a client timeout.
+            let status = if log.record.connection.stalled() {
+                StatusCode::REQUEST_TIMEOUT
+            } else {
+                log.status
+            };
+            log.record.finish(
+                &log.route_name,
+                &log.metrics,
+                status,
+                log.head_after,
+                log.retried,
+            );
+        }
+    }
 }
 
 impl http_body::Body for Guarded {
