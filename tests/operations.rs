@@ -8,7 +8,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -20,7 +19,7 @@ use support::keepalive::KeepAlive;
 use support::metrics::{samples, value};
 use support::{Proxy, Sim, client, eventually};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{oneshot, watch};
 
 async fn readyz_status(client: &reqwest::Client, url: &str) -> Option<u16> {
     let response = client.get(url).send().await.ok()?;
@@ -269,31 +268,32 @@ async fn readiness_turns_503_when_the_token_expires_with_auth_down_and_back_on_r
 #[tokio::test]
 async fn readiness_turns_503_at_once_on_shutdown_while_requests_drain() {
     let sim = Sim::default().await;
-    let proxy = Proxy::start(sim.vars()).await;
+    let (release, released) = watch::channel(false);
+    let (held, _stop) = held_stream_upstream(released).await;
+    let proxy = Proxy::start(proxy_vars_for(&sim, &[("IPPROXY_UPSTREAM__URL", &held)])).await;
     let client = client();
     let readyz = proxy.admin_url("/readyz");
     wait_ready(&client, &readyz).await;
-    sim.sim.set_latency(Duration::from_millis(1000));
-    let calls_before = sim.counters().api_calls;
-    let in_flight = tokio::spawn(client.get(proxy.url("/_rest/v4/echo/drain")).send());
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            sim.counters().api_calls > calls_before
-        })
+    // A request whose response body is held open by the upstream until released.
+    let response = client
+        .get(proxy.url("/_rest/v4/echo/drain"))
+        .send()
         .await
-    );
+        .expect("response head");
+    let in_flight = tokio::spawn(response.text());
     let stopping = tokio::spawn(proxy.shutdown());
-    let turned = eventually(Duration::from_millis(500), || async {
+    let turned = eventually(Duration::from_secs(5), || async {
         readyz_status(&client, &readyz).await == Some(503)
     })
     .await;
-    assert!(turned, "readiness 503 within 500 ms of the shutdown");
+    assert!(turned, "readiness turned 503 on shutdown");
     assert!(
-        !in_flight.is_finished(),
-        "while a request is still in flight"
+        !in_flight.is_finished() && !stopping.is_finished(),
+        "while a request is still in flight, and the drain waits for it"
     );
-    let response = in_flight.await.expect("task").expect("drained request");
-    assert_eq!(response.status(), 200);
+    release.send_replace(true);
+    let body = in_flight.await.expect("task").expect("drained body");
+    assert_eq!(body, "first last");
     stopping.await.expect("shutdown");
 }
 
@@ -515,43 +515,44 @@ credential = "opsmetrics"
 #[tokio::test]
 async fn beyond_max_concurrency_requests_get_a_fast_503_overloaded() {
     let sim = Sim::default().await;
+    let (release, released) = watch::channel(false);
+    let (held, _stop) = held_stream_upstream(released).await;
     let proxy = Proxy::start(proxy_vars_for(
         &sim,
-        &[("IPPROXY_SERVER__MAX_CONCURRENCY", "2")],
+        &[
+            ("IPPROXY_SERVER__MAX_CONCURRENCY", "2"),
+            ("IPPROXY_UPSTREAM__URL", &held),
+        ],
     ))
     .await;
     let client = client();
     wait_ready(&client, &proxy.admin_url("/readyz")).await;
-    sim.sim.set_latency(Duration::from_millis(1000));
-    let calls_before = sim.counters().api_calls;
-    let slow: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(client.get(proxy.url("/_rest/v4/echo/slow")).send()))
-        .collect();
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            sim.counters().api_calls - calls_before == 2
-        })
-        .await,
-        "two requests hold the two permits"
-    );
-    let started = Instant::now();
+    // Two requests whose bodies the upstream holds open: they keep both permits.
+    let mut holding = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .get(proxy.url("/_rest/v4/echo/slow"))
+            .send()
+            .await
+            .expect("response head");
+        holding.push(tokio::spawn(response.text()));
+    }
     let response = client
         .get(proxy.url("/_rest/v4/echo/third"))
         .send()
         .await
         .expect("third request");
-    let took = started.elapsed();
     assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "overloaded");
-    assert!(took < Duration::from_millis(200), "answered in {took:?}");
-    assert_eq!(
-        sim.counters().api_calls - calls_before,
-        2,
-        "never forwarded"
+    assert!(
+        holding.iter().all(|task| !task.is_finished()),
+        "answered while both permits were held: it did not wait for one"
     );
-    for request in join_all(slow).await {
-        assert_eq!(request.expect("task").expect("response").status(), 200);
+    release.send_replace(true);
+    for task in holding {
+        assert_eq!(task.await.expect("task").expect("body"), "first last");
     }
     let response = client
         .get(proxy.url("/_rest/v4/echo/after"))
@@ -561,19 +562,19 @@ async fn beyond_max_concurrency_requests_get_a_fast_503_overloaded() {
     assert_eq!(response.status(), 200, "permits are returned");
 }
 
-/// An upstream that sends its response head and a first chunk at once, and the rest
-/// only when told to.
-async fn held_stream_upstream(release: Arc<Notify>) -> (String, oneshot::Sender<()>) {
+/// An upstream that sends its response head and a first chunk (`first `) at once, and
+/// the rest (`last`) only once `released` turns true.
+async fn held_stream_upstream(released: watch::Receiver<bool>) -> (String, oneshot::Sender<()>) {
     let app = axum::Router::new().fallback(move || {
-        let release = Arc::clone(&release);
+        let released = released.clone();
         async move {
             let chunks = futures_util::stream::unfold(0u8, move |step| {
-                let release = Arc::clone(&release);
+                let mut released = released.clone();
                 async move {
                     match step {
                         0 => Some((Ok::<_, Infallible>(Bytes::from_static(b"first ")), 1)),
                         1 => {
-                            release.notified().await;
+                            let _ = released.wait_for(|released| *released).await;
                             Some((Ok(Bytes::from_static(b"last")), 2))
                         }
                         _ => None,
@@ -591,8 +592,8 @@ async fn held_stream_upstream(release: Arc<Notify>) -> (String, oneshot::Sender<
 #[tokio::test]
 async fn a_response_body_still_streaming_counts_against_max_concurrency() {
     let sim = Sim::default().await;
-    let release = Arc::new(Notify::new());
-    let (upstream, _stop) = held_stream_upstream(Arc::clone(&release)).await;
+    let (release, released) = watch::channel(false);
+    let (upstream, _stop) = held_stream_upstream(released).await;
     let config = format!(
         r#"
 [[route]]
@@ -633,7 +634,7 @@ prefix = "/"
         "the streaming response still holds the only permit"
     );
 
-    release.notify_one();
+    release.send_replace(true);
     let rest = streaming.bytes().await.expect("rest of the body");
     assert_eq!(&rest[..], b"last");
     let freed = eventually(Duration::from_secs(2), || async {

@@ -161,7 +161,9 @@ async fn a_body_over_replay_limit_is_not_retried() {
 
 /// Starts a proxy against `sim_config` with `auth.token_ttl = token_ttl` and asserts
 /// that the refresh ahead of expiry comes at half of a 2 s lifetime (margin
-/// `min(1h, 2s/2)` = 1 s, minus up to 10 % jitter), as seen by the simulator.
+/// `min(1h, 2s/2)` = 1 s, minus up to 10 % jitter), as seen by the simulator: not
+/// before it (the exact instant is unit-tested in paused time in token::credential;
+/// a loaded machine can only make it late, so the upper bound is loose).
 async fn assert_refresh_at_half_of_two_seconds(sim_config: SimConfig, token_ttl: &str) {
     let sim = Sim::start(sim_config).await;
     let mut vars = sim.vars();
@@ -178,7 +180,7 @@ async fn assert_refresh_at_half_of_two_seconds(sim_config: SimConfig, token_ttl:
     );
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(850) && elapsed < Duration::from_millis(1800),
+        elapsed >= Duration::from_millis(850) && elapsed < Duration::from_secs(6),
         "refreshed after {elapsed:?}"
     );
 }
@@ -286,8 +288,10 @@ async fn bad_credentials_give_fast_503_and_bounded_logins() {
     }
     let counters = sim.counters();
     assert_eq!(counters.api_calls, 0, "no upstream call without a token");
-    // Backoff from 1 s (full jitter, 100 ms floor): a handful of attempts in 2 s.
-    assert!(counters.auth_calls <= 6, "bounded logins: {counters:?}");
+    // Backoff: at least 100 ms between attempts whatever the jitter draws, so at most
+    // 21 attempts in 2 s (the exact schedule, with seeded jitter, is unit-tested in
+    // token::credential).
+    assert!(counters.auth_calls <= 21, "bounded logins: {counters:?}");
 }
 
 #[tokio::test]

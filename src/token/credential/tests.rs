@@ -34,17 +34,11 @@ struct Fake {
     delay: Mutex<Duration>,
     kind: &'static str,
     clock: Mutex<Option<FollowingClock>>,
+    /// Issue tokens that are not JWTs (their lifetime is `token_ttl`).
+    opaque: bool,
 }
 
 impl Fake {
-    fn session(clock: FollowingClock) -> Arc<Self> {
-        Arc::new(Self {
-            kind: "session",
-            clock: Mutex::new(Some(clock)),
-            ..Self::default()
-        })
-    }
-
     fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::SeqCst)
     }
@@ -89,8 +83,8 @@ impl TokenSource for Handle {
             if let Some(failure) = self.0.failure.lock().expect("lock").clone() {
                 return Err(failure);
             }
-            if self.0.kind == "static" {
-                return Ok(SecretString::from(format!("static-{id}")));
+            if self.0.kind == "static" || self.0.opaque {
+                return Ok(SecretString::from(format!("opaque-{id}")));
             }
             let clock = self.0.clock.lock().expect("lock").expect("a clock");
             let issued = clock
@@ -182,11 +176,20 @@ struct Replica {
 }
 
 fn replica(store: Store, seed: u64) -> Replica {
+    replica_with(store, seed, settings(), false)
+}
+
+fn replica_with(store: Store, seed: u64, settings: Settings, opaque: bool) -> Replica {
     let clock = FollowingClock::starting_at(start_wall());
-    let source = Fake::session(clock);
+    let source = Arc::new(Fake {
+        kind: "session",
+        clock: Mutex::new(Some(clock)),
+        opaque,
+        ..Fake::default()
+    });
     let credential = Credential::new(Parts {
         name: "default".to_owned(),
-        settings: settings(),
+        settings,
         formats: vec![HeaderFormat::default()],
         source: Box::new(Handle(Arc::clone(&source))),
         store,
@@ -625,4 +628,79 @@ async fn a_401_answered_by_adopting_does_not_close_the_reauth_interval() {
         );
     }
     assert_eq!(b.source.fetches(), 0);
+}
+
+/// The refresh-ahead instant of the current token.
+fn refresh_at(credential: &Credential) -> tokio::time::Instant {
+    credential
+        .inner
+        .slot
+        .with(|token| token.and_then(|token| token.times))
+        .expect("session times")
+        .refresh_at
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jwt_exp_sets_the_lifetime_whatever_token_ttl_says() {
+    let short_ttl = Settings {
+        token_ttl: Duration::from_secs(2),
+        ..settings()
+    };
+    let one = replica_with(Store::memory(), 5, short_ttl, false);
+    let started = tokio::time::Instant::now();
+    first_token(&one.credential).await;
+    // The JWT lives an hour: refresh 10 min (minus jitter) before its end, not at 1 s.
+    let ahead = refresh_at(&one.credential) - started;
+    let margin = Duration::from_secs(600);
+    assert!(
+        ahead <= LIFETIME - margin && ahead >= LIFETIME - margin - margin / 10,
+        "{ahead:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_opaque_token_lives_token_ttl_and_refreshes_at_half_of_a_short_one() {
+    let two_seconds = Settings {
+        token_ttl: Duration::from_secs(2),
+        ..settings()
+    };
+    let one = replica_with(Store::memory(), 5, two_seconds, true);
+    let _task = one.credential.start();
+    let started = tokio::time::Instant::now();
+    one.credential
+        .lease(FORMAT, WAIT)
+        .await
+        .expect("first token");
+    let ahead = refresh_at(&one.credential) - started;
+    // margin = min(refresh_before, 2 s / 2) = 1 s, minus up to 10 % of it.
+    assert!(
+        ahead <= Duration::from_secs(1) && ahead >= Duration::from_millis(900),
+        "{ahead:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1010)).await;
+    assert_eq!(one.source.fetches(), 2, "refreshed at half-life");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_logins_are_retried_on_the_seeded_backoff_schedule() {
+    const SEED: u64 = 42;
+    let one = replica(Store::memory(), SEED);
+    one.source.fail_with(Some(AuthError::BadCredentials));
+    let _task = one.credential.start();
+    let window = Duration::from_secs(60);
+    // The same draws the credential makes: one per failure, for its backoff.
+    let draws = SeededRandom::new(SEED);
+    let mut at = Duration::ZERO;
+    let mut expected = 0;
+    let mut failures = 0;
+    while at < window {
+        expected += 1;
+        failures += 1;
+        at += schedule::backoff(failures, None, draws.unit());
+    }
+    tokio::time::sleep(window - Duration::from_millis(1)).await;
+    assert_eq!(one.source.fetches(), expected, "attempts in {window:?}");
+    let status = one.credential.status();
+    assert_eq!(u64::from(status.consecutive_failures), expected);
+    assert!(!status.ready);
 }
