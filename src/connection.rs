@@ -1,4 +1,4 @@
-//! Bounds on slow and silent clients, per accepted connection (DESIGN.md "Slow and
+//! Bounds on slow and silent clients, per accepted connection (docs/DESIGN.md "Slow and
 //! silent clients"):
 //!
 //! - `server.header_read_timeout` runs whenever the connection has no request in

@@ -1,4 +1,4 @@
-//! The proxy's own answers: every status code and JSON error body of DESIGN.md's error
+//! The proxy's own answers: every status code and JSON error body of docs/DESIGN.md's error
 //! table is decided here and nowhere else.
 //!
 //! Upstream responses (a 401 after the retry included) never pass through this module:
@@ -79,7 +79,7 @@ const CLOSE: HeaderValue = HeaderValue::from_static("close");
 const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH");
 
 impl ProxyError {
-    /// The status code and the stable `error` code of DESIGN.md's table.
+    /// The status code and the stable `error` code of docs/DESIGN.md's table.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -1,21 +1,26 @@
 //! ipproxy: a sidecar reverse proxy that holds IntelePeer credentials so that internal
 //! apps don't have to.
 //!
-//! Module map (data flows one way: `server` → `access` → `route` → `proxy` → `token`):
+//! Module map (data flows one way: `server` → `proxy::pipeline` → `access` → `route`
+//! → `proxy` → `token` → `token::store`; see docs/DESIGN.md "The parts"):
 //!
-//! - [`config`]: the TOML file and `IPPROXY_*` variables → a validated [`config::Config`].
-//! - [`server`]: listeners, the request pipeline, load shedding, graceful shutdown.
+//! - [`config`]: the TOML file and the variables → a validated [`config::Config`] of
+//!   domain types.
+//! - [`server`]: listeners, one runtime per CPU, the accept loop; [`serve`] wires it all.
 //! - [`connection`]: per-connection bounds on slow and silent clients.
-//! - [`access`]: path safety, inbound client keys, the path allowlist.
-//! - [`route`]: longest-prefix route table → upstream, credential, header format.
-//! - [`proxy`]: forwarding: header rules, replay buffer, the one retry on 401; the one
-//!   outbound client stack (TLS, `ca_file`, the egress `CONNECT` tunnel) for forwarding
-//!   and logins.
-//! - [`token`]: one shared, self-refreshing token per credential (`ArcSwap`), single flight.
-//! - [`admin`]: `/healthz`, `/readyz`, `/refresh`, `/metrics`.
-//! - [`error`]: the proxy's own answers (DESIGN.md's error table), in one place.
-//! - [`telemetry`]: logging and metrics set-up and recording.
-//! - [`task`]: background tasks that stop when their guard drops.
+//! - [`shutdown`]: signals and the stages of a drain.
+//! - [`proxy`]: the request pipeline, forwarding (header rules, replay buffer, the one
+//!   retry on 401), the one outbound client stack and the egress `CONNECT` tunnel.
+//! - [`access`]: inbound client keys, the path form, the allowlist, refused methods.
+//! - [`route`]: longest-prefix route table → target, credential, token header.
+//! - [`token`]: one shared token per credential (`ArcSwap`), the single flight and its
+//!   gates, the fleet protocol over the token store (`memory`, `redis`).
+//! - [`admin`]: `/healthz`, `/readyz`, `/refresh`, `/metrics`, given narrow handles.
+//! - [`reload`]: secret files re-read on change and on SIGHUP.
+//! - [`error`]: the proxy's own answers (docs/DESIGN.md's error table), in one place.
+//! - [`telemetry`]: logging and metrics set-up and recording; takes values.
+//! - [`secret`]: the one secret-file reader.
+//! - [`hop_by_hop`], [`request_id`], [`task`]: small shared pieces.
 //! - [`sim`]: the IntelePeer simulator; stands apart (the proxy never imports it).
 
 pub mod access;

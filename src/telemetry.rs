@@ -1,5 +1,5 @@
 //! Logs and metrics: the `tracing` subscriber (JSON or text) and the Prometheus
-//! recorder, plus the few functions that record the metrics of DESIGN.md.
+//! recorder, plus the few functions that record the metrics of docs/DESIGN.md and OPERATIONS.md.
 //!
 //! Every metric label comes from a set bounded by the code or the configuration, never
 //! by what a client sends: route and credential names from the configuration, refresh
