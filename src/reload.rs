@@ -3,16 +3,19 @@
 //! (every secret file re-read at once).
 //!
 //! A `password_file` is not watched: it is read at every login. On `SIGHUP` a session
-//! credential with no valid token or a changed password logs in now. Nothing here
+//! credential with no valid token or a changed password logs in now, the store's keys
+//! are re-read, and a changed `store.url_file` makes the store reconnect. Nothing here
 //! restarts anything or touches a connection; a file that has become unreadable keeps
 //! its last good value, with an error naming the file. Log lines name files, never
 //! their contents.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::access::ClientKeys;
 use crate::config::{CredentialSource, RedisStoreConfig, SecretSource, StoreConfig};
+use crate::secret::SecretFile;
 use crate::task::BackgroundTask;
 use crate::telemetry;
 use crate::token::Registry;
@@ -33,6 +36,9 @@ pub struct Reloader {
     keys: Option<ClientKeys>,
     store: Store,
     store_files: Option<RedisStoreConfig>,
+    /// The store's `url_file`, when the URL comes from one (its content at start-up
+    /// is its first value).
+    store_url: Option<Arc<SecretFile>>,
 }
 
 impl Reloader {
@@ -60,6 +66,15 @@ impl Reloader {
             StoreConfig::Redis(redis) => Some(redis.clone()),
             StoreConfig::Memory => None,
         };
+        let store_url = store_files.as_ref().and_then(|redis| match &redis.url {
+            SecretSource::File(path) => {
+                let file = SecretFile::new(path.clone());
+                // Remember the value the store was built with.
+                let _ = file.current();
+                Some(Arc::new(file))
+            }
+            SecretSource::Inline(_) => None,
+        });
         Self {
             credentials,
             token_files,
@@ -67,6 +82,7 @@ impl Reloader {
             keys,
             store,
             store_files,
+            store_url,
         }
     }
 
@@ -100,15 +116,41 @@ impl Reloader {
                 ),
             }
             read.push(redis.key_file.display().to_string());
-            if let SecretSource::File(path) = &redis.url {
-                tracing::warn!(
-                    file = %path.display(),
-                    "store.url_file is read at start-up only: restart to use a new Redis URL"
-                );
+            if let Some(url_file) = &self.store_url {
+                read.push(url_file.path().display().to_string());
+                self.reconnect_if_changed(redis, url_file);
             }
         }
         tracing::info!(files = ?read, "SIGHUP: secret files re-read");
         telemetry::secret_files_reloaded("sighup");
+    }
+
+    /// A changed `store.url_file`: the store reconnects to the new URL (operations
+    /// under way finish on the old connection).
+    fn reconnect_if_changed(&self, redis: &RedisStoreConfig, url_file: &SecretFile) {
+        let current = match url_file.current() {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::error!(cause = %error, "keeping the token store's connection");
+                return;
+            }
+        };
+        if !current.changed {
+            return;
+        }
+        match store::redis_backend(redis, current.secret) {
+            Ok(backend) => {
+                self.store.replace_backend(backend);
+                tracing::info!(
+                    file = %url_file.path().display(),
+                    "store.url_file changed: the token store reconnects to the new URL"
+                );
+            }
+            Err(error) => tracing::error!(
+                cause = %error,
+                "the new store URL is not usable: keeping the token store's connection"
+            ),
+        }
     }
 
     /// Watches every `token_file` and the `access.keys_file`; a change takes effect

@@ -493,3 +493,78 @@ async fn a_tls_redis_with_a_password_in_a_url_file_is_used_and_check_shows_stars
     assert!(!stdout.contains(REDIS_PASSWORD), "{stdout}");
     assert!(!stdout.contains(STORE_KEY), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_takes_a_rotated_store_key_and_a_new_url_file_without_a_restart() {
+    const NEW_KEY: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let sim = Sim::default().await;
+    let old_redis = RedisServer::start();
+    let new_redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url_file = dir.path().join("redis-url");
+    std::fs::write(&url_file, format!("{}\n", old_redis.url())).expect("url file");
+    let (_key_dir, key) = key_file(STORE_KEY);
+    let mut all = sim.vars();
+    all.extend(vars(&[
+        ("IPPROXY_STORE__KIND", "redis"),
+        ("IPPROXY_STORE__URL_FILE", &url_file.display().to_string()),
+        ("IPPROXY_STORE__KEY_FILE", &key.display().to_string()),
+    ]));
+    let replica = ChildProxy::start(&all).await;
+    assert!(all_ready(std::slice::from_ref(&replica)).await);
+    assert!(
+        !old_redis.dump().is_empty(),
+        "the entry went to the first Redis"
+    );
+
+    // Rotate: the new key first (it seals), the old one second (it still opens); and
+    // point the URL file at the other Redis.
+    std::fs::write(&key, format!("{NEW_KEY}\n{STORE_KEY}\n")).expect("rotate the key");
+    std::fs::write(&url_file, format!("{}\n", new_redis.url())).expect("new url");
+    replica.signal("HUP");
+    let client = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            scrape(&client, &replica.admin_url("/metrics"))
+                .await
+                .contains("ipproxy_secret_reloads_total{trigger=\"sighup\"} 1")
+        })
+        .await,
+        "the SIGHUP was handled"
+    );
+    let response = client
+        .post(replica.admin_url("/refresh"))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(response.status(), 200);
+    assert!(
+        new_redis
+            .dump()
+            .iter()
+            .any(|(name, _)| name.ends_with(":token")),
+        "the new entry went to the new Redis"
+    );
+
+    // A replica that only knows the new key opens that entry: it adopts, no login.
+    let (_new_dir, new_key) = key_file(NEW_KEY);
+    let logins = sim.counters().auth_calls;
+    let mut newcomer_vars = sim.vars();
+    newcomer_vars.extend(vars(&[
+        ("IPPROXY_STORE__KIND", "redis"),
+        ("IPPROXY_STORE__URL", &new_redis.url()),
+        ("IPPROXY_STORE__KEY_FILE", &new_key.display().to_string()),
+    ]));
+    let newcomer = ChildProxy::start(&newcomer_vars).await;
+    assert!(all_ready(std::slice::from_ref(&newcomer)).await);
+    assert_eq!(sim.counters().auth_calls, logins, "sealed with the new key");
+    let reread = replica
+        .lines()
+        .into_iter()
+        .find(|line| line.contains("SIGHUP: secret files re-read"))
+        .expect("one line says what was re-read");
+    assert!(
+        reread.contains("redis-url") && reread.contains("store-key"),
+        "{reread}"
+    );
+}

@@ -31,12 +31,27 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::schedule::RefreshReason;
-use crate::config::{SecretSource, StoreConfig};
+use crate::config::{RedisStoreConfig, SecretSource, StoreConfig};
 use crate::task::BackgroundTask;
 use crate::telemetry;
 pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
 pub use seal::Sealer;
+
+/// A Redis backend for `redis` at `url` (the configured one, or a re-read
+/// `url_file`).
+pub fn redis_backend(
+    redis: &RedisStoreConfig,
+    url: SecretString,
+) -> Result<Box<dyn Backend>, StoreConfigError> {
+    let backend = RedisBackend::connect_lazily(&RedisSettings {
+        url,
+        ca_file: redis.ca_file.clone(),
+        timeout: redis.timeout,
+    })
+    .map_err(|error| StoreConfigError::Url(error.0))?;
+    Ok(Box::new(backend))
+}
 
 /// The keys of a store key file.
 pub fn read_sealer(path: &std::path::Path) -> Result<Sealer, StoreConfigError> {
@@ -241,7 +256,8 @@ struct Inner {
     kind: &'static str,
     /// Other processes see it: `/readyz` and the metrics show it.
     shared: bool,
-    backend: Box<dyn Backend>,
+    /// Replaced whole when `url_file` changes (SIGHUP).
+    backend: ArcSwap<Box<dyn Backend>>,
     sealer: ArcSwap<Sealer>,
     settings: StoreSettings,
     health: Mutex<Health>,
@@ -272,17 +288,12 @@ impl Store {
             SecretSource::File(path) => crate::secret::read_secret(path)
                 .map_err(|error| StoreConfigError::UrlFile(error.to_string()))?,
         };
-        let backend = RedisBackend::connect_lazily(&RedisSettings {
-            url,
-            ca_file: redis.ca_file.clone(),
-            timeout: redis.timeout,
-        })
-        .map_err(|error| StoreConfigError::Url(error.0))?;
+        let backend = redis_backend(redis, url)?;
         telemetry::store_up(true);
         Ok(Self::new(
             "redis",
             true,
-            Box::new(backend),
+            backend,
             sealer,
             StoreSettings {
                 prefix: redis.prefix.clone(),
@@ -314,7 +325,7 @@ impl Store {
         Self(Arc::new(Inner {
             kind,
             shared,
-            backend,
+            backend: ArcSwap::from_pointee(backend),
             sealer: ArcSwap::from_pointee(sealer),
             settings,
             health: Mutex::new(Health {
@@ -360,6 +371,12 @@ impl Store {
         self.0.recovered.subscribe()
     }
 
+    /// Replaces the connection (a changed `url_file`); operations already under way
+    /// finish on the old one.
+    pub fn replace_backend(&self, backend: Box<dyn Backend>) {
+        self.0.backend.store(std::sync::Arc::new(backend));
+    }
+
     /// Replaces the keys (a re-read `key_file`).
     pub fn replace_keys(&self, sealer: Sealer) {
         self.0.sealer.store(Arc::new(sealer));
@@ -377,7 +394,8 @@ impl Store {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                let _ = store.run("ping", store.0.backend.ping()).await;
+                let backend = store.0.backend.load_full();
+                let _ = store.run("ping", backend.ping()).await;
             }
         }))
     }
@@ -385,7 +403,8 @@ impl Store {
     /// Reads the entry of `credential`.
     pub async fn read(&self, credential: &str) -> Result<Entry, StoreDown> {
         let key = self.key(credential, "token");
-        let value = self.run("read", self.0.backend.get(&key)).await?;
+        let backend = self.0.backend.load_full();
+        let value = self.run("read", backend.get(&key)).await?;
         let Some(value) = value else {
             return Ok(Entry::Absent);
         };
@@ -410,12 +429,11 @@ impl Store {
         let key = self.key(credential, "lock");
         let lease = LockLease(rand::random());
         let value = lease.value();
+        let backend = self.0.backend.load_full();
         let taken = self
             .run(
                 "lock",
-                self.0
-                    .backend
-                    .set_if_absent(&key, value.as_bytes(), self.0.settings.lock_ttl),
+                backend.set_if_absent(&key, value.as_bytes(), self.0.settings.lock_ttl),
             )
             .await?;
         Ok(taken.then_some(lease))
@@ -425,11 +443,10 @@ impl Store {
     pub async fn renew(&self, credential: &str, lease: &LockLease) -> Result<bool, StoreDown> {
         let key = self.key(credential, "lock");
         let value = lease.value();
+        let backend = self.0.backend.load_full();
         self.run(
             "renew",
-            self.0
-                .backend
-                .expire_if_equal(&key, value.as_bytes(), self.0.settings.lock_ttl),
+            backend.expire_if_equal(&key, value.as_bytes(), self.0.settings.lock_ttl),
         )
         .await
     }
@@ -438,11 +455,9 @@ impl Store {
     pub async fn release(&self, credential: &str, lease: LockLease) {
         let key = self.key(credential, "lock");
         let value = lease.value();
+        let backend = self.0.backend.load_full();
         let _ = self
-            .run(
-                "release",
-                self.0.backend.delete_if_equal(&key, value.as_bytes()),
-            )
+            .run("release", backend.delete_if_equal(&key, value.as_bytes()))
             .await;
     }
 
@@ -461,12 +476,11 @@ impl Store {
         let key = self.key(credential, "token");
         let value = self.seal(credential, stored);
         let ttl = remaining.max(Duration::from_millis(1));
+        let backend = self.0.backend.load_full();
         let written = self
             .run(
                 "write",
-                self.0
-                    .backend
-                    .set_if_generation(&key, expected, &value, ttl),
+                backend.set_if_generation(&key, expected, &value, ttl),
             )
             .await?;
         if !written {
