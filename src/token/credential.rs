@@ -225,7 +225,11 @@ impl Credential {
                     if state.health.backing_off(now) {
                         return None;
                     }
-                    if state.reauth_closed_until.is_some_and(|until| now < until) {
+                    // With a shared store the flight still reads the fleet's entry
+                    // first: another replica may hold a newer token.
+                    if state.reauth_closed_until.is_some_and(|until| now < until)
+                        && !self.inner.store.is_shared()
+                    {
                         drop(state);
                         telemetry::reauth_suppressed(self.name());
                         return None;
@@ -475,6 +479,9 @@ impl Credential {
     async fn obtain(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
         let store = &self.inner.store;
         if self.is_static() || !store.is_up() {
+            if reason == RefreshReason::Rejected && self.reauth_closed(None) {
+                return Err(RefreshError::Suppressed);
+            }
             return self.login_alone(reason).await;
         }
         let now = self.inner.clock.now();
@@ -500,7 +507,7 @@ impl Credential {
             if let Some(obtained) = self.adopt_if_newer(&seen, reason, floor) {
                 return Ok(obtained);
             }
-            if reason == RefreshReason::Rejected && self.fleet_reauth_closed(&seen) {
+            if reason == RefreshReason::Rejected && self.reauth_closed(Some(&seen)) {
                 return Err(RefreshError::Suppressed);
             }
             match store.try_lock(self.name()).await {
@@ -549,7 +556,7 @@ impl Credential {
             if let Some(obtained) = self.adopt_if_newer(&seen, reason, floor) {
                 return Ok(obtained);
             }
-            if reason == RefreshReason::Rejected && self.fleet_reauth_closed(&seen) {
+            if reason == RefreshReason::Rejected && self.reauth_closed(Some(&seen)) {
                 return Err(RefreshError::Suppressed);
             }
             let generation = seen.generation().max(self.fleet_generation()) + 1;
@@ -683,6 +690,17 @@ impl Credential {
             token: Arc::new(token),
             origin: Some(Origin::Store),
         })
+    }
+
+    /// The reauth interval is closed: this process made a 401-caused login less than
+    /// `min_reauth_interval` ago, or the fleet's entry (`seen`) says one did.
+    fn reauth_closed(&self, seen: Option<&Entry>) -> bool {
+        let now = self.inner.clock.now();
+        let local = self
+            .lock_state()
+            .reauth_closed_until
+            .is_some_and(|until| now < until);
+        local || seen.is_some_and(|seen| self.fleet_reauth_closed(seen))
     }
 
     /// True (and remembered) when the entry says the fleet made a 401-caused login

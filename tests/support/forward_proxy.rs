@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ impl ForwardProxy {
         let binary = tinyproxy();
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
+            let port = super::free_port();
             let conf = write_config(dir.path(), port, config);
             let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
             let child = Command::new(&binary)
@@ -143,29 +143,11 @@ impl Drop for ForwardProxy {
     }
 }
 
-/// The tinyproxy binary; a test that needs it fails with a clear message without it.
 fn tinyproxy() -> PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("tinyproxy"));
-    for candidate in candidates {
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "tinyproxy is not installed, and the egress tests need a real forward proxy: \
-         run `apt-get install -y tinyproxy` (scripts/test.sh does it when it can)"
-    );
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    super::server_binary(
+        "tinyproxy",
+        "the egress tests need a real forward proxy: run `apt-get install -y tinyproxy` (scripts/test.sh does it when it can)",
+    )
 }
 
 fn write_config(dir: &Path, port: u16, config: &ForwardProxyConfig) -> PathBuf {

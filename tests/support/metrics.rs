@@ -30,23 +30,8 @@ pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         .collect()
 }
 
-/// The value of the one sample of `name` whose labels include `labels`; 0 when none.
-pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let matching: Vec<f64> = samples(text, name)
-        .into_iter()
-        .filter(|(have, _)| {
-            labels
-                .iter()
-                .all(|(key, value)| have.get(*key).map(String::as_str) == Some(*value))
-        })
-        .map(|(_, value)| value)
-        .collect();
-    assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
-    matching.first().copied().unwrap_or(0.0)
-}
-
-/// The sum of every sample of `name` whose labels include `labels`.
-pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The values of the samples of `name` whose labels include `labels`.
+fn matching(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
     samples(text, name)
         .into_iter()
         .filter(|(have, _)| {
@@ -55,7 +40,19 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(key, value)| have.get(*key).map(String::as_str) == Some(*value))
         })
         .map(|(_, value)| value)
-        .sum()
+        .collect()
+}
+
+/// The value of the one sample of `name` whose labels include `labels`; 0 when none.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching = matching(text, name, labels);
+    assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
+    matching.first().copied().unwrap_or(0.0)
+}
+
+/// The sum of every sample of `name` whose labels include `labels`.
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching(text, name, labels).into_iter().sum()
 }
 
 /// The metrics text of an admin listener (`http://host:port/metrics`).

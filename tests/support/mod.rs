@@ -274,3 +274,28 @@ pub async fn serve_app(app: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
     });
     (addr, stop)
 }
+
+/// The path of a server binary the tests need (`tinyproxy`, `redis-server`), from
+/// `PATH` or the usual Debian places; a test that needs it fails with `hint` without
+/// it: never a silent skip.
+pub fn server_binary(name: &str, hint: &str) -> std::path::PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/bin", "/usr/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name} is not installed: {hint}");
+}
+
+/// A loopback port that was free a moment ago (for servers started by the tests,
+/// which cannot be handed a bound socket).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}

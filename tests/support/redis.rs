@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ impl RedisServer {
         for _ in 0..START_ATTEMPTS {
             let mut server = Self {
                 child: None,
-                port: free_port(),
+                port: super::free_port(),
                 password: password.map(str::to_owned),
                 tls: tls.clone(),
                 dir: tempfile::tempdir().expect("temp dir"),
@@ -194,28 +194,11 @@ impl Drop for RedisServer {
     }
 }
 
-/// The redis-server binary; a test that needs it fails with a clear message without it.
 fn redis_server() -> PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("redis-server"));
-    for candidate in candidates {
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "redis-server is not installed, and the token store tests need a real one: run \
-         `apt-get install -y redis-server` (scripts/test.sh does it when it can)"
-    );
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    super::server_binary(
+        "redis-server",
+        "the token store tests need a real one: run `apt-get install -y redis-server` (scripts/test.sh does it when it can)",
+    )
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {

@@ -111,63 +111,19 @@ fn settings() -> Settings {
     }
 }
 
-/// A store over a backend that several credentials ("replicas") share.
+/// A store over a backend that several credentials ("replicas") share, as a Redis
+/// would be.
 fn shared_store(backend: Arc<MemoryBackend>) -> Store {
     Store::new(
         "memory",
-        false,
-        Box::new(Shared(backend)),
+        true,
+        Box::new(backend),
         Sealer::from_key_lines(&"ab".repeat(32)).expect("a key"),
         StoreSettings {
             lock_ttl: Duration::from_secs(2),
             ..StoreSettings::default()
         },
     )
-}
-
-/// One backend seen by many stores.
-#[derive(Debug)]
-struct Shared(Arc<MemoryBackend>);
-
-impl Backend for Shared {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        self.0.get(key)
-    }
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.0.set_if_absent(key, value, ttl)
-    }
-    fn set_if_generation<'a>(
-        &'a self,
-        key: &'a str,
-        expected: u64,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.0.set_if_generation(key, expected, value, ttl)
-    }
-    fn delete_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.0.delete_if_equal(key, value)
-    }
-    fn expire_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.0.expire_if_equal(key, value, ttl)
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.0.ping()
-    }
 }
 
 struct Replica {
@@ -197,6 +153,15 @@ fn replica_with(store: Store, seed: u64, settings: Settings, opaque: bool) -> Re
         random: Arc::new(SeededRandom::new(seed)),
     });
     Replica { credential, source }
+}
+
+/// Two replicas sharing one (in-process) store.
+fn pair() -> (Replica, Replica) {
+    let backend = Arc::new(MemoryBackend::default());
+    (
+        replica(shared_store(Arc::clone(&backend)), 1),
+        replica(shared_store(backend), 2),
+    )
 }
 
 fn alone() -> Replica {
@@ -458,9 +423,7 @@ async fn three_replicas_starting_together_make_one_login() {
 
 #[tokio::test(start_paused = true)]
 async fn a_401_adopts_the_fleets_newer_token_instead_of_logging_in() {
-    let backend = Arc::new(MemoryBackend::default());
-    let a = replica(shared_store(Arc::clone(&backend)), 1);
-    let b = replica(shared_store(Arc::clone(&backend)), 2);
+    let (a, b) = pair();
     first_token(&a.credential).await;
     let b_old = first_token(&b.credential).await;
     // A logs in again (an operator's /refresh); B's token is the older one now.
@@ -476,9 +439,7 @@ async fn a_401_adopts_the_fleets_newer_token_instead_of_logging_in() {
 
 #[tokio::test(start_paused = true)]
 async fn a_401_caused_login_in_the_fleet_closes_the_interval_for_every_replica() {
-    let backend = Arc::new(MemoryBackend::default());
-    let a = replica(shared_store(Arc::clone(&backend)), 1);
-    let b = replica(shared_store(Arc::clone(&backend)), 2);
+    let (a, b) = pair();
     let a_first = first_token(&a.credential).await;
     first_token(&b.credential).await;
     a.credential
@@ -610,9 +571,7 @@ async fn with_the_store_down_a_replica_logs_in_alone_and_shows_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_401_answered_by_adopting_does_not_close_the_reauth_interval() {
-    let backend = Arc::new(MemoryBackend::default());
-    let a = replica(shared_store(Arc::clone(&backend)), 1);
-    let b = replica(shared_store(Arc::clone(&backend)), 2);
+    let (a, b) = pair();
     first_token(&a.credential).await;
     first_token(&b.credential).await;
     for _ in 0..3 {
@@ -703,4 +662,34 @@ async fn failed_logins_are_retried_on_the_seeded_backoff_schedule() {
     let status = one.credential.status();
     assert_eq!(u64::from(status.consecutive_failures), expected);
     assert!(!status.ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_reauth_interval_still_adopts_the_fleets_newer_token() {
+    let (a, b) = pair();
+    let b_first = first_token(&b.credential).await;
+    first_token(&a.credential).await;
+    // B's 401-caused login closes B's interval.
+    b.credential
+        .lease_after_rejection(FORMAT, b_first.generation, WAIT)
+        .await
+        .expect("B's 401 login");
+    let logins = b.source.fetches();
+    // A logs in again; B's next 401 must adopt A's token, not pass through.
+    let newer = a.credential.force_refresh().await.expect("refresh");
+    let b_current = b.credential.current(FORMAT).expect("token");
+    let retry = b
+        .credential
+        .lease_after_rejection(FORMAT, b_current.generation, WAIT)
+        .await
+        .expect("adopted within B's closed interval");
+    assert_eq!(retry.header, newer.header(FORMAT).clone());
+    // And a content-401 on that token is still suppressed: no login.
+    assert!(
+        b.credential
+            .lease_after_rejection(FORMAT, retry.generation, WAIT)
+            .await
+            .is_none()
+    );
+    assert_eq!(b.source.fetches(), logins);
 }

@@ -105,6 +105,48 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 }
 
+/// A backend shared by several stores (replicas in one process, in tests).
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        (**self).get(key)
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        (**self).set_if_absent(key, value, ttl)
+    }
+    fn set_if_generation<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        (**self).set_if_generation(key, expected, value, ttl)
+    }
+    fn delete_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        (**self).delete_if_equal(key, value)
+    }
+    fn expire_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        (**self).expire_if_equal(key, value, ttl)
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).ping()
+    }
+}
+
 /// A backend could not do what was asked. The text names no secret.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
