@@ -5,7 +5,7 @@
 # token); then the redis store's cost on the hot path: one replica per store, side by
 # side, with a long-lived token.
 #
-# Usage: bench/fleet.sh                 both phases (~25 min after the build and the quiet gate)
+# Usage: bench/fleet.sh                 both phases (~12 min after the build, ~17 with memory0, plus the quiet gates)
 #        QUICK=1 bench/fleet.sh         smoke run (~3 min: 1 run x 5 s per cell, 2 latency reps)
 # Knobs (env):
 #   fleet phase:   REPLICAS ("1 3 10"), STORES ("memory redis"; also "memory0" = memory
