@@ -52,7 +52,16 @@ SEND_INTERVAL = 0.2
 PHASE_SECONDS = 12
 
 
+# The replicas' logs, shown (their last lines) when a check fails.
+LOGS: dict[str, Path] = {}
+
+
 def fail(message: str) -> None:
+    for name, log in LOGS.items():
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        print(f"--- {name}: last lines of its log", file=sys.stderr)
+        for line in lines[-12:]:
+            print(f"    {line}", file=sys.stderr)
     print(f"compose-smoke: FAIL: {message}", file=sys.stderr)
     sys.exit(1)
 
@@ -210,6 +219,7 @@ def run(binary, services, secrets, replicas, sim_name, store_name, lb_name, sim_
             value = value.replace("/run/secrets/", f"{secrets_dir}/")
             env[key] = value
         logs[name] = work / f"{name}.log"
+        LOGS[name] = logs[name]
         processes.start(as_image_user + [ipproxy, *services[name]["command"]], logs[name], env=env)
     admin = {n: f"http://127.0.0.1:{proxy_ports[n][1]}" for n in replicas}
     direct = {n: f"http://127.0.0.1:{proxy_ports[n][0]}" for n in replicas}
