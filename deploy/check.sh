@@ -11,8 +11,10 @@
 #      extraction of every ipproxy config the manifests mount;
 #   4. only when PROXY_BIN names a built ipproxy binary: `ipproxy check` on
 #      config/container.toml, on every extracted config, and on the image config with
-#      the compose file's environment, with the secret files pointed at temporary files.
-#      It also asserts that `check` never prints the password or the client key.
+#      the environment of each compose replica, with the secret files pointed at
+#      temporary files (and once at the compose demo's own store key file).
+#      It also asserts that `check` never prints the password, the client key, the
+#      store key or the Redis password.
 #
 #   deploy/check.sh                                   # 1 to 3
 #   PROXY_BIN=target/release/ipproxy deploy/check.sh # 1 to 4
@@ -94,6 +96,12 @@ printf '%s' "$client_key" | env -u PROXY_BIN "$PROXY_BIN" hash-key > "$workdir/k
   || die "ipproxy hash-key failed"
 grep -Eq '^[0-9a-f]{64}$' "$workdir/keys" || die "ipproxy hash-key did not print one SHA-256 hex line"
 echo "ok: ipproxy hash-key printed a SHA-256 hex line"
+# The token store's secrets: a key (as `openssl rand -hex 32` makes them) and a
+# Redis URL with a password.
+store_key="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+redis_password="ci-redis-password-$RANDOM$RANDOM"
+printf '%s\n' "$store_key" > "$workdir/store-key"
+printf 'redis://:%s@redis.example.internal:6379/0\n' "$redis_password" > "$workdir/store-url"
 
 # Runs `ipproxy check --config FILE` in a clean environment: no inherited IPPROXY_*
 # or proxy variable (unknown ones are errors, and PROXY_BIN itself is not a config key), the
@@ -107,6 +115,11 @@ run_check() {
   if python3 -c 'import sys, tomllib; sys.exit(0 if tomllib.load(open(sys.argv[1], "rb")).get("access", {}).get("keys_file") else 1)' "$config"; then
     vars+=("IPPROXY_ACCESS__KEYS_FILE=$workdir/keys")
   fi
+  # A redis store's files exist only in the cluster: point them at the temporary ones.
+  local store_files
+  store_files="$(python3 -c 'import sys, tomllib; s = tomllib.load(open(sys.argv[1], "rb")).get("store", {}); print(" ".join(k for k in ("key_file", "url_file") if s.get("kind") == "redis" and s.get(k)))' "$config")"
+  [[ " $store_files " == *" key_file "* ]] && vars+=("IPPROXY_STORE__KEY_FILE=$workdir/store-key")
+  [[ " $store_files " == *" url_file "* ]] && vars+=("IPPROXY_STORE__URL_FILE=$workdir/store-url")
   vars+=("$@")
   local -a unset_args=()
   local name
@@ -123,7 +136,7 @@ run_check() {
   env "${unset_args[@]}" "${vars[@]}" "$PROXY_BIN" check --config "$config" > "$out" 2>&1 || rc=$?
   cat "$out"
   [[ $rc -eq 0 ]] || die "ipproxy check rejected $config (exit $rc)"
-  if grep -qF -e "$password" -e "$client_key" "$out"; then
+  if grep -qF -e "$password" -e "$client_key" -e "$store_key" -e "$redis_password" "$out"; then
     die "ipproxy check printed a secret for $config"
   fi
   echo "ok: $config is valid and no secret was printed"
@@ -135,16 +148,32 @@ while IFS= read -r -d '' config; do
   run_check "$config"
 done < <(find "$configs_dir" -name '*.toml' -print0 | sort -z)
 
-# compose: the image config with the compose service's environment; its password file
-# path exists only inside the container, so it is replaced by the temporary one.
-compose_env="$configs_dir/compose/ipproxy.env"
-if [[ -f "$compose_env" ]]; then
+# compose: the image config with each replica's environment. Its secret files exist
+# only inside the containers (/run/secrets/<name>), so they are pointed at the
+# temporary ones; the first replica is checked once more with the demo's own store
+# key file, which must be one ipproxy accepts.
+compose_checked=0
+while IFS= read -r -d '' compose_env; do
   compose_vars=()
   while IFS= read -r line; do
-    [[ -n "$line" && "$line" != IPPROXY_AUTH__PASSWORD_FILE=* ]] && compose_vars+=("$line")
+    case "$line" in
+      "") ;;
+      IPPROXY_AUTH__PASSWORD_FILE=*) compose_vars+=("IPPROXY_AUTH__PASSWORD_FILE=$workdir/password") ;;
+      IPPROXY_STORE__KEY_FILE=*) compose_vars+=("IPPROXY_STORE__KEY_FILE=$workdir/store-key") ;;
+      IPPROXY_STORE__URL_FILE=*) compose_vars+=("IPPROXY_STORE__URL_FILE=$workdir/store-url") ;;
+      */run/secrets/*) die "$compose_env: $line names a secret file check.sh does not know" ;;
+      *) compose_vars+=("$line") ;;
+    esac
   done < "$compose_env"
+  echo "-- compose replica $(basename "$compose_env" .env)"
   run_check config/container.toml "${compose_vars[@]}"
-fi
+  if [[ $compose_checked == 0 ]]; then
+    echo "-- compose replica $(basename "$compose_env" .env) with deploy/demo-store-key.txt"
+    run_check config/container.toml "${compose_vars[@]}" "IPPROXY_STORE__KEY_FILE=$PWD/deploy/demo-store-key.txt"
+  fi
+  compose_checked=$((compose_checked + 1))
+done < <(find "$configs_dir/compose" -name '*.env' -print0 2>/dev/null | sort -z)
+[[ $compose_checked -ge 2 ]] || die "expected the environments of several compose replicas, found $compose_checked"
 
 echo
 echo "check.sh: all checks passed"

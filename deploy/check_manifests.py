@@ -7,9 +7,9 @@ in-image configuration and the Dockerfile's runtime contract.
 
 With --extract-configs, every ipproxy configuration that the manifests mount
 (ConfigMap data keys ending in .toml) is written to DIR/<configmap>/<key>, and the
-compose file's ipproxy environment to DIR/compose/ipproxy.env (KEY=VALUE lines), so
-that `ipproxy check` can be run on them; each written path is printed on a line of
-its own, prefixed "config: " or "env: ".
+environment of each of the compose file's ipproxy replicas to DIR/compose/<service>.env
+(KEY=VALUE lines), so that `ipproxy check` can be run on them; each written path is
+printed on a line of its own, prefixed "config: " or "env: ".
 
 Run from the repository root. Exits 1 at the first failure with a message naming the
 file, the object and the field; prints one "ok:" line per thing checked.
@@ -43,6 +43,10 @@ DEFAULT_SHUTDOWN_GRACE_S = 30
 
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 SECRET_ENV = re.compile(r"(PASSWORD|TOKEN|KEY)(_FILE)?$")
+# A URL with a password in it (redis://:secret@host, http://user:secret@proxy).
+URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", re.I)
+# One AES-256 key of a store key file; blank lines and `#` lines are skipped.
+STORE_KEY_LINE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class CheckFailed(Exception):
@@ -232,6 +236,46 @@ def check_secret_file(container: dict, volumes: dict, path: str, what: str, wher
                 f"secret volume {mount['name']!r} does not project {rel!r} ({what})")
 
 
+# The [store] keys, by their IPPROXY_STORE__* variable.
+STORE_KEYS = ("kind", "url", "url_file", "key_file", "ca_file", "prefix", "timeout", "lock_ttl")
+
+
+def effective_store(container: dict, cfg: dict) -> dict:
+    """The container's [store]: the config file's, with IPPROXY_STORE__* variables over it."""
+    store = dict(cfg.get("store") or {})
+    for key in STORE_KEYS:
+        value = env_value(container, f"IPPROXY_STORE__{key.upper()}")
+        if value is not None:
+            store[key] = value
+    return store
+
+
+def check_store(store: dict, where: str, secret_file) -> None:
+    """A redis store: the key and a URL with a password come from secret files
+    (`secret_file(path, what)` checks how a path is provided)."""
+    key_file = store.get("key_file")
+    require(bool(key_file), where, "[store] kind = \"redis\" needs key_file (a bearer token is never stored in the clear)")
+    secret_file(key_file, "the store key file")
+    if store.get("url_file"):
+        require("url" not in store, where, "[store] has both url and url_file")
+        secret_file(store["url_file"], "the store URL file")
+    else:
+        url = str(store.get("url", ""))
+        require(bool(url), where, "[store] kind = \"redis\" needs url or url_file")
+        require(not URL_WITH_PASSWORD.search(url), where,
+                "[store] url carries a password: put the URL in a secret file and use url_file")
+
+
+def check_store_key_file(path: Path, where: str) -> None:
+    """A store key file as ipproxy reads it: at least one 64-hex-character key."""
+    keys = [line.strip() for line in path.read_text().splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+    require(bool(keys), where, f"{path} holds no key")
+    for key in keys:
+        require(STORE_KEY_LINE.match(key) is not None, where,
+                f"{path}: every line that is not blank or a # comment must be 64 hex characters")
+
+
 def check_workload(doc: dict, source: str, configmaps: dict, image_cfg: dict) -> bool:
     """Checks one Pod-bearing object; returns True when it holds an ipproxy container."""
     pod_spec = pod_spec_of(doc)
@@ -294,10 +338,23 @@ def check_workload(doc: dict, source: str, configmaps: dict, image_cfg: dict) ->
         if keys_file:
             check_secret_file(c, volumes, keys_file, "the access keys file", where)
 
+        for env in c.get("env") or []:
+            require(not URL_WITH_PASSWORD.search(str(env.get("value", ""))), where,
+                    f"env {env.get('name')} holds a URL with a password; read it from a mounted Secret (*_FILE)")
+        store = effective_store(c, cfg)
+        store_kind = store.get("kind", "memory")
+        if store_kind == "redis":
+            check_store(store, where, lambda path, what: check_secret_file(c, volumes, path, what, where))
+        if shared:
+            require(store_kind == "redis", where,
+                    "the shared service runs several replicas: [store] kind = \"redis\" (one token for the "
+                    "fleet; independent replicas knock each other's tokens out where IntelePeer invalidates "
+                    "older ones)")
+
         prestop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
         grace_needed = max(grace_needed, prestop + shutdown_grace_s(cfg, f"{source} {cfg_source}"))
         ok(f"{where}: probes /readyz+/healthz on :{ADMIN_PORT}, hardened securityContext, resources, "
-           f"password from Secret file {password_file}, config from {cfg_source}")
+           f"password from Secret file {password_file}, config from {cfg_source}, store {store_kind}")
 
     where = f"{source} {kind}/{name}"
     if kind in ("Deployment", "StatefulSet", "DaemonSet"):
@@ -348,46 +405,138 @@ def check_selectors(docs: list[tuple[str, dict]]) -> None:
 # --- compose ------------------------------------------------------------------------
 
 
-def check_compose(source: str, doc: dict, extract: Path | None) -> None:
-    services = doc.get("services") or {}
-    require("ipproxy" in services, source, "no `ipproxy` service")
-    proxy = services["ipproxy"]
-    where = f"{source} service ipproxy"
-    require(proxy.get("read_only") is True, where, "read_only must be true")
-    require(str(proxy.get("user")) == f"{RUNTIME_UID}:{RUNTIME_UID}", where, f"user must be {RUNTIME_UID}:{RUNTIME_UID}")
-    test = (proxy.get("healthcheck") or {}).get("test")
-    require(test == ["CMD", "ipproxy", "healthcheck"], where, f"healthcheck.test must be [CMD, ipproxy, healthcheck], got {test!r}")
-    for port in proxy.get("ports") or []:
-        require(str(port).startswith("127.0.0.1:"), where, f"port {port!r} must be published on 127.0.0.1 only")
-    env = proxy.get("environment") or {}
+def service_env(svc: dict) -> dict[str, str]:
+    env = svc.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    require("IPPROXY_AUTH__PASSWORD" not in env, where, "the password must come from a secret file")
-    pw_file = env.get("IPPROXY_AUTH__PASSWORD_FILE", "")
-    secret_names = [s if isinstance(s, str) else s.get("source") for s in proxy.get("secrets") or []]
-    require(any(pw_file == f"/run/secrets/{n}" for n in secret_names), where,
-            f"IPPROXY_AUTH__PASSWORD_FILE ({pw_file!r}) is not one of the service's secrets")
-    for n in secret_names:
-        spec = (doc.get("secrets") or {}).get(n) or {}
-        if "file" in spec:
-            secret_path = (Path(source).parent / spec["file"])
-            require(secret_path.is_file(), source, f"secret {n!r} file {secret_path} does not exist")
-    depends = proxy.get("depends_on") or {}
-    require("sim" in depends, where, "must depend on the simulator")
+    return {k: str(v) for k, v in env.items()}
+
+
+def secret_names(svc: dict) -> list[str]:
+    return [s if isinstance(s, str) else s.get("source") for s in svc.get("secrets") or []]
+
+
+def check_compose_hardening(source: str, name: str, svc: dict) -> None:
+    where = f"{source} service {name}"
+    require(svc.get("read_only") is True, where, "read_only must be true")
+    require("ALL" in (svc.get("cap_drop") or []), where, "cap_drop must contain ALL")
+    require(any(str(o).replace("=", ":") == "no-new-privileges:true" for o in svc.get("security_opt") or []),
+            where, "security_opt must contain no-new-privileges:true")
+    user = str(svc.get("user", ""))
+    require(bool(user) and user.split(":")[0] not in ("0", "root"), where,
+            f"must run as a non-root user (user: UID:GID), got {user!r}")
+    for port in svc.get("ports") or []:
+        require(str(port).startswith("127.0.0.1:"), where, f"port {port!r} must be published on 127.0.0.1 only")
+    for key, value in service_env(svc).items():
+        require(not (SECRET_ENV.search(key) and not key.endswith("_FILE")), where,
+                f"environment {key} carries a secret as a plain value; use a compose secret (a file)")
+        require(not URL_WITH_PASSWORD.search(value), where,
+                f"environment {key} holds a URL with a password; use a compose secret (a file)")
+
+
+def check_compose(source: str, doc: dict, extract: Path | None) -> None:
+    """The compose fleet: a simulator in invalidate-on-reauth mode, Redis or Valkey,
+    several ipproxy replicas sharing one token through it, a load balancer in front,
+    an app that waits for the replicas; every service hardened, secrets as files."""
+    services = doc.get("services") or {}
+    secrets = doc.get("secrets") or {}
+    base = Path(source).parent
     for name, svc in services.items():
-        image_is_ours = svc.get("image") == proxy.get("image") or "build" in svc
-        if image_is_ours:
-            require(svc.get("read_only") is True and str(svc.get("user")) == f"{RUNTIME_UID}:{RUNTIME_UID}",
-                    f"{source} service {name}", "ipproxy-image services must be read_only and run as 65532")
+        check_compose_hardening(source, name, svc)
+
+    ours = {n: s for n, s in services.items() if s.get("image") == "ipproxy:local" or "build" in s}
+    replicas = {n: s for n, s in ours.items() if (s.get("command") or ["run"])[0] == "run"}
+    require(len(replicas) >= 2, source, f"expected several ipproxy replicas (services running `run`), found {sorted(replicas)}")
+    sims = [n for n, s in ours.items() if (s.get("command") or [""])[0] == "sim"]
+    require(len(sims) == 1, source, f"expected one simulator service (`sim`), found {sims}")
+    sim = sims[0]
+    require("--invalidate-on-reauth" in services[sim]["command"], f"{source} service {sim}",
+            "the simulator must run with --invalidate-on-reauth: the demo shows the fleet sharing one token")
+    stores = [n for n, s in services.items() if re.match(r"^(docker\.io/)?(library/)?(redis|valkey/valkey|valkey)(:|$)",
+                                                        str(s.get("image", "")))]
+    require(len(stores) == 1, source, f"expected one Redis or Valkey service, found {stores}")
+    store_service = stores[0]
+
+    for name, svc in ours.items():
+        require(str(svc.get("user")) == f"{RUNTIME_UID}:{RUNTIME_UID}", f"{source} service {name}",
+                f"ipproxy-image services must run as {RUNTIME_UID}:{RUNTIME_UID}")
+
+    envs = {}
+    for name, proxy in sorted(replicas.items()):
+        where = f"{source} service {name}"
+        test = (proxy.get("healthcheck") or {}).get("test")
+        require(test == ["CMD", "ipproxy", "healthcheck"], where, f"healthcheck.test must be [CMD, ipproxy, healthcheck], got {test!r}")
+        env = service_env(proxy)
+        names = secret_names(proxy)
+        for n in names:
+            spec = secrets.get(n) or {}
+            require(bool(spec), source, f"service {name} uses secret {n!r}, which `secrets:` does not define")
+            if "file" in spec:
+                require((base / spec["file"]).is_file(), source, f"secret {n!r} file {base / spec['file']} does not exist")
+
+        def mounted_secret(path: str, what: str, where=where, names=names) -> None:
+            require(any(path == f"/run/secrets/{n}" for n in names), where,
+                    f"{what} ({path!r}) must be one of the service's compose secrets (/run/secrets/<name>)")
+
+        require("IPPROXY_AUTH__PASSWORD" not in env, where, "the password must come from a secret file")
+        mounted_secret(env.get("IPPROXY_AUTH__PASSWORD_FILE", ""), "IPPROXY_AUTH__PASSWORD_FILE")
+        store = {k: env[f"IPPROXY_STORE__{k.upper()}"] for k in STORE_KEYS if f"IPPROXY_STORE__{k.upper()}" in env}
+        require(store.get("kind") == "redis", where,
+                "the replicas must share one token: IPPROXY_STORE__KIND=redis")
+        check_store(store, where, mounted_secret)
+        key_secret = secrets[store["key_file"].removeprefix("/run/secrets/")]
+        if "file" in key_secret:
+            check_store_key_file(base / key_secret["file"], f"{source} secret for {store['key_file']}")
+        url = store.get("url", "")
+        require(re.match(rf"^(redis|valkey)s?://([^@/]*@)?{re.escape(store_service)}:\d+", url) is not None or "url_file" in store,
+                where, f"IPPROXY_STORE__URL must point at the {store_service!r} service, got {url!r}")
+        depends = proxy.get("depends_on") or {}
+        require(sim in depends, where, "must depend on the simulator")
+        require(store_service in depends, where, f"must start after {store_service!r}")
+        require(proxy.get("ports") is None or all(str(p).endswith(f":{ADMIN_PORT}") for p in proxy["ports"]), where,
+                "only the admin port may be published per replica (clients go through the load balancer)")
+        envs[name] = env
+        ok(f"{where}: read-only, UID {RUNTIME_UID}, password and store key from compose secrets, "
+           f"store redis at {url or store.get('url_file')}, healthcheck")
+    first = next(iter(envs.values()))
+    require(all(e == first for e in envs.values()), source,
+            "every replica must have the same environment (one store, one key, one credential)")
+
+    # The load balancer: depends on every replica, publishes the proxy port, and its
+    # configuration sends to every replica with a readiness check.
+    lbs = [n for n, s in services.items() if set(replicas) <= set(s.get("depends_on") or {}) and n not in ("app",)]
+    require(len(lbs) == 1, source, f"expected one load balancer service depending on every replica, found {lbs}")
+    lb = services[lbs[0]]
+    lb_where = f"{source} service {lbs[0]}"
+    require(any(str(p).endswith(f":{PROXY_PORT}") for p in lb.get("ports") or []), lb_where,
+            f"the load balancer must publish the proxy port {PROXY_PORT}")
+    mounts = [str(v).split(":") for v in lb.get("volumes") or []]
+    configs = [base / m[0] for m in mounts if len(m) >= 2 and m[0].startswith("./")]
+    require(bool(configs) and all(m[-1] == "ro" for m in mounts), lb_where,
+            "the load balancer's configuration must be a file from deploy/, mounted read-only")
+    for config in configs:
+        require(config.is_file(), lb_where, f"{config} does not exist")
+        text = config.read_text()
+        for name in replicas:
+            require(re.search(rf"^\s*server\s+\S+\s+{re.escape(name)}:{PROXY_PORT}\b", text, re.M) is not None,
+                    str(config), f"no `server ... {name}:{PROXY_PORT}` line")
+        require(re.search(r"^\s*balance\s+roundrobin\b", text, re.M) is not None, str(config), "balance roundrobin expected")
+        require(re.search(r"uri\s+/readyz\b", text) is not None and re.search(rf"check\s+port\s+{ADMIN_PORT}\b", text),
+                str(config), f"the replicas must be health-checked on /readyz, port {ADMIN_PORT}")
+        ok(f"{config}: round robin over {', '.join(sorted(replicas))}, readiness-checked on /readyz")
+
     app_deps = (services.get("app") or {}).get("depends_on") or {}
-    require((app_deps.get("ipproxy") or {}).get("condition") == "service_healthy", f"{source} service app",
-            "the app must wait for ipproxy to be healthy")
-    ok(f"{where}: read-only, UID {RUNTIME_UID}, loopback ports, password from a compose secret, healthcheck")
+    for name in replicas:
+        require((app_deps.get(name) or {}).get("condition") == "service_healthy", f"{source} service app",
+                f"the app must wait for {name} to be healthy")
+    ok(f"{source}: {len(replicas)} replicas sharing one token through {store_service!r} behind {lbs[0]!r}, "
+       f"simulator {sim!r} invalidating on re-auth, every service hardened")
     if extract is not None:
-        out = extract / "compose" / "ipproxy.env"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        print(f"env: {out}")
+        for name, env in envs.items():
+            out = extract / "compose" / f"{name}.env"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            print(f"env: {out}")
 
 
 # --- driver -------------------------------------------------------------------------
