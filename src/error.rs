@@ -168,6 +168,46 @@ mod tests {
         serde_json::from_slice(&bytes).expect("json")
     }
 
+    #[test]
+    fn each_answer_carries_the_headers_its_client_needs() {
+        let id = RequestId::generate();
+        let header = |error: ProxyError, name: header::HeaderName| {
+            error
+                .into_response_for(&id)
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().expect("ascii").to_owned())
+        };
+        let close = Some("close".to_owned());
+        assert_eq!(
+            header(ProxyError::Overloaded, header::RETRY_AFTER).as_deref(),
+            Some("1")
+        );
+        assert_eq!(header(ProxyError::Overloaded, header::CONNECTION), None);
+        assert_eq!(
+            header(ProxyError::ShuttingDown, header::RETRY_AFTER).as_deref(),
+            Some("1")
+        );
+        assert_eq!(header(ProxyError::ShuttingDown, header::CONNECTION), close);
+        assert_eq!(
+            header(ProxyError::BodyTooLarge { limit: 1 }, header::CONNECTION),
+            close
+        );
+        assert_eq!(
+            header(
+                ProxyError::ClientTimeout(Duration::from_secs(1)),
+                header::CONNECTION
+            ),
+            close
+        );
+        assert!(
+            header(ProxyError::MethodNotAllowed, header::ALLOW)
+                .is_some_and(|allow| allow.contains("GET") && !allow.contains("TRACE"))
+        );
+        assert_eq!(header(ProxyError::NoRoute, header::CONNECTION), None);
+        assert_eq!(header(ProxyError::NoRoute, header::RETRY_AFTER), None);
+    }
+
     #[tokio::test]
     async fn error_body_has_code_message_and_request_id() {
         let id = RequestId::generate();

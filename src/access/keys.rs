@@ -64,10 +64,6 @@ impl KeySet {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 /// The accepted client keys: the keys file and the digests it held when last read
@@ -154,7 +150,7 @@ impl ClientKeys {
         } else {
             tracing::info!(
                 file = %store.path.display(),
-                keys = digests.len(),
+                keys = digests.0.len(),
                 "client keys reloaded"
             );
         }
@@ -307,6 +303,19 @@ mod tests {
         let debug = format!("{:?}", access.expect("valid keys file"));
         assert!(!debug.contains(&digest_line(KEY)), "{debug}");
         assert!(debug.contains("***"), "{debug}");
+    }
+
+    #[test]
+    fn a_keys_file_over_a_mebibyte_is_refused_naming_it() {
+        let line = format!("{}\n", digest_line(KEY));
+        let content = line.repeat((MAX_KEYS_FILE as usize) / line.len() + 1);
+        let (_dir, path, access) = keys_access(&content);
+        let message = access.expect_err("too large").to_string();
+        assert!(message.contains("larger than 1048576 bytes"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        let fits = line.repeat((MAX_KEYS_FILE as usize) / line.len());
+        let (_dir, _path, access) = keys_access(&fits);
+        assert!(access.is_ok(), "a file of just under 1 MiB is read");
     }
 
     #[test]
