@@ -484,3 +484,69 @@ async fn with_tracing_off_the_clients_traceparent_passes_through_and_no_trace_id
         proxy.lines()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_caused_refresh_through_the_shared_store_shows_each_store_operation() {
+    let sim = Sim::default().await;
+    let redis = support::redis::RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("store-key");
+    std::fs::write(&key, format!("{}\n", "3c".repeat(32))).expect("key file");
+    let receiver = Receiver::start().await;
+    let proxy = ChildProxy::start(&with(
+        &sim.vars(),
+        &[
+            ("IPPROXY_STORE__KIND", "redis"),
+            ("IPPROXY_STORE__URL", &redis.url()),
+            ("IPPROXY_STORE__KEY_FILE", &key.display().to_string()),
+            ("IPPROXY_TRACING__OTLP_ENDPOINT", &receiver.endpoint()),
+        ],
+    ))
+    .await;
+    until_ready(&proxy).await;
+    sim.sim.revoke_all();
+    let (trace_id, parent) = client_context();
+    echoed(
+        client()
+            .get(proxy.url("/_rest/v4/echo/stored"))
+            .header("traceparent", traceparent(&trace_id, &parent, true))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    let store_ops = |spans: &[ReceivedSpan]| -> Vec<String> {
+        let trace = of_trace(spans, &trace_id);
+        named(&trace, "ipproxy.store")
+            .iter()
+            .filter_map(|span| span.attribute("ipproxy.store.op").map(str::to_owned))
+            .collect()
+    };
+    let spans = receiver
+        .wait_for(SPANS_ARRIVE, |spans| {
+            let ops = store_ops(spans);
+            ["read", "lock", "write", "release"]
+                .iter()
+                .all(|op| ops.iter().any(|seen| seen == op))
+        })
+        .await;
+    let trace = of_trace(&spans, &trace_id);
+    let refresh = named(&trace, "ipproxy.token_refresh")[0];
+    for span in named(&trace, "ipproxy.store") {
+        assert_eq!(span.kind, SPAN_KIND_CLIENT);
+        assert_eq!(span.parent_span_id, refresh.span_id, "{span:?}");
+        assert_eq!(
+            span.attribute("ipproxy.store.result"),
+            Some("ok"),
+            "{span:?}"
+        );
+        assert_eq!(span.attribute("db.system.name"), Some("redis"));
+    }
+    // The health probe's pings make no traces of their own.
+    assert!(
+        spans
+            .iter()
+            .all(|span| span.attribute("ipproxy.store.op") != Some("ping")),
+        "{spans:#?}"
+    );
+}
