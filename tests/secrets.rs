@@ -338,6 +338,7 @@ password = "{password}"
     }
     collected.add("the proxy's stdout and stderr", log);
     // The spans saw what they should have: the failed logins, the retry, the 413.
+    #[cfg(feature = "otel")]
     traces
         .wait_for(Duration::from_secs(10), |spans| {
             let has = |name: &str, key: &str, value: &str| {
