@@ -245,7 +245,8 @@ impl RequestRecord {
     ) {
         metrics.request_finished(&self.method, status, duration, retried);
         trace::record_request(&self.span, route, status, retried);
-        let trace_id = trace::trace_id(&self.span);
+        // Only for a line that is written (its hex costs an allocation).
+        let trace_id = self.uri.as_ref().and_then(|_| trace::trace_id(&self.span));
         // Entered so that the span ends now, with the answer (not at its head).
         let _in_span = self.span.enter();
         tracing::info!(

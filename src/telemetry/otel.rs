@@ -13,9 +13,9 @@
 //! process environment (the configuration did, from its list of variables).
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use hyper_rustls::HttpsConnectorBuilder;
@@ -52,6 +52,10 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, after the drain: how long the last spans may take to reach the
 /// collector before the process exits without them.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// After a failed export, batches are dropped (counted) without being encoded or sent
+/// for this long: a collector that is down costs one connection attempt a second, not
+/// the encoding of every span. Also the most spans lost after it comes back.
+const COLLECTOR_RETRY: Duration = Duration::from_secs(1);
 /// How long the exporter's runtime may take to stop once the flush has returned.
 const RUNTIME_STOP: Duration = Duration::from_millis(100);
 
@@ -124,6 +128,7 @@ pub(super) fn start(config: &TracingConfig) -> Result<(Exporting, SdkTracer), St
         queue: Arc::clone(&queue),
         collector: endpoint.to_string(),
         reachable: Arc::new(AtomicBool::new(true)),
+        retry_at: Arc::new(Mutex::new(None)),
     };
     let batches = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
@@ -273,22 +278,48 @@ struct CountingExporter<E> {
     /// The base URL, for the two log lines.
     collector: String,
     reachable: Arc<AtomicBool>,
+    /// Set after a failed export: until then batches are dropped unsent.
+    retry_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl<E> CountingExporter<E> {
+    /// True while a recent failure says the collector is down.
+    fn holding_off(&self) -> bool {
+        let retry_at = *self
+            .retry_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        retry_at.is_some_and(|at| Instant::now() < at)
+    }
 }
 
 impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
         let count = batch.len();
         self.queue.taken(count);
-        let inner = Arc::clone(&self.inner);
-        let sent = self.runtime.spawn(async move { inner.export(batch).await });
+        let sent = (!self.holding_off()).then(|| {
+            let inner = Arc::clone(&self.inner);
+            self.runtime.spawn(async move { inner.export(batch).await })
+        });
         let reachable = Arc::clone(&self.reachable);
+        let retry_at = Arc::clone(&self.retry_at);
         let collector = self.collector.clone();
         async move {
+            let Some(sent) = sent else {
+                super::trace_spans_dropped("export_failed", count);
+                return Err(OTelSdkError::InternalFailure(
+                    "the collector failed the last export: holding off".to_owned(),
+                ));
+            };
             let result = sent.await.unwrap_or_else(|error| {
                 Err(OTelSdkError::InternalFailure(format!(
                     "the export task ended: {error}"
                 )))
             });
+            *retry_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                result.is_err().then(|| Instant::now() + COLLECTOR_RETRY);
             match &result {
                 Ok(()) => {
                     super::trace_spans_exported(count);
@@ -332,7 +363,6 @@ impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
 mod tests {
     use super::*;
     use opentelemetry::trace::{Span as _, Tracer as _};
-    use std::sync::Mutex;
 
     /// An exporter that records batch sizes and can be told to fail.
     #[derive(Debug, Default)]
@@ -410,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_export_counts_its_spans_as_dropped_and_frees_the_queue() {
+    fn a_failed_export_counts_its_spans_as_dropped_holds_off_and_frees_the_queue() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -426,6 +456,7 @@ mod tests {
             queue: Arc::clone(&queue),
             collector: "http://127.0.0.1:9".to_owned(),
             reachable: Arc::new(AtomicBool::new(true)),
+            retry_at: Arc::new(Mutex::new(None)),
         };
         let batch = |count: usize| {
             (0..count)
@@ -439,13 +470,20 @@ mod tests {
             inner.fail.store(true, Ordering::Relaxed);
             assert!(block_on(exporter.export(batch(3))).is_err());
             inner.fail.store(false, Ordering::Relaxed);
+            // Within COLLECTOR_RETRY of a failure: dropped without being sent.
+            assert!(block_on(exporter.export(batch(4))).is_err());
+            *exporter.retry_at.lock().expect("retry_at") = None;
             assert!(block_on(exporter.export(batch(2))).is_ok());
         });
-        assert_eq!(*inner.batches.lock().expect("batches"), [3, 2]);
+        assert_eq!(
+            *inner.batches.lock().expect("batches"),
+            [3, 2],
+            "the 4 were never sent"
+        );
         assert_eq!(queue.waiting.load(Ordering::Relaxed), 0);
         let text = handle.render();
         assert!(
-            text.contains(r#"ipproxy_trace_spans_dropped_total{reason="export_failed"} 3"#),
+            text.contains(r#"ipproxy_trace_spans_dropped_total{reason="export_failed"} 7"#),
             "{text}"
         );
         assert!(
