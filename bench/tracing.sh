@@ -5,9 +5,9 @@
 # answering 200 on /v1/traces: the export's own cost, not a collector's). Every
 # request is sampled (no traceparent from wrk, sample_ratio 1.0).
 #
-# Usage: bench/tracing.sh              5 repetitions x 6 s per target at 64 connections
+# Usage: bench/tracing.sh              5 repetitions x 6 s per target, at 1 and 64 connections
 #        QUICK=1 bench/tracing.sh      1 x 2 s (smoke)
-# Knobs (env): REPS, DURATION (s), CONNS (64), WRK_THREADS (1), SKIP_BUILD=1 (use
+# Knobs (env): REPS, DURATION (s), CONNS ("1 64"), WRK_THREADS (1), SKIP_BUILD=1 (use
 #              BIN_OTEL and BIN_PLAIN as they are).
 # Needs: cargo, wrk, nginx, curl, python3. Writes bench/results/tracing-<stamp>/.
 set -euo pipefail
@@ -20,7 +20,7 @@ else
     REPS=${REPS:-5}
     DURATION=${DURATION:-6}
 fi
-CONNS=${CONNS:-64}
+CONNS=${CONNS:-"1 64"}
 WRK_THREADS=${WRK_THREADS:-1}
 PING_PATH=/_rest/v4/sim/ping
 # Every wrk run is bounded: its own duration plus this much.
@@ -167,16 +167,17 @@ done
 
 # ---- measurement -------------------------------------------------------------------
 RAW="$OUT/raw.tsv"
-printf 'rep\ttarget\trps\tp50_ms\tp99_ms\tnon2xx\tload1\n' >"$RAW"
+printf 'conns\trep\ttarget\trps\tp50_ms\tp99_ms\tnon2xx\tload1\n' >"$RAW"
+for conns in $CONNS; do
 for rep in $(seq "$REPS"); do
     for name in "${TARGETS[@]}"; do
         load1=$(cut -d' ' -f1 /proc/loadavg)
-        text=$(timeout $((DURATION + WRK_GRACE)) wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" \
+        text=$(timeout $((DURATION + WRK_GRACE)) wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" \
             --timeout 10s --latency "http://127.0.0.1:${PORT[$name]}$PING_PATH")
-        echo "$text" >"$OUT/wrk-$name-$rep.txt"
-        python3 - "$rep" "$name" "$load1" "$OUT/wrk-$name-$rep.txt" >>"$RAW" <<'PY'
+        echo "$text" >"$OUT/wrk-$name-c$conns-$rep.txt"
+        python3 - "$conns" "$rep" "$name" "$load1" "$OUT/wrk-$name-c$conns-$rep.txt" >>"$RAW" <<'PY'
 import re, sys
-rep, name, load1, path = sys.argv[1:5]
+conns, rep, name, load1, path = sys.argv[1:6]
 text = open(path).read()
 def ms(label):
     m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
@@ -184,10 +185,11 @@ def ms(label):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-print(f"{rep}\t{name}\t{rps:.0f}\t{ms('50'):.3f}\t{ms('99'):.3f}\t{non2xx.group(1) if non2xx else 0}\t{load1}")
+print(f"{conns}\t{rep}\t{name}\t{rps:.0f}\t{ms('50'):.3f}\t{ms('99'):.3f}\t{non2xx.group(1) if non2xx else 0}\t{load1}")
 PY
-        echo "rep $rep $name: $(tail -1 "$RAW" | cut -f3) req/s"
+        echo "c=$conns rep $rep $name: $(tail -1 "$RAW" | cut -f4) req/s"
     done
+done
 done
 
 # Drops and exports as the proxies counted them.
@@ -201,17 +203,18 @@ import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 sizes = open(sys.argv[2]).read().strip()
 order = ["plain", "otel-off", "otel-down", "otel-up"]
-print("| target | req/s (median) | p50 ms | p99 ms | non-2xx | reps |")
-print("|---|---:|---:|---:|---:|---:|")
-base = None
-for name in order:
-    mine = [r for r in rows if r["target"] == name]
-    rps = statistics.median(float(r["rps"]) for r in mine)
-    p50 = statistics.median(float(r["p50_ms"]) for r in mine)
-    p99 = statistics.median(float(r["p99_ms"]) for r in mine)
-    bad = sum(int(r["non2xx"]) for r in mine)
-    base = base or rps
-    print(f"| {name} | {rps:,.0f} ({rps / base - 1:+.1%}) | {p50:.3f} | {p99:.3f} | {bad} | {len(mine)} |")
+print("| conns | target | req/s (median) | p50 ms | p99 ms | non-2xx | reps |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+for conns in dict.fromkeys(r["conns"] for r in rows):
+    base = None
+    for name in order:
+        mine = [r for r in rows if r["target"] == name and r["conns"] == conns]
+        rps = statistics.median(float(r["rps"]) for r in mine)
+        p50 = statistics.median(float(r["p50_ms"]) for r in mine)
+        p99 = statistics.median(float(r["p99_ms"]) for r in mine)
+        bad = sum(int(r["non2xx"]) for r in mine)
+        base = base or rps
+        print(f"| {conns} | {name} | {rps:,.0f} ({rps / base - 1:+.1%}) | {p50:.3f} | {p99:.3f} | {bad} | {len(mine)} |")
 loads = [float(r["load1"]) for r in rows]
 print(f"\n1-minute load before each run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}")
 print("\nBinary sizes (release, stripped):\n")
