@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-request work the proxy does besides moving bytes:
 //! the header rewrite, the token load (one `ArcSwap` load and a `HeaderValue` clone),
-//! the upstream URL, and the request id.
+//! the upstream URL, the request id, and tracing's cost with no collector configured.
 //!
 //! `cargo bench --bench hot_path`. The load benchmark against nginx is `bench/run.sh`.
 
@@ -8,11 +8,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use ipproxy::config;
 use ipproxy::proxy::headers::{strip_response_headers, upstream_request_headers};
 use ipproxy::request_id::RequestId;
 use ipproxy::route::RouteTable;
+use ipproxy::telemetry::trace;
 use ipproxy::token::Registry;
 use ipproxy::token::store::Store;
 
@@ -133,11 +134,32 @@ fn token_and_route(c: &mut Criterion) {
     });
 }
 
+/// With tracing off (no collector configured, the default), everything a request does
+/// for tracing: the gate in each span constructor and the calls on the disabled spans.
+fn tracing_off(c: &mut Criterion) {
+    let inbound = typical_request_headers(false);
+    let mut outbound = typical_request_headers(false);
+    let path = "/_rest/v4/app/sms/send";
+    c.bench_function(
+        "trace: request + upstream spans, inject, records, trace_id (tracing off)",
+        |b| {
+            b.iter(|| {
+                let request = trace::request_span(black_box(&inbound), &Method::POST, path, "id");
+                let upstream = trace::upstream_span(1, &Method::POST, "api.intelepeer.com", path);
+                trace::inject(&upstream, black_box(&mut outbound));
+                trace::record_upstream(&upstream, Ok(StatusCode::OK));
+                trace::record_request(&request, "/", StatusCode::OK, false);
+                trace::trace_id(&request)
+            })
+        },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = header_rewrite, token_and_route
+    targets = header_rewrite, token_and_route, tracing_off
 }
 criterion_main!(benches);

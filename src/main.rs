@@ -117,7 +117,8 @@ fn run(file: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let _logs = ipproxy::telemetry::init_logging(&config.log);
+    // Dropped last, after the runtime: the drain is over, then spans and logs flush.
+    let _telemetry = ipproxy::telemetry::init(&config.log, &config.tracing);
     // The proxy workers run their own runtimes (one per CPU); this one only serves the
     // admin listener, token refreshes and signals.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -1,5 +1,7 @@
-//! Logs and metrics: the `tracing` subscriber (JSON or text) and the Prometheus
-//! recorder, plus the few functions that record the metrics of docs/DESIGN.md and OPERATIONS.md.
+//! Logs, metrics and traces: the `tracing` subscriber (JSON or text), the Prometheus
+//! recorder, plus the few functions that record the metrics of docs/DESIGN.md and
+//! OPERATIONS.md; the spans in [`trace`], exported by `otel` (feature `otel`) when
+//! `[tracing]` names a collector.
 //!
 //! Every metric label comes from a set bounded by the code or the configuration, never
 //! by what a client sends: route and credential names from the configuration, refresh
@@ -17,8 +19,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TracingConfig};
 use crate::task::BackgroundTask;
+
+#[cfg(feature = "otel")]
+mod otel;
+pub mod trace;
 
 /// Request latency buckets, seconds: sub-millisecond proxy overhead up to the default
 /// 30 s request timeout.
@@ -62,14 +68,8 @@ pub fn exit_now(code: i32) -> ! {
 /// configured level. Logs go to stdout from a writer thread, in batches: a request
 /// worker formats its line and goes on, instead of making one `write(2)` per line.
 pub fn init_logging(config: &LogConfig) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("ipproxy-log")
-        .finish(BufWriter::new(std::io::stdout()));
+    let filter = log_filter(config);
+    let (writer, guard) = log_writer();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -91,6 +91,138 @@ pub fn init_logging(config: &LogConfig) -> LogGuard {
         *writer = Some(guard);
     }
     LogGuard(())
+}
+
+/// The level filter of the log lines: `RUST_LOG` when set, else `log.level`.
+fn log_filter(config: &LogConfig) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Stdout behind the log writer thread.
+fn log_writer() -> (tracing_appender::non_blocking::NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("ipproxy-log")
+        .finish(BufWriter::new(std::io::stdout()))
+}
+
+/// Logs, and traces when `[tracing]` names a collector. Dropping the guard (at the
+/// end of `main`, after the drain) sends the spans still queued, within a bound,
+/// then writes out the buffered log lines.
+#[must_use = "dropping the guard flushes spans and logs"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    #[cfg(feature = "otel")]
+    spans: Option<otel::Exporting>,
+    _logs: LogGuard,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(spans) = self.spans.take() {
+            spans.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber for `ipproxy run`: [`init_logging`]'s alone when
+/// tracing is off (the hot path is then what it was before tracing existed), else the
+/// same log lines plus the OpenTelemetry layer, which sees only [`trace::TARGET`]'s
+/// spans (and the log layer never sees those).
+pub fn init(log: &LogConfig, tracing: &TracingConfig) -> TelemetryGuard {
+    if !tracing.is_on() {
+        return TelemetryGuard {
+            #[cfg(feature = "otel")]
+            spans: None,
+            _logs: init_logging(log),
+        };
+    }
+    #[cfg(feature = "otel")]
+    {
+        init_with_traces(log, tracing)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let logs = init_logging(log);
+        ::tracing::warn!(
+            key = "tracing.otlp_endpoint",
+            "this build has no tracing (built without the \"otel\" feature): no spans are exported"
+        );
+        TelemetryGuard { _logs: logs }
+    }
+}
+
+#[cfg(feature = "otel")]
+fn init_with_traces(log: &LogConfig, tracing: &TracingConfig) -> TelemetryGuard {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let (exporting, tracer) = match otel::start(tracing) {
+        Ok(started) => started,
+        Err(error) => {
+            let logs = init_logging(log);
+            ::tracing::error!(cause = %error, "tracing is off: the exporter cannot start");
+            return TelemetryGuard {
+                spans: None,
+                _logs: logs,
+            };
+        }
+    };
+    let (writer, guard) = log_writer();
+    let ansi = std::io::stdout().is_terminal();
+    let lines = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .boxed(),
+    };
+    // The log lines never show the trace spans (a text line would otherwise carry
+    // their fields), and the spans never take events (a log line is not a span event).
+    let not_a_trace_span = filter_fn(|meta| !(meta.is_span() && meta.target() == trace::TARGET));
+    let only_trace_spans = filter_fn(|meta| meta.is_span() && meta.target() == trace::TARGET);
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false);
+    let installed = tracing_subscriber::registry()
+        .with(lines.with_filter(log_filter(log).and(not_a_trace_span)))
+        .with(spans.with_filter(only_trace_spans))
+        .try_init();
+    if installed.is_err() {
+        // Another subscriber came first (several servers in one test process): it
+        // stays, without traces.
+        exporting.shutdown();
+        return TelemetryGuard {
+            spans: None,
+            _logs: LogGuard(()),
+        };
+    }
+    if let Ok(mut writer) = LOG_WRITER.lock() {
+        *writer = Some(guard);
+    }
+    otel::mark_installed();
+    TelemetryGuard {
+        spans: Some(exporting),
+        _logs: LogGuard(()),
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -348,6 +480,17 @@ pub fn store_operation(op: &'static str, result: &'static str, took: Duration) {
 /// file changed). Lets operators, and tests, see that a rotation was picked up.
 pub fn secret_files_reloaded(trigger: &'static str) {
     counter!("ipproxy_secret_reloads_total", "trigger" => trigger).increment(1);
+}
+
+/// Finished spans lost: `reason` is `queue_full` (the collector is slower than the
+/// spans come) or `export_failed` (the collector refused or did not answer a batch).
+pub fn trace_spans_dropped(reason: &'static str, count: usize) {
+    counter!("ipproxy_trace_spans_dropped_total", "reason" => reason).increment(count as u64);
+}
+
+/// Spans the collector accepted.
+pub fn trace_spans_exported(count: usize) {
+    counter!("ipproxy_trace_spans_exported_total").increment(count as u64);
 }
 
 /// Whether the shared token store answers.

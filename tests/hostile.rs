@@ -144,6 +144,8 @@ async fn wait_ready(admin: SocketAddr) {
 
 /// Asserts that a request to `url` is refused `503 overloaded` (the only slot is held
 /// by the hostile client), then returns how long it took from then until one got 200.
+/// The callers' `client_timeout` (3 s) leaves a loaded machine time to see the slot
+/// held before it is freed.
 async fn slot_freed_after(url: &str, limit: Duration) -> Duration {
     let client = client();
     let held = eventually(Duration::from_secs(5), || async {
@@ -558,7 +560,7 @@ async fn a_stalled_request_body_frees_its_slot_and_is_logged_408() {
         &sim,
         &[
             ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "1s"),
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
             // Far from the client timeout, so that it is not what closes anything.
             ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "10s"),
             // Bodies past 1 KiB stream to the upstream: both paths are covered.
@@ -577,7 +579,7 @@ async fn a_stalled_request_body_frees_its_slot_and_is_logged_408() {
         stream.write_all(head.as_bytes()).await.expect("head");
         stream.write_all(&vec![b'a'; sent]).await.expect("body");
         // The body then stops: one byte per many seconds is as good as none.
-        let took = slot_freed_after(&url, Duration::from_secs(1) + SLACK).await;
+        let took = slot_freed_after(&url, Duration::from_secs(3) + SLACK).await;
         eprintln!("{case}: slot freed {took:?} after it was seen held");
 
         let answer =
@@ -652,7 +654,7 @@ async fn a_client_that_never_reads_its_response_frees_its_slot_and_cancels_the_u
         &[
             ("IPPROXY_CONFIG", &file),
             ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "1s"),
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
             ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "10s"),
         ],
     )
@@ -661,7 +663,7 @@ async fn a_client_that_never_reads_its_response_frees_its_slot_and_cancels_the_u
     let request = "GET /download/big HTTP/1.1\r\nHost: x\r\nx-request-id: never-reads\r\n\r\n";
     stream.write_all(request.as_bytes()).await.expect("write");
     // ... and never reads.
-    let took = slot_freed_after(&proxy.url(ECHO_PATH), Duration::from_secs(1) + SLACK).await;
+    let took = slot_freed_after(&proxy.url(ECHO_PATH), Duration::from_secs(3) + SLACK).await;
     eprintln!("slot freed {took:?} after it was seen held");
     let cancelled = tokio::time::timeout(SLACK, dropped.1.notified())
         .await
@@ -680,7 +682,7 @@ async fn an_h2_stream_whose_window_is_never_released_frees_its_slot() {
         &sim,
         &[
             ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "1s"),
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
             ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "10s"),
         ],
     )
@@ -701,7 +703,7 @@ async fn an_h2_stream_whose_window_is_never_released_frees_its_slot() {
     assert_eq!(response.status(), 200);
     // The body is never read, so its window (64 KiB) is never given back.
     let _held = response.into_body();
-    let took = slot_freed_after(&proxy.url(ECHO_PATH), Duration::from_secs(1) + SLACK).await;
+    let took = slot_freed_after(&proxy.url(ECHO_PATH), Duration::from_secs(3) + SLACK).await;
     eprintln!("slot freed {took:?} after it was seen held");
     let ended = tokio::time::timeout(SLACK, connection).await;
     assert!(

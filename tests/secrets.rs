@@ -1,6 +1,7 @@
 //! No token, password or client key ever leaves the proxy: not in a log line (debug
 //! level, every dependency's too), not in `/metrics` or `/readyz`, not in an error body,
-//! not in `ipproxy check`'s output.
+//! not in `ipproxy check`'s output, not in an exported trace span (the test's own OTLP
+//! receiver decodes every span the proxy sends).
 //!
 //! The real binary runs as a child process. Its upstream is a recorder in this test
 //! that notes every `Authorization` value the proxy sends and passes the request on
@@ -20,6 +21,7 @@ use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use serde_json::Value;
 use support::child::ChildProxy;
+use support::otlp::Receiver as TraceReceiver;
 use support::{Sim, client, eventually, raw_request, raw_status};
 use tokio::sync::oneshot;
 
@@ -164,6 +166,7 @@ async fn no_token_password_or_client_key_appears_in_logs_metrics_bodies_or_check
     })
     .await;
     let recorder = Recorder::start(sim.url()).await;
+    let traces = TraceReceiver::start().await;
     let vars: Vec<(String, String)> = [
         ("IPPROXY_UPSTREAM__URL", recorder.url.clone()),
         (
@@ -175,6 +178,7 @@ async fn no_token_password_or_client_key_appears_in_logs_metrics_bodies_or_check
         ("IPPROXY_LOG__LEVEL", "debug".to_owned()),
         ("IPPROXY_SERVER__MAX_BODY", "1KiB".to_owned()),
         ("IPPROXY_SERVER__REPLAY_LIMIT", "1KiB".to_owned()),
+        ("IPPROXY_TRACING__OTLP_ENDPOINT", traces.endpoint()),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))
@@ -333,6 +337,23 @@ password = "{password}"
         assert!(log.contains(expected), "the log has {expected}:\n{log}");
     }
     collected.add("the proxy's stdout and stderr", log);
+    // The spans saw what they should have: the failed logins, the retry, the 413.
+    #[cfg(feature = "otel")]
+    traces
+        .wait_for(Duration::from_secs(10), |spans| {
+            let has = |name: &str, key: &str, value: &str| {
+                spans
+                    .iter()
+                    .any(|span| span.name == name && span.attribute(key) == Some(value))
+            };
+            has("ipproxy.login", "error.type", "bad_credentials")
+                && has("ipproxy.login", "ipproxy.login.result", "ok")
+                && has("ipproxy.request", "ipproxy.retried", "true")
+                && has("ipproxy.request", "http.response.status_code", "413")
+                && has("ipproxy.upstream", "ipproxy.attempt", "2")
+        })
+        .await;
+    collected.add("the exported trace spans", traces.everything_received());
 
     let tokens = recorder.tokens();
     let counters = sim.counters();

@@ -76,6 +76,14 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
             ("lock_ttl", EnvKind::Text),
         ],
     ),
+    (
+        "tracing",
+        &[
+            ("otlp_endpoint", EnvKind::Text),
+            ("service_name", EnvKind::Text),
+            ("sample_ratio", EnvKind::Text),
+        ],
+    ),
 ];
 
 /// The keys of a credential (`[auth]` and `[credentials.NAME]`); all are text.

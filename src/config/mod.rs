@@ -25,6 +25,7 @@ mod env;
 mod parse;
 mod raw;
 mod render;
+mod trace;
 mod validate;
 
 #[cfg(test)]
@@ -43,6 +44,7 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use egress::{EgressConfig, EgressProxy, NoProxyList};
+pub use trace::{OtlpEndpoint, TracingConfig};
 
 /// The variable naming the configuration file when no `--config` is given.
 pub const CONFIG_FILE_VAR: &str = "IPPROXY_CONFIG";
@@ -68,6 +70,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[store]`: where tokens live.
     pub store: StoreConfig,
+    /// `[tracing]`: where OpenTelemetry spans go (off by default).
+    pub tracing: TracingConfig,
     /// Keys that were ignored (they belong to the other kind of credential): `run`
     /// logs them and `check` prints them, one line each.
     pub warnings: Vec<Problem>,
@@ -436,17 +440,18 @@ impl fmt::Display for Problem {
 /// file named by an `IPPROXY_CONFIG` entry of `vars`, if any) with the `IPPROXY_*`
 /// entries of `vars` over it. Of the other entries only the conventional proxy
 /// variables (`HTTPS_PROXY`, `https_proxy`, `http_proxy`, `NO_PROXY`, `no_proxy`) are
-/// read, for [`UpstreamConfig::egress`]; the rest are ignored, so the whole process
-/// environment may be passed.
+/// read, for [`UpstreamConfig::egress`], and `OTEL_EXPORTER_OTLP_ENDPOINT` and
+/// `OTEL_SERVICE_NAME`, for [`TracingConfig`]; the rest are ignored, so the whole
+/// process environment may be passed.
 ///
 /// Every problem found is reported in the one error.
 pub fn load(
     file: Option<&Path>,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let (vars, egress_vars): (Vec<_>, Vec<_>) = vars
+    let (vars, standard_vars): (Vec<_>, Vec<_>) = vars
         .into_iter()
-        .filter(|(name, _)| name.starts_with(env::PREFIX) || egress::is_egress_var(name))
+        .filter(|(name, _)| name.starts_with(env::PREFIX) || is_standard_var(name))
         .partition(|(name, _)| name.starts_with(env::PREFIX));
     let file = file.map(Path::to_path_buf).or_else(|| {
         vars.iter()
@@ -485,7 +490,7 @@ pub fn load(
 
     if let Some(raw) = raw::deserialize(&merged, &env_layer, &mut problems) {
         let mut warnings = Vec::new();
-        let mut config = validate::validate(raw, &egress_vars, &mut problems, &mut warnings);
+        let mut config = validate::validate(raw, &standard_vars, &mut problems, &mut warnings);
         if problems.is_empty() {
             config.warnings = warnings;
             return Ok(config);
@@ -494,8 +499,15 @@ pub fn load(
     Err(ConfigError { problems })
 }
 
+/// The variables read besides `IPPROXY_*`: the conventional proxy variables and the
+/// OpenTelemetry ones.
+fn is_standard_var(name: &str) -> bool {
+    egress::is_egress_var(name) || trace::is_otel_var(name)
+}
+
 /// [`load`] with the process environment: reads `IPPROXY_CONFIG` (when `file` is
-/// `None`), every `IPPROXY_*` variable and the conventional proxy variables.
+/// `None`), every `IPPROXY_*` variable, the conventional proxy variables and the
+/// OpenTelemetry ones.
 pub fn load_from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
     let mut vars = Vec::new();
     let mut problems = Vec::new();
@@ -503,7 +515,7 @@ pub fn load_from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(name) = name.to_str() else {
             continue;
         };
-        if !name.starts_with(env::PREFIX) && !egress::is_egress_var(name) {
+        if !name.starts_with(env::PREFIX) && !is_standard_var(name) {
             continue;
         }
         match value.into_string() {

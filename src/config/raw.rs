@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub access: RawAccess,
     pub log: RawLog,
     pub store: RawStore,
+    pub tracing: RawTracing,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +169,46 @@ pub(super) enum RawLogFormat {
 pub(super) struct RawLog {
     pub format: Option<RawLogFormat>,
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<RawRatio>,
+}
+
+/// A ratio: a number (`1`, `0.25`), or text from a variable (`"0.25"`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum RawRatio {
+    Number(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawRatio {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RatioVisitor;
+        impl Visitor<'_> for RatioVisitor {
+            type Value = RawRatio;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number from 0.0 to 1.0")
+            }
+            fn visit_f64<E: de::Error>(self, ratio: f64) -> Result<RawRatio, E> {
+                Ok(RawRatio::Number(ratio))
+            }
+            fn visit_u64<E: de::Error>(self, ratio: u64) -> Result<RawRatio, E> {
+                Ok(RawRatio::Number(ratio as f64))
+            }
+            fn visit_i64<E: de::Error>(self, ratio: i64) -> Result<RawRatio, E> {
+                Ok(RawRatio::Number(ratio as f64))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawRatio, E> {
+                Ok(RawRatio::Text(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(RatioVisitor)
+    }
 }
 
 /// A size: a number of bytes or text such as `64KiB`.
@@ -324,6 +365,7 @@ pub(super) fn deserialize(
             "access" => raw.access = reader.read(value, key),
             "log" => raw.log = reader.read(value, key),
             "store" => raw.store = reader.read(value, key),
+            "tracing" => raw.tracing = reader.read(value, key),
             _ => reader
                 .problems
                 .push(Problem::new(key.as_str(), "unknown key")),

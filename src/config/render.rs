@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 
 use super::{
     AllowRule, Config, CredentialConfig, CredentialSource, EgressConfig, EgressProxy, LogFormat,
-    SecretSource, StoreConfig,
+    SecretSource, StoreConfig, TracingConfig,
 };
 
 /// What every secret is shown as.
@@ -30,6 +30,16 @@ struct View {
     access: AccessView,
     log: LogView,
     store: StoreView,
+    tracing: TracingView,
+}
+
+#[derive(Serialize)]
+struct TracingView {
+    /// Absent: tracing is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
+    service_name: String,
+    sample_ratio: f64,
 }
 
 #[derive(Serialize)]
@@ -202,15 +212,40 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             level: config.log.level.clone(),
         },
         store: store_view(&config.store),
+        tracing: TracingView {
+            otlp_endpoint: config
+                .tracing
+                .otlp_endpoint
+                .as_ref()
+                .map(ToString::to_string),
+            service_name: config.tracing.service_name.clone(),
+            sample_ratio: config.tracing.sample_ratio,
+        },
     };
-    // Only strings, integers, booleans and tables in a fixed shape: serializing cannot fail.
+    // Only strings, numbers, booleans and tables in a fixed shape: serializing cannot fail.
     let body = toml::to_string(&view).expect("the redacted view is plain TOML");
     let ignored: String = config
         .warnings
         .iter()
         .map(|warning| format!("# {warning}\n"))
         .collect();
-    format!("{ignored}{}{body}", egress_comment(&config.upstream.egress))
+    format!(
+        "{ignored}{}{}{body}",
+        egress_comment(&config.upstream.egress),
+        tracing_comment(&config.tracing)
+    )
+}
+
+/// `[tracing]` values taken from the OpenTelemetry variables are shown in the section
+/// (they are its effective values) and named in a comment line above the TOML.
+fn tracing_comment(tracing: &TracingConfig) -> String {
+    if tracing.from_variables.is_empty() {
+        return String::new();
+    }
+    format!(
+        "# tracing from the environment: {}\n",
+        tracing.from_variables.join(", ")
+    )
 }
 
 /// An egress proxy taken from the variables is not a key of the file: it is shown as

@@ -65,17 +65,18 @@ const STATIC_ONLY_KEYS: &[&str] = &["token", "token_file"];
 /// ignored to `warnings`. The result holds defaults in place of bad values, so it is
 /// meaningless when `problems` grew.
 ///
-/// `egress_vars` are the conventional proxy variables (`HTTPS_PROXY`, …), used when
-/// `upstream.proxy` is not set.
+/// `standard_vars` are the conventional proxy variables (`HTTPS_PROXY`, …), used when
+/// `upstream.proxy` is not set, and the OpenTelemetry ones, used when `[tracing]`
+/// does not set their keys.
 pub(super) fn validate(
     raw: RawConfig,
-    egress_vars: &[(String, String)],
+    standard_vars: &[(String, String)],
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
 ) -> Config {
     let mut check = Checker { problems, warnings };
     let server = check.server(raw.server);
-    let upstream = check.upstream(raw.upstream, egress_vars);
+    let upstream = check.upstream(raw.upstream, standard_vars);
 
     let routes_use_default = raw.route.is_empty()
         || raw.route.iter().any(|route| {
@@ -125,6 +126,7 @@ pub(super) fn validate(
     let access = check.access(raw.access);
     let log = check.log(raw.log);
     let store = check.store(raw.store);
+    let tracing = super::trace::resolve(raw.tracing, standard_vars, check.problems);
     Config {
         server,
         upstream,
@@ -133,6 +135,7 @@ pub(super) fn validate(
         access,
         log,
         store,
+        tracing,
         warnings: Vec::new(),
     }
 }

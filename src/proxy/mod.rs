@@ -26,6 +26,7 @@ use crate::connection::ClientBody;
 use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
+use crate::telemetry::trace;
 use body::{OutboundBody, UpstreamBody};
 use egress::EgressError;
 pub use outbound::{ClientError, UpstreamClient, build_client, build_login_client};
@@ -84,7 +85,15 @@ pub async fn forward(
 
     // Headers are built for each attempt: cheaper than keeping a copy for a retry
     // that rarely happens.
-    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri| {
+    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri, number: u8| {
+        // `Span::none()` unless tracing is on; then the upstream sees this attempt's
+        // span as the parent, in place of the client's own `traceparent`.
+        let span = trace::upstream_span(
+            number,
+            &parts.method,
+            uri.authority().map_or("", |authority| authority.as_str()),
+            uri.path(),
+        );
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -93,10 +102,11 @@ pub async fn forward(
         headers.insert(header::HOST, route.host().clone());
         headers.insert(request_id::HEADER, request_id.header_value());
         headers.insert(route.header.clone(), token);
-        attempt(client, request, limits.request_timeout)
+        trace::inject(&span, headers);
+        attempt(client, request, limits.request_timeout, span)
     };
 
-    let first = send(lease.header, body.attempt(), uri).await;
+    let first = send(lease.header, body.attempt(), uri, 1).await;
     let response = match first {
         Err(error) => return Err(body.cut_off(limits).unwrap_or(error)),
         Ok(response) => response,
@@ -120,7 +130,7 @@ pub async fn forward(
     };
     drop(response);
     let uri = upstream_uri(route, &parts.uri)?;
-    let second = send(fresh.header, body.attempt(), uri).await?;
+    let second = send(fresh.header, body.attempt(), uri, 2).await?;
     Ok((
         into_client_response(second, request_id),
         Outcome { retried: true },
@@ -133,25 +143,39 @@ fn upstream_uri(route: &Route, inbound: &Uri) -> Result<Uri, ProxyError> {
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
-/// One upstream attempt, bounded until response headers arrive.
+/// One upstream attempt, bounded until response headers arrive; its outcome is
+/// recorded on its `span`, which ends with it.
 async fn attempt(
     client: &UpstreamClient,
     request: Request<UpstreamBody>,
     timeout: Duration,
+    span: tracing::Span,
 ) -> Result<http::Response<Incoming>, ProxyError> {
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            trace::record_upstream(&span, Ok(response.status()));
+            Ok(response)
+        }
         Ok(Err(error)) => {
             tracing::debug!(cause = %outbound::describe(&error), connect = error.is_connect(), "upstream request failed");
             match EgressError::find(&error) {
-                Some(egress) => Err(ProxyError::EgressUnreachable {
-                    proxy: egress.proxy.clone(),
-                    reason: egress.reason.clone(),
-                }),
-                None => Err(ProxyError::UpstreamUnreachable),
+                Some(egress) => {
+                    trace::record_upstream(&span, Err("egress_unreachable"));
+                    Err(ProxyError::EgressUnreachable {
+                        proxy: egress.proxy.clone(),
+                        reason: egress.reason.clone(),
+                    })
+                }
+                None => {
+                    trace::record_upstream(&span, Err("unreachable"));
+                    Err(ProxyError::UpstreamUnreachable)
+                }
             }
         }
-        Err(_elapsed) => Err(ProxyError::UpstreamTimeout(timeout)),
+        Err(_elapsed) => {
+            trace::record_upstream(&span, Err("timeout"));
+            Err(ProxyError::UpstreamTimeout(timeout))
+        }
     }
 }
 

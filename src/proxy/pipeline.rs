@@ -18,6 +18,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 use super::{Limits, Outcome, UpstreamClient};
 use crate::access::{self, Access};
@@ -26,7 +27,7 @@ use crate::error::ProxyError;
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteTable};
 use crate::shutdown::ShutdownFlag;
-use crate::telemetry::{self, RouteMetrics};
+use crate::telemetry::{self, RouteMetrics, trace};
 
 /// What the proxy answers: an upstream response streamed through, or its own.
 pub type ProxyResponse = http::Response<Either<Guarded, Body>>;
@@ -96,19 +97,32 @@ impl Pipeline {
         client: &UpstreamClient,
         request: http::Request<ClientBody>,
     ) -> ProxyResponse {
+        let started = Instant::now();
+        let request_id = RequestId::from_headers(request.headers());
+        // `Span::none()` unless tracing is on: then nothing below does span work.
+        let span = trace::request_span(
+            request.headers(),
+            request.method(),
+            request.uri().path(),
+            request_id.as_str(),
+        );
         let record = RequestRecord {
-            started: Instant::now(),
-            request_id: RequestId::from_headers(request.headers()),
+            started,
+            request_id,
+            span,
             method: request.method().clone(),
             // The log line names the path after the request has moved on; the copy is
             // only made when that line is written.
             uri: tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone()),
             connection: request.body().handle().clone(),
         };
-        match self
-            .admit_and_forward(client, request, &record.request_id)
-            .await
-        {
+        let forwarded = self.admit_and_forward(client, request, &record.request_id);
+        let forwarded = if record.span.is_none() {
+            forwarded.await
+        } else {
+            forwarded.instrument(record.span.clone()).await
+        };
+        match forwarded {
             Ok((response, route, outcome)) => {
                 let status = response.status();
                 let head_after = record.started.elapsed();
@@ -209,6 +223,9 @@ struct Sending {
 struct RequestRecord {
     started: Instant,
     request_id: RequestId,
+    /// The server span ([`Span::none`](tracing::Span::none) with tracing off); it
+    /// ends when the line is written, with the answer.
+    span: tracing::Span,
     method: Method,
     uri: Option<Uri>,
     /// Says whether the request was abandoned for stalling (logged `408`).
@@ -227,8 +244,14 @@ impl RequestRecord {
         retried: bool,
     ) {
         metrics.request_finished(&self.method, status, duration, retried);
+        trace::record_request(&self.span, route, status, retried);
+        // Only for a line that is written (its hex costs an allocation).
+        let trace_id = self.uri.as_ref().and_then(|_| trace::trace_id(&self.span));
+        // Entered so that the span ends now, with the answer (not at its head).
+        let _in_span = self.span.enter();
         tracing::info!(
             request_id = self.request_id.as_str(),
+            trace_id = trace_id.as_deref(),
             method = self.method.as_str(),
             route,
             path = self.uri.as_ref().map(Uri::path),

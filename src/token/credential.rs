@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::clock::{Clock, Random};
 use super::readiness::{CredentialStatus, Health};
@@ -28,7 +29,7 @@ use super::source::{AuthError, TokenSource};
 use super::store::{Entry, LockLease, Store, StoredToken, WAIT_POLL};
 use crate::config::HeaderFormat;
 use crate::task::BackgroundTask;
-use crate::telemetry;
+use crate::telemetry::{self, trace};
 
 /// The timing settings of one credential.
 #[derive(Debug, Clone)]
@@ -333,7 +334,9 @@ impl Credential {
     /// every waiter goes away.
     fn start_flight(&self, state: &mut State, reason: RefreshReason) -> Flight {
         let this = self.clone();
-        let fetch = async move { this.run_flight(reason).await };
+        // A child of the span that asked (the request whose 401 caused it), if any.
+        let span = trace::refresh_span(self.name(), reason.as_str());
+        let fetch = async move { this.run_flight(reason).await }.instrument(span);
         let task = match self.inner.home.get() {
             Some(home) => home.spawn(fetch),
             None => tokio::spawn(fetch),
@@ -353,21 +356,24 @@ impl Credential {
         let started = self.inner.clock.now();
         let outcome = self.obtain(reason).await;
         let took = self.inner.clock.now().saturating_duration_since(started);
-        let result = match outcome {
+        let (result, traced) = match outcome {
             Ok(Obtained { token, origin }) => {
                 if let Some(origin) = origin {
                     self.inner.slot.store(Arc::clone(&token));
                     self.lock_state().health.succeeded(self.inner.clock.wall());
                     self.record_stored(&token, origin, reason, took);
                 }
-                Ok(token)
+                (Ok(token), origin.map_or("kept", Origin::as_str))
             }
             Err(RefreshError::Auth(error)) => {
                 self.record_failure(&error, reason, took);
-                Err(RefreshError::Auth(error))
+                (Err(RefreshError::Auth(error)), "error")
             }
-            Err(RefreshError::Suppressed) => Err(RefreshError::Suppressed),
+            Err(RefreshError::Suppressed) => (Err(RefreshError::Suppressed), "suppressed"),
         };
+        if trace::enabled() {
+            trace::record_refresh(&tracing::Span::current(), traced);
+        }
         self.lock_state().flight = None;
         self.inner.changed.notify_one();
         result
@@ -738,7 +744,11 @@ impl Credential {
                 Some(started + self.inner.settings.min_reauth_interval);
         }
         let started_wall = self.inner.clock.wall();
-        let secret = self.inner.source.fetch().await?;
+        let span = trace::login_span(self.name(), reason.as_str());
+        let fetched = self.inner.source.fetch().instrument(span.clone()).await;
+        trace::record_login(&span, fetched.as_ref().map(|_| ()).map_err(AuthError::kind));
+        drop(span);
+        let secret = fetched?;
         let times = if self.is_static() {
             None
         } else {

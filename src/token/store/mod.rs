@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use super::schedule::RefreshReason;
 use crate::config::{RedisStoreConfig, SecretSource, StoreConfig};
 use crate::task::BackgroundTask;
-use crate::telemetry;
+use crate::telemetry::{self, trace};
 pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
 pub use seal::Sealer;
@@ -580,13 +580,20 @@ impl Store {
         })
     }
 
-    /// Runs one backend operation within the timeout, recording its metrics and the
-    /// store's health.
+    /// Runs one backend operation within the timeout, recording its metrics, its
+    /// span and the store's health. A store only this process uses gets no span (its
+    /// operations take nanoseconds), nor does the health probe's `ping` (every few
+    /// seconds outside any request; `ipproxy_store_up` tells its story).
     async fn run<T>(
         &self,
         op: &'static str,
         operation: BoxFuture<'_, Result<T, BackendError>>,
     ) -> Result<T, StoreDown> {
+        let span = if self.0.shared && op != "ping" {
+            trace::store_span(self.0.kind, op)
+        } else {
+            tracing::Span::none()
+        };
         let started = StdInstant::now();
         let outcome = tokio::time::timeout(self.0.settings.timeout, operation).await;
         let took = started.elapsed();
@@ -604,6 +611,7 @@ impl Store {
         if self.0.shared {
             let label = failure.as_ref().map_or("ok", |(label, _)| label);
             telemetry::store_operation(op, label, took);
+            trace::record_store(&span, label);
         }
         self.note_health(failure.map(|(_, why)| why));
         result
