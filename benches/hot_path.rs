@@ -13,8 +13,8 @@ use ipproxy::config;
 use ipproxy::proxy::headers::{strip_response_headers, upstream_request_headers};
 use ipproxy::request_id::RequestId;
 use ipproxy::route::RouteTable;
-use ipproxy::token::store::Store;
 use ipproxy::token::Registry;
+use ipproxy::token::store::Store;
 
 /// What an app's HTTP client typically sends to IntelePeer through the proxy.
 fn typical_request_headers(with_connection: bool) -> HeaderMap {

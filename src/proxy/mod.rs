@@ -3,7 +3,8 @@
 //!
 //! - `headers`: what crosses the proxy in each direction.
 //! - `body`: the replay buffer and the streaming `max_body` limit.
-//! - `outbound`: the one client stack (TLS, `ca_file`, pool) for forwarding and logins.
+//! - `outbound`: the one client stack (TLS, `ca_file`) for forwarding and logins.
+//! - `pool`: the worker's upstream connections, driven by the requests that use them.
 //! - `egress`: the `CONNECT` tunnel through a corporate egress proxy.
 //!
 //! Knows routes and leases, not where tokens come from.
@@ -13,6 +14,7 @@ pub mod egress;
 pub mod headers;
 mod outbound;
 mod pipeline;
+pub mod pool;
 
 pub use pipeline::{Pipeline, ProxyResponse};
 
@@ -25,9 +27,10 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
-use body::{OutboundBody, UpstreamBody};
-use egress::EgressError;
-pub use outbound::{ClientError, UpstreamClient, build_client, build_login_client};
+use body::OutboundBody;
+pub use body::UpstreamBody;
+pub use outbound::{ClientError, build_client, build_client_with, build_login_client};
+pub use pool::{ResponseBody, UpstreamClient};
 
 /// Limits that apply to every forwarded request.
 #[derive(Debug, Clone)]
@@ -62,7 +65,7 @@ pub async fn forward(
     route: &Route,
     request: Request<Incoming>,
     request_id: &RequestId,
-) -> Result<(http::Response<Incoming>, Outcome), ProxyError> {
+) -> Result<(http::Response<ResponseBody>, Outcome), ProxyError> {
     let (parts, body) = request.into_parts();
     let uri = upstream_uri(route, &parts.uri)?;
     let mut body =
@@ -77,9 +80,9 @@ pub async fn forward(
             retry_after: unavailable.retry_after,
         })?;
 
-    // Headers are built for each attempt: cheaper than keeping a copy for a retry
-    // that rarely happens.
-    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri| {
+    // Headers are built for each attempt (again if the pool must send it again on a
+    // new connection): cheaper than keeping a copy for a retry that rarely happens.
+    let build = |token: &HeaderValue, body: UpstreamBody, uri: Uri| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -87,8 +90,14 @@ pub async fn forward(
         *headers = headers::upstream_request_headers(&parts.headers, &route.header);
         headers.insert(header::HOST, route.host.clone());
         headers.insert(request_id::HEADER, request_id.header_value());
-        headers.insert(route.header.clone(), token);
-        attempt(client, request, limits.request_timeout)
+        headers.insert(route.header.clone(), token.clone());
+        request
+    };
+    let inbound = &parts.uri;
+    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri| {
+        let request = build(&token, body, uri);
+        let again = move |body| Some(build(&token, body, upstream_uri(route, inbound).ok()?));
+        attempt(client, request, again, limits.request_timeout)
     };
 
     let first = send(lease.header, body.attempt(), uri).await;
@@ -132,17 +141,19 @@ fn upstream_uri(route: &Route, inbound: &Uri) -> Result<Uri, ProxyError> {
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
-/// One upstream attempt, bounded until response headers arrive.
+/// One upstream attempt, bounded until response headers arrive; `again` rebuilds the
+/// request if the pool must send it again on a new connection.
 async fn attempt(
     client: &UpstreamClient,
     request: Request<UpstreamBody>,
+    again: impl FnOnce(UpstreamBody) -> Option<Request<UpstreamBody>>,
     timeout: Duration,
-) -> Result<http::Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
+) -> Result<http::Response<ResponseBody>, ProxyError> {
+    match tokio::time::timeout(timeout, client.send(request, again)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) => {
-            tracing::debug!(cause = %outbound::describe(&error), connect = error.is_connect(), "upstream request failed");
-            match EgressError::find(&error) {
+            tracing::debug!(cause = %error, connect = error.is_connect(), "upstream request failed");
+            match error.egress() {
                 Some(egress) => Err(ProxyError::EgressUnreachable {
                     proxy: egress.proxy.clone(),
                     reason: egress.reason.clone(),
@@ -158,9 +169,9 @@ async fn attempt(
 /// streams as it arrives, unboxed; the server wraps it with the request's in-flight
 /// count.
 fn into_client_response(
-    mut response: http::Response<Incoming>,
+    mut response: http::Response<ResponseBody>,
     request_id: &RequestId,
-) -> http::Response<Incoming> {
+) -> http::Response<ResponseBody> {
     let headers = response.headers_mut();
     headers::strip_response_headers(headers);
     headers.insert(request_id::HEADER, request_id.header_value());

@@ -18,7 +18,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Limits, Outcome, UpstreamClient};
+use super::{Limits, Outcome, ResponseBody, UpstreamClient};
 use crate::access::{self, Access};
 use crate::error::ProxyError;
 use crate::request_id::RequestId;
@@ -169,7 +169,7 @@ impl InFlight {
     }
 
     /// Moves the count into `response`'s body, released when the body is done.
-    fn hold_until_sent(self, response: http::Response<Incoming>) -> ProxyResponse {
+    fn hold_until_sent(self, response: http::Response<ResponseBody>) -> ProxyResponse {
         response.map(|body| {
             Either::Left(Guarded {
                 body,
@@ -188,7 +188,7 @@ impl Drop for InFlight {
 /// An upstream response body holding its request's [`InFlight`] count.
 #[derive(Debug)]
 pub struct Guarded {
-    body: Incoming,
+    body: ResponseBody,
     _in_flight: InFlight,
 }
 

@@ -7,6 +7,7 @@ pub mod child;
 pub mod forward_proxy;
 pub mod keepalive;
 pub mod metrics;
+pub mod scripted;
 pub mod tls;
 
 use std::future::Future;
