@@ -17,7 +17,7 @@ use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use http::uri::{Authority, Parts, Scheme};
 use http::{Request, Response, Uri};
@@ -195,10 +195,13 @@ impl Http1 {
     }
 
     /// Whether the connection can take a request now: still open, and hyper has
-    /// finished the previous exchange on it. Polls the driver once with `cx`, so that
-    /// a close the upstream already sent is noticed.
-    pub fn is_reusable(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx) && self.sender.is_ready()
+    /// finished the previous exchange on it. Polls the driver once, so that a close
+    /// the upstream already sent is noticed, with a waker that wakes no one: nobody
+    /// waits on a connection between two requests, and the next holder polls it with
+    /// its own. (Polling it with the current task's waker would have that task woken
+    /// in vain by the next request's send, or by whichever task holds it next.)
+    pub fn is_reusable(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()
     }
 
     /// Sends `request` and drives the connection until the response head is in.
@@ -220,19 +223,18 @@ impl Http1 {
         // Set when the response has no body to drive (HEAD, 204, 304,
         // `Content-Length: 0`) and the connection is free for the next request at once.
         let mut free_at_head = false;
+        // Only the driver makes the answer ready, and only the driver registers this
+        // task's waker (on the socket, on the request body): the answer itself is
+        // polled with a waker that wakes no one, so that the driver handing it over
+        // does not wake this task once more for nothing.
         let result = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                free_at_head =
-                    result.as_ref().is_ok_and(|r| r.body().is_end_stream()) && self.is_reusable(cx);
-                return Poll::Ready(result);
-            }
-            // The driver writes the request and reads the answer, then hands the head
-            // over; polling the response again picks it up without another wake-up.
             self.drive(cx);
-            let polled = response.as_mut().poll(cx);
+            let polled = response
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
             if let Poll::Ready(result) = &polled {
                 free_at_head =
-                    result.as_ref().is_ok_and(|r| r.body().is_end_stream()) && self.is_reusable(cx);
+                    result.as_ref().is_ok_and(|r| r.body().is_end_stream()) && self.is_reusable();
             }
             polled
         })

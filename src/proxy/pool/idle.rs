@@ -15,7 +15,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::task::Context;
 
 use http::uri::{Authority, Scheme};
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -36,15 +35,10 @@ pub(super) enum Pooled {
 }
 
 /// Takes a usable connection to `origin` of `client`, if one is idle. Connections
-/// found closed or past their idle time on the way are dropped. `cx` drives each
-/// candidate once, so that a close the upstream already sent is seen here, before a
+/// found closed or past their idle time on the way are dropped. Each candidate is
+/// driven once, so that a close the upstream already sent is seen here, before a
 /// request is written to a dead connection.
-pub(super) fn checkout(
-    cx: &mut Context<'_>,
-    client: ClientId,
-    scheme: &Scheme,
-    authority: &Authority,
-) -> Option<Pooled> {
+pub(super) fn checkout(client: ClientId, scheme: &Scheme, authority: &Authority) -> Option<Pooled> {
     let now = Instant::now();
     loop {
         let candidate = IDLE.with(|lists| lists.borrow_mut().take(client, scheme, authority))?;
@@ -55,7 +49,7 @@ pub(super) fn checkout(
                     continue;
                 }
                 let mut connection = parked.connection;
-                if connection.is_reusable(cx) {
+                if connection.is_reusable() {
                     return Some(Pooled::Http1(connection));
                 }
                 // Closed by the upstream while idle: dropped here, try the next one.

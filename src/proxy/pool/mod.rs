@@ -28,7 +28,6 @@ mod response;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -139,8 +138,7 @@ impl UpstreamClient {
             let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
                 return Err(SendError::NoOrigin);
             };
-            std::future::poll_fn(|cx| Poll::Ready(idle::checkout(cx, self.id, scheme, authority)))
-                .await
+            idle::checkout(self.id, scheme, authority)
         };
         let request = match pooled {
             None => request,

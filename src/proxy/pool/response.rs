@@ -5,7 +5,7 @@
 //! it closes the connection: a half-read exchange never reaches the idle list.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -40,9 +40,9 @@ impl ResponseBody {
     }
 
     /// The body is complete: the connection goes back if hyper is done with it.
-    fn finish(&mut self, cx: &mut Context<'_>) {
+    fn finish(&mut self) {
         if let Some(mut connection) = self.connection.take()
-            && connection.is_reusable(cx)
+            && connection.is_reusable()
         {
             idle::release(connection);
         }
@@ -58,20 +58,37 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let mut polled = Pin::new(&mut this.incoming).poll_frame(cx);
-        if polled.is_pending()
-            && let Some(connection) = &mut this.connection
-        {
-            // Whether or not the driver is still running, what it read is in the
-            // body's channel: polling the body again picks it up.
-            if !connection.drive(cx) {
-                this.connection = None;
+        let polled = match &mut this.connection {
+            // HTTP/2, or the driver is gone: the body has its own wake-ups.
+            None => Pin::new(&mut this.incoming).poll_frame(cx),
+            // Only the driver fills the body: it registers this task's waker (on the
+            // socket), and the body is polled with a waker that wakes no one, before
+            // and after the driver ran, so that handing a chunk over wakes no one.
+            Some(connection) => {
+                let mut unwoken = Context::from_waker(Waker::noop());
+                let polled = Pin::new(&mut this.incoming).poll_frame(&mut unwoken);
+                if polled.is_pending() {
+                    // Whether or not the driver is still running afterwards, what it
+                    // read is in the body's channel.
+                    let running = connection.drive(cx);
+                    let polled = Pin::new(&mut this.incoming).poll_frame(&mut unwoken);
+                    if !running {
+                        this.connection = None;
+                        if polled.is_pending() {
+                            // Nothing more will come from the driver: wait on the body
+                            // itself (its sender is gone, so it ends at once).
+                            return Pin::new(&mut this.incoming).poll_frame(cx);
+                        }
+                    }
+                    polled
+                } else {
+                    polled
+                }
             }
-            polled = Pin::new(&mut this.incoming).poll_frame(cx);
-        }
+        };
         match &polled {
-            Poll::Ready(None) => this.finish(cx),
-            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.finish(cx),
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.finish(),
             Poll::Ready(Some(Err(_))) => this.connection = None,
             _ => {}
         }
