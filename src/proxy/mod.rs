@@ -137,7 +137,7 @@ pub async fn forward(
 
 fn upstream_uri(route: &Route, inbound: &Uri) -> Result<Uri, ProxyError> {
     route
-        .upstream_uri(inbound.path(), inbound.query())
+        .upstream_uri_for(inbound)
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
