@@ -194,14 +194,23 @@ impl Http1 {
         }
     }
 
-    /// Whether the connection can take a request now: still open, and hyper has
-    /// finished the previous exchange on it. Polls the driver once, so that a close
-    /// the upstream already sent is noticed, with a waker that wakes no one: nobody
-    /// waits on a connection between two requests, and the next holder polls it with
-    /// its own. (Polling it with the current task's waker would have that task woken
-    /// in vain by the next request's send, or by whichever task holds it next.)
+    /// Whether the connection can take a request as it is: still open, and hyper
+    /// wants the next request (the exchange before it is over). Does not poll: a close
+    /// the upstream sent while the connection was idle is met by the next send, which
+    /// reads before it writes and then gives the request back unsent.
+    pub fn is_idle(&self) -> bool {
+        self.driver.is_some() && self.sender.is_ready()
+    }
+
+    /// [`Http1::is_idle`], after letting the driver finish the exchange if it has not
+    /// yet: usually the poll that delivered the last byte of the answer already did,
+    /// and no poll is needed. The driver is polled with a waker that wakes no one:
+    /// nobody waits on a connection between two requests, and the next holder polls it
+    /// with its own. (The task's own waker would have it woken in vain by the next
+    /// request's send, or by whichever task holds the connection next.)
     pub fn is_reusable(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()
+        self.is_idle()
+            || (self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready())
     }
 
     /// Sends `request` and drives the connection until the response head is in.

@@ -35,9 +35,9 @@ pub(super) enum Pooled {
 }
 
 /// Takes a usable connection to `origin` of `client`, if one is idle. Connections
-/// found closed or past their idle time on the way are dropped. Each candidate is
-/// driven once, so that a close the upstream already sent is seen here, before a
-/// request is written to a dead connection.
+/// past their idle time on the way are dropped. One the upstream closed while it was
+/// idle is not polled here: the send reads first, sees the close, and hands the
+/// request back unsent (see `Http1::is_idle`).
 pub(super) fn checkout(client: ClientId, scheme: &Scheme, authority: &Authority) -> Option<Pooled> {
     let now = Instant::now();
     loop {
@@ -48,11 +48,9 @@ pub(super) fn checkout(client: ClientId, scheme: &Scheme, authority: &Authority)
                 if parked.due(now) {
                     continue;
                 }
-                let mut connection = parked.connection;
-                if connection.is_reusable() {
-                    return Some(Pooled::Http1(connection));
+                if parked.connection.is_idle() {
+                    return Some(Pooled::Http1(parked.connection));
                 }
-                // Closed by the upstream while idle: dropped here, try the next one.
             }
         }
     }
