@@ -1,65 +1,67 @@
 #!/usr/bin/env bash
 # CPU profile of ipproxy under load: a release build with symbols and frame pointers
-# (separate target dir, same LTO settings), the simulator as upstream, wrk driving
-# GET /_rest/v4/sim/ping at 64 connections, `perf record -g` (cpu-clock: this VM has no
-# hardware counters) on the ipproxy process only.
+# (separate target dir, same LTO settings), the simulator as upstream (in TLS mode
+# behind the nginx that terminates TLS, as in run.sh), wrk driving
+# GET /_rest/v4/sim/ping, `perf record -g` (cpu-clock: this VM has no hardware
+# counters) on the ipproxy process only.
 #
-# Usage: bench/profile.sh             (PROFILE_SECONDS=10, PROFILE_CONNS=64)
-# Output: bench/results/profile-<stamp>/{perf.data,report.txt,folded-top.txt}
+# Usage: bench/profile.sh
+# Knobs (env): PROFILE_SECONDS (10), PROFILE_CONNS (64), PROFILE_MODE (plain | tls),
+#              PROF_TARGET (target/prof), SKIP_BUILD=1, PROFILE_NO_SCRAPE=1 (no metrics
+#              recorder), QUIET=0 (do not wait for a quiet machine).
+# Output: bench/results/profile-<stamp>/{perf.data,report-*.txt,folded-top.txt}
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH="$ROOT/bench"
 SECONDS_TO_PROFILE=${PROFILE_SECONDS:-10}
 CONNS=${PROFILE_CONNS:-64}
-PROF_TARGET=${PROF_TARGET:-/tmp/ipproxy-prof-target}
-OUT="$ROOT/bench/results/profile-$(date -u +%Y%m%dT%H%M%SZ)"
+MODE=${PROFILE_MODE:-plain}
+PROF_TARGET=${PROF_TARGET:-$ROOT/target/prof}
+OUT="$BENCH/results/profile-$(date -u +%Y%m%dT%H%M%SZ)-$MODE-c$CONNS"
 mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/ipproxy-profile.XXXXXX)
+chmod 755 "$WORK"
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() {
-    for _ in $(seq 300); do
-        curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "profile: $1 did not come up within 30 s" >&2
-    exit 1
-}
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-(cd "$ROOT" && CARGO_TARGET_DIR="$PROF_TARGET" CARGO_PROFILE_RELEASE_STRIP=false \
-    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only RUSTFLAGS="-C force-frame-pointers=yes" \
-    timeout 3600 cargo build --release --bin ipproxy)
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    (cd "$ROOT" && CARGO_TARGET_DIR="$PROF_TARGET" CARGO_PROFILE_RELEASE_STRIP=false \
+        CARGO_PROFILE_RELEASE_DEBUG=line-tables-only RUSTFLAGS="-C force-frame-pointers=yes" \
+        timeout 3600 cargo build --release --bin ipproxy)
+fi
 BIN="$PROF_TARGET/release/ipproxy"
 
+wait_quiet
+echo "load at start: $(cat /proc/loadavg)" >"$OUT/load.txt"
+
 SIM="127.0.0.1:$(free_port)"
-PROXY_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
 RUST_LOG=warn "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
 PIDS+=("$!")
 wait_for simulator "http://$SIM/__sim/counters"
-env -u RUST_LOG IPPROXY_SERVER__LISTEN="127.0.0.1:$PROXY_PORT" \
+TOKEN=unused
+UPSTREAM="http://$SIM"
+EXTRA=()
+if [[ "$MODE" == tls ]]; then
+    make_pki "$WORK/pki"
+    tls_port=$(free_port)
+    start_nginx tls-upstream "$BENCH/tls-upstream.conf.in" "LISTEN=127.0.0.1:$tls_port" \
+        "SIM=$SIM" "CERT=$WORK/pki/leaf.pem" "KEY=$WORK/pki/leaf.key"
+    UPSTREAM="https://localhost:$tls_port"
+    EXTRA=(IPPROXY_UPSTREAM__CA_FILE="$WORK/pki/ca.pem")
+fi
+PROXY_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+env -u RUST_LOG -u HTTPS_PROXY -u https_proxy -u http_proxy \
+    IPPROXY_SERVER__LISTEN="127.0.0.1:$PROXY_PORT" \
     IPPROXY_SERVER__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" IPPROXY_SERVER__MAX_CONCURRENCY=4096 \
-    IPPROXY_UPSTREAM__URL="http://$SIM" IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
+    IPPROXY_UPSTREAM__URL="$UPSTREAM" IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
     IPPROXY_AUTH__USERNAME=demo IPPROXY_AUTH__PASSWORD=demo-password IPPROXY_LOG__LEVEL=warn \
-    "$BIN" run >"$OUT/ipproxy.log" 2>&1 &
+    "${EXTRA[@]}" "$BIN" run >"$OUT/ipproxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS+=("$PROXY_PID")
 wait_for ipproxy "http://127.0.0.1:$ADMIN_PORT/readyz"
 # Install the metrics recorder the way production does: by scraping (see run.sh).
-# PROFILE_NO_SCRAPE=1 profiles without it.
 [[ "${PROFILE_NO_SCRAPE:-0}" == 1 ]] || curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics"
 
 timeout $((SECONDS_TO_PROFILE + 30)) wrk -t1 -c"$CONNS" -d"$((SECONDS_TO_PROFILE + 3))s" \
@@ -76,7 +78,7 @@ perf report -i "$OUT/perf.data" --no-children --stdio --percent-limit 0.7 -g non
     --sort symbol 2>/dev/null | sed 's/[ -]*$//' >"$OUT/report-self.txt"
 perf report -i "$OUT/perf.data" --children --stdio --percent-limit 2 -g none \
     --sort symbol 2>/dev/null | sed 's/[ -]*$//' >"$OUT/report-children.txt"
-perf script -i "$OUT/perf.data" 2>/dev/null | python3 "$ROOT/bench/fold.py" >"$OUT/folded-top.txt"
+perf script -i "$OUT/perf.data" 2>/dev/null | python3 "$BENCH/fold.py" >"$OUT/folded-top.txt"
 rm -f "$OUT/perf.data.old"
 echo "profile: $OUT"
 head -n 40 "$OUT/report-self.txt" | grep -v '^#' | grep -v '^$' || true

@@ -4,8 +4,10 @@
 Every cell is the median over the repetitions, with the min-max spread in brackets.
 "Added" latency is the target's median percentile minus the direct target's median
 percentile in the same scenario. CPU is utime+stime of the proxy's processes (nginx:
-master + workers) over the run, per 10k requests; peak RSS is VmHWM at the end of the
-scenario (nginx: sum over the workers).
+master + workers) over the run, per request; upstream CPU likewise for the simulator
+(and, in TLS mode, the nginx terminating TLS in front of it); peak RSS is VmHWM at the
+end of the scenario (nginx: sum over the workers). The last table checks issue 13's
+targets against these medians.
 """
 
 import json
@@ -37,12 +39,13 @@ def cell_values(runs, clk_tck):
             "p50": wrk["p50_us"] / 1e3,
             "p99": wrk["p99_us"] / 1e3,
             "p999": wrk["p999_us"] / 1e3,
-            "cpu10k": run["cpu_ticks"] / clk_tck / requests * 1e4,
-            "sim_cpu10k": run["sim_cpu_ticks"] / clk_tck / requests * 1e4,
-            "cpu_cores": run["cpu_ticks"] / clk_tck / seconds,
+            "cpu_us": run["cpu_ticks"] / clk_tck / requests * 1e6,
+            "up_cpu_us": run["sim_cpu_ticks"] / clk_tck / requests * 1e6,
             "hwm_mib": run["hwm_kib"] / 1024,
             "rss_mib": run["rss_kib"] / 1024,
             "errors": errors,
+            "load1": run.get("load1", 0.0),
+            "builds": run.get("builds", 0),
         })
     return out
 
@@ -55,6 +58,10 @@ def spread(values, fmt):
     if len(values) == 1:
         return fmt.format(values[0])
     return f"{fmt.format(med(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def mib(kib):
+    return f"{kib / 1024:.1f}"
 
 
 def main():
@@ -71,14 +78,25 @@ def main():
 
     print(f"Run {meta['stamp']} (commit {meta['commit']}): {meta['reps']} repetitions × "
           f"{meta['duration_s']} s per cell, wrk {meta['wrk_threads']} thread(s), "
-          f"nginx worker_processes {meta['nginx_workers']}.")
+          f"nginx worker_processes {meta['nginx_workers']}, modes: {meta.get('modes', 'plain')}.")
     print(f"Machine: {meta['nproc']} cores, {meta['cpu']}, kernel {meta['kernel']}, "
-          f"{meta['mem_kib'] / 1024 / 1024:.0f} GiB; {meta['nginx']}; {meta['rustc']}.")
-    print("wrk, the simulator and the proxy under test share these cores.\n")
+          f"{meta['mem_kib'] / 1024 / 1024:.0f} GiB; {meta['nginx']}; {meta.get('openssl', '')}; "
+          f"{meta['rustc']}.")
+    print("wrk, the upstream and the proxy under test share these cores.")
+    loads = [v["load1"] for values in grouped.values() for v in cell_values(values, clk)]
+    contended = sum(1 for values in grouped.values() for v in cell_values(values, clk) if v["builds"])
+    quiet = "waited for a quiet machine" if meta.get("quiet_wait") else "did not wait for a quiet machine"
+    if meta.get("not_quiet"):
+        quiet = "NOT QUIET: gave up waiting for a quiet machine"
+    print(f"Load average at start: {meta.get('load_at_start', '?').strip()} ({quiet}); "
+          f"1-minute load before each run: median {med(loads) if loads else 0:.2f} "
+          f"(max {max(loads) if loads else 0:.2f}, includes the benchmark's own load); "
+          f"runs with someone else's build running: {contended} of {len(loads)}.\n")
     print("Medians over repetitions, (min–max) in brackets. Latency in ms; "
-          "CPU = proxy CPU seconds per 10k requests (nginx: master + workers); "
-          "sim CPU likewise for the upstream; peak RSS = VmHWM (nginx: sum of workers).\n")
-    print("| scenario | target | req/s | p50 | p99 | p99.9 | added p50 | added p99 | CPU s/10k | sim CPU s/10k | peak RSS MiB | errors |")
+          "CPU = proxy CPU µs per request (nginx: master + workers); "
+          "upstream CPU likewise for the simulator (TLS: + the nginx terminating TLS); "
+          "peak RSS = VmHWM (nginx: sum of workers).\n")
+    print("| scenario | target | req/s | p50 | p99 | p99.9 | added p50 | added p99 | CPU µs/req | upstream CPU µs/req | peak RSS MiB | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     medians = {}
     for scenario in scenarios:
@@ -94,21 +112,21 @@ def main():
             m["hwm_mib"] = max(col("hwm_mib"))
             medians[(scenario, target)] = m
             add50 = add99 = cpu = hwm = "–"
-            if target != "direct":
+            if target != "direct" and d50 is not None:
                 add50 = f"{m['p50'] - d50:+.3f}"
                 add99 = f"{m['p99'] - d99:+.3f}"
                 m["add50"], m["add99"] = m["p50"] - d50, m["p99"] - d99
-                cpu = spread(col("cpu10k"), "{:.3f}")
+                cpu = spread(col("cpu_us"), "{:.1f}")
                 hwm = f"{m['hwm_mib']:.1f}"
             rps = spread(col("rps"), "{:.0f}")
-            if scenario.startswith("get"):
+            if "get" in scenario:
                 rps += f" ({m['mbps']:.0f} MB/s)"
             print(f"| {scenario} | {target} | {rps} | {spread(col('p50'), '{:.3f}')} | "
                   f"{spread(col('p99'), '{:.3f}')} | {spread(col('p999'), '{:.3f}')} | {add50} | "
-                  f"{add99} | {cpu} | {m['sim_cpu10k']:.3f} | {hwm} | {sum(col('errors'))} |")
+                  f"{add99} | {cpu} | {m['up_cpu_us']:.1f} | {hwm} | {sum(col('errors'))} |")
 
     print("\nipproxy ÷ nginx (medians; req/s above 1 is better, the rest below 1 is better):\n")
-    print("| scenario | req/s | added p50 | added p99 | CPU/10k | peak RSS |")
+    print("| scenario | req/s | added p50 | added p99 | CPU/req | peak RSS |")
     print("|---|---|---|---|---|---|")
 
     def ratio(a, b):
@@ -118,27 +136,72 @@ def main():
 
     for scenario in scenarios:
         ip, ng = medians.get((scenario, "ipproxy")), medians.get((scenario, "nginx"))
-        if not ip or not ng:
+        if not ip or not ng or "add50" not in ip:
             continue
         # A ratio of added latencies only means something when nginx adds some; the
         # ms difference is always shown.
         add = lambda k: (f"{ratio(ip[k], ng[k]) if ng[k] > 0 and ip[k] >= 0 else 'n/a'} "
                          f"({ip[k]:+.3f} vs {ng[k]:+.3f} ms)")
         print(f"| {scenario} | {ratio(ip['rps'], ng['rps'])} | {add('add50')} | {add('add99')} | "
-              f"{ratio(ip['cpu10k'], ng['cpu10k'])} | {ratio(ip['hwm_mib'], ng['hwm_mib'])} |")
+              f"{ratio(ip['cpu_us'], ng['cpu_us'])} | {ratio(ip['hwm_mib'], ng['hwm_mib'])} |")
 
+    idle = meta.get("idle_rss_kib", {})
+    after = meta.get("rss_after_kib", {})
+    print()
+    for mode in ("plain", "tls"):
+        if f"{mode}/ipproxy" not in idle:
+            continue
+        print(f"{mode}: ipproxy idle RSS {mib(idle[f'{mode}/ipproxy'])} MiB at start, "
+              f"{mib(after.get(f'{mode}/ipproxy', 0))} MiB idle after the run; nginx idle "
+              f"{mib(idle.get(f'{mode}/nginx', 0))} MiB (workers) + "
+              f"{mib(idle.get(f'{mode}/nginx-master', 0))} MiB (master).")
     info, warn = medians.get(("ping-c64", "ipproxy-info")), medians.get(("ping-c64", "ipproxy"))
-    print(f"\nipproxy idle RSS: {meta['ipproxy_idle_rss_kib'] / 1024:.1f} MiB at start, "
-          f"{meta.get('ipproxy_rss_after_kib', 0) / 1024:.1f} MiB idle after the run; "
-          f"nginx idle: {meta['nginx_idle_rss_kib'] / 1024:.1f} MiB (workers) + "
-          f"{meta['nginx_master_rss_kib'] / 1024:.1f} MiB (master).")
     if info and warn:
         lines = meta.get("info_log_lines", 0)
         per_line = meta.get("info_log_bytes", 0) / lines if lines else 0
         print(f"Logging at info (one JSON line per request, ~{per_line:.0f} bytes, to a file) "
               f"at 64 connections: {info['rps']:.0f} req/s vs {warn['rps']:.0f} at warn "
-              f"({(info['rps'] / warn['rps'] - 1) * 100:+.1f} %), CPU {info['cpu10k']:.3f} vs "
-              f"{warn['cpu10k']:.3f} s/10k ({(info['cpu10k'] / warn['cpu10k'] - 1) * 100:+.1f} %).")
+              f"({(info['rps'] / warn['rps'] - 1) * 100:+.1f} %), CPU {info['cpu_us']:.1f} vs "
+              f"{warn['cpu_us']:.1f} µs/req ({(info['cpu_us'] / warn['cpu_us'] - 1) * 100:+.1f} %).")
+
+    # Issue 13's targets, checked against the medians above.
+    rows = []
+
+    def check(name, scenario, ok, shown):
+        rows.append((name, scenario, "met" if ok else "**not met**", shown))
+
+    for mode, prefix in (("plain", ""), ("tls", "tls-")):
+        for conns in (64, 256):
+            scenario = f"{prefix}ping-c{conns}"
+            ip, ng = medians.get((scenario, "ipproxy")), medians.get((scenario, "nginx"))
+            if not ip or not ng:
+                continue
+            check("throughput ≥ 1.0× nginx", scenario, ip["rps"] >= ng["rps"],
+                  f"{ip['rps'] / ng['rps']:.2f}× ({ip['rps']:.0f} vs {ng['rps']:.0f} req/s)")
+            check("CPU per request ≤ nginx", scenario, ip["cpu_us"] <= ng["cpu_us"],
+                  f"{ip['cpu_us']:.1f} vs {ng['cpu_us']:.1f} µs ({ip['cpu_us'] / ng['cpu_us']:.2f}×)")
+        for conns in (1, 64):
+            scenario = f"{prefix}ping-c{conns}"
+            ip, ng = medians.get((scenario, "ipproxy")), medians.get((scenario, "nginx"))
+            if not ip or not ng or "add50" not in ip:
+                continue
+            check("added p50 ≤ nginx", scenario, ip["add50"] <= ng["add50"],
+                  f"{ip['add50'] * 1000:+.0f} vs {ng['add50'] * 1000:+.0f} µs")
+        scenario = f"{prefix}ping-c256"
+        ip, ng = medians.get((scenario, "ipproxy")), medians.get((scenario, "nginx"))
+        if ip and ng:
+            check("peak RSS ≤ nginx (workers)", scenario, ip["hwm_mib"] <= ng["hwm_mib"],
+                  f"{ip['hwm_mib']:.1f} vs {ng['hwm_mib']:.1f} MiB")
+        if f"{mode}/ipproxy" in idle:
+            start = idle[f"{mode}/ipproxy"] / 1024
+            check("idle RSS ≤ 10 MiB (at start)", mode, start <= 10,
+                  f"{start:.1f} MiB (after the run: {after.get(f'{mode}/ipproxy', 0) / 1024:.1f} MiB)")
+    if rows:
+        print("\nIssue 13's targets against these medians:\n")
+        print("| target | cell | status | measured (ipproxy vs nginx) |")
+        print("|---|---|---|---|")
+        for name, scenario, status, shown in rows:
+            print(f"| {name} | {scenario} | {status} | {shown} |")
 
 
 if __name__ == "__main__":

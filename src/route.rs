@@ -68,6 +68,28 @@ impl Route {
     }
 }
 
+impl Route {
+    /// [`Route::upstream_uri`] for a client's request target. When the route adds no
+    /// base path and strips no prefix, the upstream path is the client's, byte for
+    /// byte: its bytes are shared (a reference count), not copied.
+    pub fn upstream_uri_for(&self, inbound: &Uri) -> Result<Uri, InvalidUri> {
+        let (path, query) = (inbound.path(), inbound.query());
+        if let Some(same) = inbound.path_and_query()
+            && self.target.base_path().is_empty()
+            && !self.strip_prefix
+            && path.starts_with('/')
+            && same.as_str().len() == path.len() + query.map_or(0, |query| query.len() + 1)
+        {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.target.scheme().clone());
+            parts.authority = Some(self.target.authority().clone());
+            parts.path_and_query = Some(same.clone());
+            return Ok(Uri::from_parts(parts).expect("scheme, authority and path are all set"));
+        }
+        self.upstream_uri(path, query)
+    }
+}
+
 /// All routes, longest prefix first.
 #[derive(Debug)]
 pub struct RouteTable {
@@ -100,5 +122,61 @@ impl RouteTable {
     /// The route with the longest prefix matching `path` on segment boundaries.
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.prefix.matches(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Registry;
+
+    fn route(upstream: &str, prefix: &str, strip_prefix: bool) -> Route {
+        let config = crate::config::load(
+            None,
+            [
+                ("IPPROXY_AUTH__KIND", "static"),
+                ("IPPROXY_AUTH__TOKEN", "t"),
+            ]
+            .map(|(key, value)| (key.to_owned(), value.to_owned())),
+        )
+        .expect("config");
+        let store = crate::token::store::Store::memory();
+        let login = crate::proxy::build_login_client(&config.upstream).expect("login client");
+        let (_registry, tokens) = Registry::build(&config, &login, &store);
+        let mut table = RouteTable::build(&config, tokens);
+        let mut route = table.routes.remove(0);
+        route.target = UpstreamTarget::parse(upstream).expect("test upstream");
+        route.prefix = RoutePrefix::parse(prefix).expect("test prefix");
+        route.strip_prefix = strip_prefix;
+        route
+    }
+
+    #[test]
+    fn the_shared_upstream_path_is_the_built_one() {
+        let targets = [
+            "/_rest/v4/app/sms/send",
+            "/_rest/v4/my/did?from=1555&to=1666",
+            "/rest/v1/lists/?",
+            "/a%20b?q=%2F",
+            "http://client.example/x/y?z",
+        ];
+        for (upstream, prefix, strip) in [
+            ("https://api.intelepeer.com", "/", false),
+            ("https://api.intelepeer.com/base/", "/", false),
+            ("https://api.intelepeer.com", "/_rest/v4/", true),
+        ] {
+            let route = route(upstream, prefix, strip);
+            for target in targets {
+                let inbound: Uri = target.parse().expect("target");
+                let built = route
+                    .upstream_uri(inbound.path(), inbound.query())
+                    .expect("built");
+                assert_eq!(
+                    route.upstream_uri_for(&inbound).expect("shared"),
+                    built,
+                    "{upstream} {target}"
+                );
+            }
+        }
     }
 }

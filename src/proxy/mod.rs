@@ -3,7 +3,8 @@
 //!
 //! - `headers`: what crosses the proxy in each direction.
 //! - `body`: the replay buffer and the streaming `max_body` limit.
-//! - `outbound`: the one client stack (TLS, `ca_file`, pool) for forwarding and logins.
+//! - `outbound`: the one client stack (TLS, `ca_file`) for forwarding and logins.
+//! - `pool`: the worker's upstream connections, driven by the requests that use them.
 //! - `egress`: the `CONNECT` tunnel through a corporate egress proxy.
 //!
 //! Knows routes and leases, not where tokens come from.
@@ -13,13 +14,13 @@ pub mod egress;
 pub mod headers;
 mod outbound;
 mod pipeline;
+pub mod pool;
 
 pub use pipeline::{Pipeline, ProxyResponse};
 
 use std::time::Duration;
 
 use http::{HeaderValue, Request, StatusCode, Uri, header};
-use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::connection::ClientBody;
@@ -27,9 +28,10 @@ use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
 use crate::telemetry::trace;
-use body::{OutboundBody, UpstreamBody};
-use egress::EgressError;
-pub use outbound::{ClientError, UpstreamClient, build_client, build_login_client};
+use body::OutboundBody;
+pub use body::UpstreamBody;
+pub use outbound::{ClientError, build_client, build_client_with, build_login_client};
+pub use pool::{ResponseBody, UpstreamClient};
 
 /// Limits that apply to every forwarded request.
 #[derive(Debug, Clone)]
@@ -68,7 +70,7 @@ pub async fn forward(
     route: &Route,
     request: Request<ClientBody>,
     request_id: &RequestId,
-) -> Result<(http::Response<Incoming>, Outcome), ProxyError> {
+) -> Result<(http::Response<ResponseBody>, Outcome), ProxyError> {
     let (parts, body) = request.into_parts();
     let uri = upstream_uri(route, &parts.uri)?;
     let mut body =
@@ -83,17 +85,9 @@ pub async fn forward(
             retry_after: unavailable.retry_after,
         })?;
 
-    // Headers are built for each attempt: cheaper than keeping a copy for a retry
-    // that rarely happens.
-    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri, number: u8| {
-        // `Span::none()` unless tracing is on; then the upstream sees this attempt's
-        // span as the parent, in place of the client's own `traceparent`.
-        let span = trace::upstream_span(
-            number,
-            &parts.method,
-            uri.authority().map_or("", |authority| authority.as_str()),
-            uri.path(),
-        );
+    // Headers are built for each attempt (again if the pool must send it again on a
+    // new connection): cheaper than keeping a copy for a retry that rarely happens.
+    let build = |token: &HeaderValue, body: UpstreamBody, uri: Uri, span: &tracing::Span| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -101,9 +95,32 @@ pub async fn forward(
         *headers = headers::upstream_request_headers(&parts.headers, &route.header);
         headers.insert(header::HOST, route.host().clone());
         headers.insert(request_id::HEADER, request_id.header_value());
-        headers.insert(route.header.clone(), token);
-        trace::inject(&span, headers);
-        attempt(client, request, limits.request_timeout, span)
+        headers.insert(route.header.clone(), token.clone());
+        // The upstream sees this attempt's span as the parent, in place of the
+        // client's own `traceparent` (nothing happens unless tracing is on).
+        trace::inject(span, headers);
+        request
+    };
+    let inbound = &parts.uri;
+    let send = |token: HeaderValue, body: UpstreamBody, uri: Uri, number: u8| {
+        // `Span::none()` unless tracing is on.
+        let span = trace::upstream_span(
+            number,
+            &parts.method,
+            uri.authority().map_or("", |authority| authority.as_str()),
+            uri.path(),
+        );
+        let request = build(&token, body, uri, &span);
+        let retry_span = span.clone();
+        let again = move |body| {
+            Some(build(
+                &token,
+                body,
+                upstream_uri(route, inbound).ok()?,
+                &retry_span,
+            ))
+        };
+        attempt(client, request, again, limits.request_timeout, span)
     };
 
     let first = send(lease.header, body.attempt(), uri, 1).await;
@@ -139,26 +156,28 @@ pub async fn forward(
 
 fn upstream_uri(route: &Route, inbound: &Uri) -> Result<Uri, ProxyError> {
     route
-        .upstream_uri(inbound.path(), inbound.query())
+        .upstream_uri_for(inbound)
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
-/// One upstream attempt, bounded until response headers arrive; its outcome is
+/// One upstream attempt, bounded until response headers arrive; `again` rebuilds the
+/// request if the pool must send it again on a new connection. Its outcome is
 /// recorded on its `span`, which ends with it.
 async fn attempt(
     client: &UpstreamClient,
     request: Request<UpstreamBody>,
+    again: impl FnOnce(UpstreamBody) -> Option<Request<UpstreamBody>>,
     timeout: Duration,
     span: tracing::Span,
-) -> Result<http::Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
+) -> Result<http::Response<ResponseBody>, ProxyError> {
+    match tokio::time::timeout(timeout, client.send(request, again)).await {
         Ok(Ok(response)) => {
             trace::record_upstream(&span, Ok(response.status()));
             Ok(response)
         }
         Ok(Err(error)) => {
-            tracing::debug!(cause = %outbound::describe(&error), connect = error.is_connect(), "upstream request failed");
-            match EgressError::find(&error) {
+            tracing::debug!(cause = %error, connect = error.is_connect(), "upstream request failed");
+            match error.egress() {
                 Some(egress) => {
                     trace::record_upstream(&span, Err("egress_unreachable"));
                     Err(ProxyError::EgressUnreachable {
@@ -183,9 +202,9 @@ async fn attempt(
 /// streams as it arrives, unboxed; the server wraps it with the request's in-flight
 /// count.
 fn into_client_response(
-    mut response: http::Response<Incoming>,
+    mut response: http::Response<ResponseBody>,
     request_id: &RequestId,
-) -> http::Response<Incoming> {
+) -> http::Response<ResponseBody> {
     let headers = response.headers_mut();
     headers::strip_response_headers(headers);
     headers.insert(request_id::HEADER, request_id.header_value());

@@ -1,13 +1,13 @@
 //! The one outbound stack for connections to IntelePeer, forwarding and logins alike:
 //! TCP (`upstream.connect_timeout`, no Nagle) → the egress tunnel where configured
 //! (`egress`) → rustls on ring with the standard web roots plus `upstream.ca_file`,
-//! verification always on → hyper's pooled client, HTTP/1.1 or HTTP/2 by ALPN.
+//! verification always on → HTTP/1.1 or HTTP/2 by ALPN.
 //!
-//! Forwarding gets one client per worker ([`build_client`]); logins get one
-//! [`LoginTransport`] ([`build_login_client`]) built from the same connector, so they
-//! trust the same roots and leave the network the same way. Nothing else may use this
-//! stack: a store or a trace collector is reached inside the network, without the
-//! egress proxy.
+//! Forwarding gets one pooled client per worker ([`build_client`], the connections
+//! in `pool`); logins get one [`LoginTransport`] ([`build_login_client`]) on hyper-util's
+//! pooled client over the same egress connector and roots, so they trust the same
+//! roots and leave the network the same way. Nothing else may use this stack: a store
+//! or a trace collector is reached inside the network, without the egress proxy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,30 +25,32 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use url::Url;
 
-use super::body::UpstreamBody;
 use super::egress::{EgressConnector, EgressError, error_chain};
+use super::pool::{IDLE_TIMEOUT, PoolSettings, UpstreamClient};
 use crate::config::UpstreamConfig;
 use crate::token::{LoginAnswer, LoginTransport, LoginTransportError};
 
-/// Idle upstream connections are kept this long (IntelePeer is one host per route).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TLS over the egress connector, for the login client.
+type Connector = HttpsConnector<EgressConnector>;
 
-/// TLS over the egress connector: what every outbound client is built on.
-pub type Connector = HttpsConnector<EgressConnector>;
-
-/// The pooled upstream client used for forwarding.
-pub type UpstreamClient = Client<Connector, UpstreamBody>;
-
-/// Builds the pooled HTTPS client for forwarding: no redirects followed (a redirect is
-/// the upstream's answer to the client), no decompression (bodies pass through byte
+/// Builds a worker's pooled client for forwarding: no redirects followed (a redirect
+/// is the upstream's answer to the client), no decompression (bodies pass through byte
 /// for byte), `Host` left to `forward`.
 pub fn build_client(upstream: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        // `forward` sets Host from the route's prebuilt value.
-        .set_host(false)
-        .build(connector(upstream)?))
+    build_client_with(upstream, PoolSettings::default())
+}
+
+/// [`build_client`] with other pool settings (tests: a short idle timeout, a small
+/// bound).
+pub fn build_client_with(
+    upstream: &UpstreamConfig,
+    settings: PoolSettings,
+) -> Result<UpstreamClient, ClientError> {
+    Ok(UpstreamClient::new(
+        egress_connector(upstream),
+        tls_config(upstream)?,
+        settings,
+    ))
 }
 
 /// Builds the transport for logins on the same stack as forwarding (same roots, same
@@ -72,13 +74,23 @@ pub fn build_login_client(
         );
     }
     let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(connector(upstream)?);
     Ok(Arc::new(LoginClient { client }))
 }
 
 fn connector(upstream: &UpstreamConfig) -> Result<Connector, ClientError> {
+    Ok(HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(upstream)?)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(egress_connector(upstream)))
+}
+
+/// rustls on ring, the standard web roots plus `upstream.ca_file`, verification on,
+/// the default in-memory session cache (new connections resume TLS sessions).
+fn tls_config(upstream: &UpstreamConfig) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for certificate in extra_roots(upstream)? {
@@ -87,21 +99,20 @@ fn connector(upstream: &UpstreamConfig) -> Result<Connector, ClientError> {
             .map_err(|error| ca_file_error(upstream, error.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| ClientError::Build(error.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// TCP (`connect_timeout`, no Nagle) or the egress tunnel.
+fn egress_connector(upstream: &UpstreamConfig) -> EgressConnector {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_connect_timeout(Some(upstream.connect_timeout));
     tcp.set_nodelay(true);
-    let egress = EgressConnector::new(tcp, &upstream.egress, upstream.connect_timeout);
-    Ok(HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(egress))
+    EgressConnector::new(tcp, &upstream.egress, upstream.connect_timeout)
 }
 
 /// The certificates of `upstream.ca_file` (none when unset).
@@ -205,7 +216,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// A client error as a sentence, without the URL: the egress failure when the tunnel
 /// broke (it names the proxy), otherwise the category and the underlying causes.
-pub(super) fn describe(error: &hyper_util::client::legacy::Error) -> String {
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
     if let Some(egress) = EgressError::find(error) {
         return egress.to_string();
     }

@@ -16,11 +16,10 @@ use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
-use super::{Limits, Outcome, UpstreamClient};
+use super::{Limits, Outcome, ResponseBody, UpstreamClient};
 use crate::access::{self, Access};
 use crate::connection::{ClientBody, RequestHandle};
 use crate::error::ProxyError;
@@ -214,7 +213,7 @@ impl Drop for InFlight {
 /// An upstream response body and its request's [`InFlight`] count, before the log
 /// line is attached.
 struct Sending {
-    body: Incoming,
+    body: ResponseBody,
     in_flight: InFlight,
 }
 
@@ -280,7 +279,7 @@ struct PendingLog {
 /// line, both released when the body has been sent or dropped.
 #[derive(Debug)]
 pub struct Guarded {
-    body: Incoming,
+    body: ResponseBody,
     log: Option<PendingLog>,
     _in_flight: InFlight,
 }

@@ -9,6 +9,7 @@ pub mod keepalive;
 pub mod metrics;
 pub mod otlp;
 pub mod redis;
+pub mod scripted;
 pub mod tls;
 
 use std::future::Future;

@@ -68,21 +68,26 @@ impl TestPki {
     }
 
     fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::new(self.server_config()))
+    }
+
+    /// A server configuration with the `localhost` certificate (no ALPN; rustls's
+    /// default session cache, so clients can resume).
+    pub fn server_config(&self) -> rustls::ServerConfig {
         use rustls::pki_types::pem::PemObject;
         let certificate =
             pki_types::CertificateDer::from_pem_slice(self.leaf_pem.as_bytes()).expect("leaf PEM");
         let key = pki_types::PrivateKeyDer::from_pem_slice(self.leaf_key_pem.as_bytes())
             .expect("key PEM");
         // ring: the provider the proxy's rustls uses; no process-wide default needed.
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
         .with_no_client_auth()
         .with_single_cert(vec![certificate], key)
-        .expect("server certificate");
-        TlsAcceptor::from(Arc::new(tls))
+        .expect("server certificate")
     }
 }
 
@@ -160,5 +165,82 @@ impl TlsUpstream {
 
     pub fn authorizations(&self) -> Vec<String> {
         self.authorizations.lock().expect("not poisoned").clone()
+    }
+}
+
+/// An HTTPS server that counts its TLS handshakes and how many resumed an earlier
+/// session, offering `alpn` by ALPN and serving `app` over HTTP/1.1 or HTTP/2.
+pub struct HandshakeCounter {
+    pub addr: SocketAddr,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    resumed: Arc<std::sync::atomic::AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl HandshakeCounter {
+    /// `close_each`: HTTP/1.1 answers carry `Connection: close`, so every request
+    /// needs a new connection.
+    pub async fn start(pki: &TestPki, alpn: &[&[u8]], close_each: bool, app: axum::Router) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut config = pki.server_config();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let resumed = Arc::new(AtomicUsize::new(0));
+        let (all, again) = (Arc::clone(&handshakes), Arc::clone(&resumed));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => break,
+                };
+                let acceptor = acceptor.clone();
+                let service = TowerToHyperService::new(app.clone());
+                let (all, again) = (Arc::clone(&all), Arc::clone(&again));
+                tokio::spawn(async move {
+                    let Ok(tls_stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    all.fetch_add(1, Ordering::SeqCst);
+                    if tls_stream.get_ref().1.handshake_kind()
+                        == Some(rustls::HandshakeKind::Resumed)
+                    {
+                        again.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().keep_alive(!close_each);
+                    let _ = builder
+                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            handshakes,
+            resumed,
+            _stop: stop,
+        }
+    }
+
+    /// `https://localhost:PORT`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// TLS handshakes completed (one per connection).
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Handshakes that resumed an earlier session.
+    pub fn resumed(&self) -> usize {
+        self.resumed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

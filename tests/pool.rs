@@ -1,0 +1,449 @@
+//! The forwarding pool over real loopback sockets: kept-alive connections reused; a
+//! connection the upstream closed, before or while a request was written, handled as
+//! the pool's module comment says (a request not written goes on a fresh connection,
+//! one that may have arrived only when its body is buffered and it is idempotent or no
+//! byte of an answer came); idle expiry; the bound on idle connections; requests and
+//! responses abandoned half-way closing their connection; tunnels through a real
+//! egress proxy kept like direct connections; TLS sessions resumed; HTTP/2 by ALPN
+//! multiplexing concurrent requests on one connection.
+//!
+//! The pool is driven directly (not through a proxy, whose workers each have their own
+//! pool), on the test's single-threaded runtime, as a worker drives it.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, stream};
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt as _, Either, Full};
+use ipproxy::proxy::pool::{PoolSettings, SendError};
+use ipproxy::proxy::{UpstreamBody, UpstreamClient, build_client_with};
+use support::forward_proxy::ForwardProxy;
+use support::scripted::{Action, EVENT_LIMIT, Event, ScriptedUpstream};
+use support::tls::{HandshakeCounter, TestPki, TlsUpstream};
+use support::vars;
+
+fn client_for(url: &str, extra: &[(&str, &str)], settings: PoolSettings) -> UpstreamClient {
+    let mut pairs = vec![
+        ("IPPROXY_UPSTREAM__URL", url),
+        ("IPPROXY_AUTH__KIND", "static"),
+        ("IPPROXY_AUTH__TOKEN", "pool-test-token"),
+    ];
+    pairs.extend_from_slice(extra);
+    let config = ipproxy::config::load(None, vars(&pairs)).expect("valid test configuration");
+    build_client_with(&config.upstream, settings).expect("client")
+}
+
+fn request(method: Method, url: &str, body: UpstreamBody) -> Request<UpstreamBody> {
+    let uri: Uri = url.parse().expect("test URL");
+    let host = uri.authority().expect("absolute URL").to_string();
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, host)
+        .body(body)
+        .expect("request")
+}
+
+/// A body the proxy buffered (at most `replay_limit`): can be sent twice.
+fn buffered(text: &'static str) -> UpstreamBody {
+    Either::Left(Full::new(Bytes::from_static(text.as_bytes())))
+}
+
+/// A body that streams through (over `replay_limit`): goes once.
+fn streamed(text: &'static str) -> UpstreamBody {
+    Either::Right(axum::body::Body::from(text))
+}
+
+/// Sends one request and reads the whole answer; the pool may rebuild the request
+/// with the same method and URL.
+async fn exchange(
+    client: &UpstreamClient,
+    method: Method,
+    url: &str,
+    body: UpstreamBody,
+) -> Result<(StatusCode, Bytes), SendError> {
+    let again = {
+        let (method, url) = (method.clone(), url.to_owned());
+        move |body| Some(request(method, &url, body))
+    };
+    let response = client.send(request(method, url, body), again).await?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the whole body")
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn origin(url: &str) -> Uri {
+    url.parse().expect("origin")
+}
+
+/// Requests of `method` the upstream read.
+fn seen(upstream: &ScriptedUpstream, method: &str) -> Vec<support::scripted::Seen> {
+    upstream
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.method == method)
+        .collect()
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_kept_alive_connection() {
+    let upstream = ScriptedUpstream::start(|_, _| Action::Respond("ok")).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    for _ in 0..3 {
+        let (status, body) = exchange(&client, Method::GET, &upstream.url("/a"), buffered(""))
+            .await
+            .expect("answered");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(upstream.accepted(), 1);
+    assert_eq!(client.idle_connections(&origin(&upstream.url(""))), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_written_to() {
+    let upstream = ScriptedUpstream::start(|connection, _| match connection {
+        0 => Action::RespondThenClose("first"),
+        _ => Action::Respond("second"),
+    })
+    .await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
+        .await
+        .expect("first answer");
+    upstream
+        .wait_for(Event::ClosedByUpstream { connection: 0 })
+        .await;
+    // A streamed POST: written to the closed connection, it could not be sent again.
+    let (status, body) = exchange(
+        &client,
+        Method::POST,
+        &upstream.url("/send"),
+        streamed("payload"),
+    )
+    .await
+    .expect("sent on a fresh connection");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"second"[..]));
+    assert_eq!(upstream.accepted(), 2);
+    let posts = seen(&upstream, "POST");
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].connection, 1);
+}
+
+/// Connection 0 answers its first request, then meets the second one with `then`;
+/// every later connection answers `fresh`.
+fn second_request_meets(then: Action) -> impl Fn(usize, usize) -> Action + Send + Sync {
+    move |connection, request| match (connection, request) {
+        (0, 0) => Action::Respond("warm"),
+        (0, _) => then,
+        _ => Action::Respond("fresh"),
+    }
+}
+
+#[tokio::test]
+async fn a_buffered_post_that_met_a_silent_close_is_sent_again_on_a_new_connection() {
+    let upstream = ScriptedUpstream::start(second_request_meets(Action::CloseUnanswered)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
+        .await
+        .expect("warm-up");
+    let (status, body) = exchange(
+        &client,
+        Method::POST,
+        &upstream.url("/send"),
+        buffered("sms"),
+    )
+    .await
+    .expect("sent again on a fresh connection");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"fresh"[..]));
+    let posts = seen(&upstream, "POST");
+    assert_eq!(
+        posts.iter().map(|post| post.connection).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert!(posts.iter().all(|post| post.body == b"sms"));
+}
+
+#[tokio::test]
+async fn a_streamed_post_that_may_have_arrived_is_not_sent_again() {
+    let upstream = ScriptedUpstream::start(second_request_meets(Action::CloseUnanswered)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
+        .await
+        .expect("warm-up");
+    let failed = exchange(
+        &client,
+        Method::POST,
+        &upstream.url("/send"),
+        streamed("sms"),
+    )
+    .await;
+    assert!(matches!(failed, Err(SendError::Request(_))), "{failed:?}");
+    assert_eq!(seen(&upstream, "POST").len(), 1);
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_buffered_post_is_not_sent_again_once_part_of_an_answer_came() {
+    let upstream =
+        ScriptedUpstream::start(second_request_meets(Action::PartialHeadThenClose)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
+        .await
+        .expect("warm-up");
+    let failed = exchange(
+        &client,
+        Method::POST,
+        &upstream.url("/send"),
+        buffered("sms"),
+    )
+    .await;
+    assert!(matches!(failed, Err(SendError::Request(_))), "{failed:?}");
+    assert_eq!(seen(&upstream, "POST").len(), 1);
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_idempotent_request_is_sent_again_even_after_part_of_an_answer() {
+    let upstream =
+        ScriptedUpstream::start(second_request_meets(Action::PartialHeadThenClose)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
+        .await
+        .expect("warm-up");
+    let (status, body) = exchange(&client, Method::PUT, &upstream.url("/list"), buffered("{}"))
+        .await
+        .expect("sent again on a fresh connection");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"fresh"[..]));
+    assert_eq!(seen(&upstream, "PUT").len(), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let idle_timeout = Duration::from_millis(500);
+    let upstream = ScriptedUpstream::start(|_, _| Action::Respond("ok")).await;
+    let settings = PoolSettings {
+        idle_timeout,
+        ..PoolSettings::default()
+    };
+    let client = client_for(&upstream.url(""), &[], settings);
+    let url = upstream.url("/");
+    exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("first");
+    let before_last_use = Instant::now();
+    exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("second, on the same connection");
+    assert_eq!(upstream.accepted(), 1);
+    assert_eq!(client.idle_connections(&origin(&url)), 1);
+    upstream
+        .wait_for(Event::ClosedByClient { connection: 0 })
+        .await;
+    assert!(
+        before_last_use.elapsed() >= idle_timeout,
+        "closed after {:?}",
+        before_last_use.elapsed()
+    );
+    assert_eq!(client.idle_connections(&origin(&url)), 0);
+    exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("on a new connection");
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_per_upstream_are_bounded() {
+    // Every request is held until four are held at once: four connections.
+    let upstream = ScriptedUpstream::start(|_, _| Action::RespondWhenHeld(4)).await;
+    let settings = PoolSettings {
+        max_idle: 2,
+        ..PoolSettings::default()
+    };
+    let client = client_for(&upstream.url(""), &[], settings);
+    let url = upstream.url("/");
+    let burst = (0..4).map(|_| exchange(&client, Method::GET, &url, buffered("")));
+    for answer in futures_util::future::join_all(burst).await {
+        assert_eq!(answer.expect("answered").0, StatusCode::OK);
+    }
+    assert_eq!(upstream.accepted(), 4);
+    assert_eq!(client.idle_connections(&origin(&url)), 2);
+    // The two beyond the bound were closed.
+    upstream.wait_for_client_closes(2).await;
+    let again = (0..2).map(|_| exchange(&client, Method::GET, &url, buffered("")));
+    for answer in futures_util::future::join_all(again).await {
+        assert_eq!(answer.expect("answered").0, StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.accepted(),
+        4,
+        "the two kept connections were reused"
+    );
+}
+
+#[tokio::test]
+async fn a_response_dropped_before_its_end_closes_its_connection() {
+    let upstream = ScriptedUpstream::start(|connection, _| match connection {
+        0 => Action::StallMidBody,
+        _ => Action::Respond("next"),
+    })
+    .await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/bytes");
+    let response = client
+        .send(request(Method::GET, &url, buffered("")), |_| None)
+        .await
+        .expect("head");
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert!(first.is_data());
+    drop(body); // the client went away mid-download
+    upstream
+        .wait_for(Event::ClosedByClient { connection: 0 })
+        .await;
+    assert_eq!(client.idle_connections(&origin(&url)), 0);
+    let (_, body) = exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("next request");
+    assert_eq!(&body[..], b"next");
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_request_abandoned_while_its_body_goes_out_closes_its_connection() {
+    let upstream = ScriptedUpstream::start(|_, _| Action::Respond("ok")).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/upload");
+    exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("warm-up");
+    upstream.wait_for(Event::Head { connection: 0 }).await; // the warm-up's
+    // A body that sends one chunk and then nothing: the client stalls mid-upload.
+    let stalled = stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"part")) })
+        .chain(stream::pending());
+    let body = Either::Right(axum::body::Body::from_stream(stalled));
+    let sending = client.send(request(Method::POST, &url, body), |_| None);
+    tokio::select! {
+        answer = sending => panic!("answered a request whose body never ended: {answer:?}"),
+        () = upstream.wait_for(Event::Head { connection: 0 }) => {}
+    }
+    // The request future is gone (the client disconnected): so is its connection.
+    upstream
+        .wait_for(Event::ClosedByClient { connection: 0 })
+        .await;
+    assert_eq!(client.idle_connections(&origin(&url)), 0);
+    exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("next request");
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn connections_through_the_egress_proxy_are_kept_and_reused() {
+    let pki = TestPki::generate();
+    let upstream = TlsUpstream::start(&pki).await;
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = pki.write_ca(&ca_dir).display().to_string();
+    let egress = ForwardProxy::start(&[upstream.addr.port()]);
+    let client = client_for(
+        &upstream.url(),
+        &[
+            ("IPPROXY_UPSTREAM__CA_FILE", &ca_file),
+            ("IPPROXY_UPSTREAM__PROXY", &egress.url()),
+        ],
+        PoolSettings::default(),
+    );
+    let url = format!("{}/_rest/v4/my/did", upstream.url());
+    for _ in 0..3 {
+        let (status, body) = exchange(&client, Method::GET, &url, buffered(""))
+            .await
+            .expect("through the tunnel");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], br#"{"upstream":"tls"}"#);
+    }
+    let target = format!("localhost:{}", upstream.addr.port());
+    assert!(egress.saw_connect_to(&target), "{}", egress.log());
+    assert_eq!(egress.connect_requests().len(), 1, "{}", egress.log());
+    assert_eq!(client.idle_connections(&origin(&upstream.url())), 1);
+}
+
+#[tokio::test]
+async fn a_new_tls_connection_resumes_the_session_of_the_previous_one() {
+    let pki = TestPki::generate();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    // `Connection: close` on every answer: each request needs a new connection.
+    let server = HandshakeCounter::start(&pki, &[b"http/1.1"], true, app).await;
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = pki.write_ca(&ca_dir).display().to_string();
+    let client = client_for(
+        &server.url(""),
+        &[("IPPROXY_UPSTREAM__CA_FILE", &ca_file)],
+        PoolSettings::default(),
+    );
+    for _ in 0..2 {
+        let (status, body) = exchange(&client, Method::GET, &server.url("/"), buffered(""))
+            .await
+            .expect("answered");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(server.handshakes(), 2);
+    assert_eq!(
+        server.resumed(),
+        1,
+        "the second handshake resumed the first session"
+    );
+}
+
+#[tokio::test]
+async fn an_h2_upstream_takes_concurrent_requests_on_one_connection() {
+    const CONCURRENT: usize = 4;
+    let pki = TestPki::generate();
+    let together = Arc::new(tokio::sync::Barrier::new(CONCURRENT));
+    let app = axum::Router::new()
+        .route(
+            "/warm",
+            axum::routing::get(|request: axum::extract::Request| async move {
+                format!("{:?}", request.version())
+            }),
+        )
+        .route(
+            "/held",
+            axum::routing::get(move |request: axum::extract::Request| {
+                let together = Arc::clone(&together);
+                async move {
+                    // Answers only once all of them are in flight at the same time.
+                    together.wait().await;
+                    format!("{:?}", request.version())
+                }
+            }),
+        );
+    let server = HandshakeCounter::start(&pki, &[b"h2", b"http/1.1"], false, app).await;
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = pki.write_ca(&ca_dir).display().to_string();
+    let client = client_for(
+        &server.url(""),
+        &[("IPPROXY_UPSTREAM__CA_FILE", &ca_file)],
+        PoolSettings::default(),
+    );
+    let (_, body) = exchange(&client, Method::GET, &server.url("/warm"), buffered(""))
+        .await
+        .expect("warm-up");
+    assert_eq!(&body[..], b"HTTP/2.0");
+    let url = server.url("/held");
+    let concurrent = (0..CONCURRENT).map(|_| exchange(&client, Method::GET, &url, buffered("")));
+    let answers = tokio::time::timeout(EVENT_LIMIT, futures_util::future::join_all(concurrent))
+        .await
+        .expect("all in flight at once, multiplexed");
+    for answer in answers {
+        assert_eq!(&answer.expect("answered").1[..], b"HTTP/2.0");
+    }
+    assert_eq!(server.handshakes(), 1, "one connection carried them all");
+}
