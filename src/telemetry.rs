@@ -260,7 +260,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 /// it, memory grows with traffic between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`] until the guard drops.
+/// Runs the recorder's upkeep every `UPKEEP_INTERVAL` (5 s) until the guard drops.
 pub fn start_upkeep() -> BackgroundTask {
     BackgroundTask::spawn(async {
         let mut interval = tokio::time::interval(UPKEEP_INTERVAL);

@@ -424,7 +424,7 @@ impl Store {
         self.0.sealer.store(Arc::new(sealer));
     }
 
-    /// Pings a shared store every [`PROBE_INTERVAL`] so its health stays current;
+    /// Pings a shared store every `PROBE_INTERVAL` (2 s) so its health stays current;
     /// `None` for a store only this process uses.
     pub fn start_probe(&self) -> Option<BackgroundTask> {
         if !self.0.shared {
