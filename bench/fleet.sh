@@ -55,7 +55,7 @@ PING_PATH=/_rest/v4/sim/ping
 WRK_GRACE=30
 
 for tool in cargo wrk nginx redis-server redis-cli curl openssl python3; do
-    command -v "$tool" >/dev/null || { echo "fleet: $tool not found (see bench/FLEET.md)" >&2; exit 2; }
+    command -v "$tool" >/dev/null || { echo "fleet: $tool not found (see bench/README.md)" >&2; exit 2; }
 done
 for store in $STORES; do
     case $store in memory | memory0 | redis) ;; *) echo "fleet: unknown store $store" >&2; exit 2 ;; esac
