@@ -5,6 +5,7 @@
 #
 #   bash scripts/mutants.sh            # both passes, results in target/mutants/
 #   PASS=1 bash scripts/mutants.sh     # the quick pass only
+#   FILES="src/error.rs src/access/**" bash scripts/mutants.sh   # some files only
 #
 # Pass 1 runs the unit tests only (`cargo test --lib`): quick, and catches most
 # mutants. Pass 2 (`--iterate`) re-tests only what pass 1 missed, with the whole
@@ -13,7 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null 2>&1 || cargo install cargo-mutants --locked
-files=(-f 'src/token/**' -f 'src/proxy/**' -f 'src/access/**' -f 'src/error.rs')
+# Patterns for cargo-mutants' --file (globs it expands itself: read keeps bash from it).
+read -r -a patterns <<<"${FILES:-src/token/** src/proxy/** src/access/** src/error.rs}"
+files=()
+for pattern in "${patterns[@]}"; do
+    files+=(-f "$pattern")
+done
 out=target/mutants
 # cargo-mutants exits non-zero when a mutant survives: the counts are the result.
 cargo mutants "${files[@]}" -j 1 --timeout 120 --output "$out" --cargo-test-arg=--lib || true
