@@ -162,6 +162,19 @@ async fn slot_freed_after(url: &str, limit: Duration) -> Duration {
     started.elapsed()
 }
 
+/// Waits until no request is in flight (`ipproxy_inflight_requests` is 0): the last
+/// probe's response may still be on its way out, holding the only slot.
+async fn slot_is_free(proxy: &ChildProxy) {
+    let client = client();
+    let url = proxy.admin_url("/metrics");
+    let free = eventually(Duration::from_secs(5), || async {
+        let text = support::metrics::scrape(&client, &url).await;
+        support::metrics::value(&text, "ipproxy_inflight_requests", &[]) == 0.0
+    })
+    .await;
+    assert!(free, "the slot of the last probe was released");
+}
+
 /// The `request` log line of the request whose id is `request_id`, once written.
 async fn request_log_line(proxy: &ChildProxy, request_id: &str) -> Value {
     let mut found = None;
@@ -571,6 +584,7 @@ async fn a_stalled_request_body_frees_its_slot_and_is_logged_408() {
     let url = proxy.url(ECHO_PATH);
     for (case, sent) in [("buffered", 1), ("streaming", 2048)] {
         let request_id = format!("stalled-body-{case}");
+        slot_is_free(&proxy).await;
         let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
         let head = format!(
             "POST {ECHO_PATH} HTTP/1.1\r\nHost: x\r\nx-request-id: {request_id}\r\n\

@@ -193,19 +193,23 @@ impl Pipeline {
 /// holds an upstream connection and memory just as a slow upstream does.
 #[derive(Debug)]
 struct InFlight {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlight {
     fn admit(inflight: &Arc<Semaphore>) -> Option<Self> {
         let permit = Arc::clone(inflight).try_acquire_owned().ok()?;
         telemetry::inflight(1.0);
-        Some(Self { _permit: permit })
+        Some(Self {
+            permit: Some(permit),
+        })
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // The slot first: once the gauge reads 0, a new request is admitted.
+        drop(self.permit.take());
         telemetry::inflight(-1.0);
     }
 }
