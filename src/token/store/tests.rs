@@ -39,6 +39,15 @@ fn raw(backend: &MemoryBackend, key: &str) -> Vec<u8> {
         .expect("the entry is there")
 }
 
+/// Puts `value` under `key` behind the store's back, as another replica (or an
+/// attacker with access to Redis) could.
+async fn put(backend: &MemoryBackend, key: &str, expected: u64, value: &[u8]) {
+    backend
+        .set_if_generation(key, expected, value, Duration::from_secs(60))
+        .await
+        .expect("the in-process store answers");
+}
+
 #[test]
 fn generation_of_reads_only_a_well_formed_prefix() {
     assert_eq!(generation_of(b"v1:12:c2VhbGVk"), 12);
@@ -135,13 +144,9 @@ async fn an_entry_opens_only_for_its_credential_generation_and_keys() {
         .await
         .expect("store up");
     let value = raw(&backend, "ipproxy:{main}:token");
-    let ttl = Duration::from_secs(60);
 
     // Copied under another credential's key: the credential is bound in.
-    backend
-        .set_if_generation("ipproxy:{other}:token", 0, &value, ttl)
-        .await
-        .expect("the in-process store answers");
+    put(&backend, "ipproxy:{other}:token", 0, &value).await;
     assert!(matches!(
         store.read("other").await,
         Ok(Entry::Unreadable { generation: 3 })
@@ -150,20 +155,14 @@ async fn an_entry_opens_only_for_its_credential_generation_and_keys() {
     // The clear generation changed: the generation is bound in.
     let mut bumped = b"v1:4:".to_vec();
     bumped.extend_from_slice(&value[b"v1:3:".len()..]);
-    backend
-        .set_if_generation("ipproxy:{main}:token", 3, &bumped, ttl)
-        .await
-        .expect("the in-process store answers");
+    put(&backend, "ipproxy:{main}:token", 3, &bumped).await;
     assert!(matches!(
         store.read("main").await,
         Ok(Entry::Unreadable { generation: 4 })
     ));
 
     // Another key cannot open it; the old key as a second line can.
-    backend
-        .set_if_generation("ipproxy:{main}:token", 4, &value, ttl)
-        .await
-        .expect("the in-process store answers");
+    put(&backend, "ipproxy:{main}:token", 4, &value).await;
     store.replace_keys(Sealer::from_key_lines(KEY_B).expect("test key"));
     assert!(matches!(
         store.read("main").await,
