@@ -454,6 +454,23 @@ mod tests {
     }
 
     #[test]
+    fn each_scheme_names_the_key_that_set_its_proxy() {
+        let parse = |source| EgressProxy::parse("http://egress.corp:3128", source, true);
+        let egress = EgressConfig {
+            https: Some(parse("HTTPS_PROXY").expect("url")),
+            http: Some(parse("http_proxy").expect("url")),
+            no_proxy: None,
+        };
+        let routes = Routes::new(&egress);
+        let source = |url: &str| {
+            let (_, source) = routes.proxy_for(&url.parse().expect("uri")).expect("proxied");
+            source
+        };
+        assert_eq!(source("https://api.intelepeer.com"), "HTTPS_PROXY");
+        assert_eq!(source("http://api.intelepeer.com"), "http_proxy");
+    }
+
+    #[test]
     fn the_tunnel_target_always_carries_a_port() {
         let target = |url: &str| tunnel_target(&url.parse().expect("uri")).expect("target");
         assert_eq!(target("http://sim.internal"), "sim.internal:80");
@@ -622,6 +639,73 @@ mod tests {
         );
     }
 
+    /// `head` and enough of one padding header to make the answer `length` bytes,
+    /// with the blank line that ends it when `complete`.
+    fn padded_answer(head: &str, length: usize, complete: bool) -> &'static [u8] {
+        let end = if complete { "\r\n\r\n" } else { "" };
+        let padding = length - head.len() - "X-Pad: ".len() - end.len();
+        let answer = format!("{head}X-Pad: {}{end}", "a".repeat(padding));
+        assert_eq!(answer.len(), length);
+        Box::leak(answer.into_bytes().into_boxed_slice())
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_one_read_is_read_to_its_end() {
+        // Three reads at least: the answer arrives in parts however TCP delivers it.
+        let answer = padded_answer("HTTP/1.1 200 Connection established\r\n", 3000, true);
+        let (proxy, _head) = stand_in(Then::Answer(answer)).await;
+        connector_via(proxy, Duration::from_secs(5))
+            .oneshot("https://api.example".parse().expect("uri"))
+            .await
+            .expect("tunnel");
+    }
+
+    #[tokio::test]
+    async fn an_answer_head_of_8_kib_without_its_end_is_refused() {
+        let answer = padded_answer("HTTP/1.1 200 OK\r\n", MAX_CONNECT_ANSWER, false);
+        let (proxy, _head) = stand_in(Then::Answer(answer)).await;
+        let error = failure(
+            connector_via(proxy, Duration::from_secs(5)),
+            "https://api.example",
+        )
+        .await;
+        assert_eq!(
+            error.reason,
+            "answered CONNECT api.example:443 with a head over 8192 bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_speaks_first_in_the_tunnel_is_refused() {
+        let (proxy, _head) = stand_in(Then::Answer(
+            b"HTTP/1.1 200 Connection established\r\n\r\nhello",
+        ))
+        .await;
+        let error = failure(
+            connector_via(proxy, Duration::from_secs(5)),
+            "https://api.example",
+        )
+        .await;
+        assert_eq!(
+            error.reason,
+            "sent data after accepting CONNECT api.example:443, before ipproxy spoke"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_http_is_named() {
+        let (proxy, _head) = stand_in(Then::Answer(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")).await;
+        let error = failure(
+            connector_via(proxy, Duration::from_secs(5)),
+            "https://api.example",
+        )
+        .await;
+        assert_eq!(
+            error.reason,
+            "answered CONNECT api.example:443 with something that is not HTTP"
+        );
+    }
+
     #[tokio::test]
     async fn a_proxy_that_hangs_up_is_named() {
         let (proxy, _head) = stand_in(Then::HangUp).await;
@@ -652,8 +736,10 @@ mod tests {
         )
         .await;
         assert_eq!(error.proxy, closed.to_string());
+        // The connector's error and its cause, which says what the operator can fix.
         assert!(
-            error.reason.starts_with("could not be reached: "),
+            error.reason.starts_with("could not be reached: tcp connect error: ")
+                && error.reason.contains("Connection refused"),
             "{error}"
         );
     }
