@@ -463,7 +463,9 @@ mod tests {
         };
         let routes = Routes::new(&egress);
         let source = |url: &str| {
-            let (_, source) = routes.proxy_for(&url.parse().expect("uri")).expect("proxied");
+            let (_, source) = routes
+                .proxy_for(&url.parse().expect("uri"))
+                .expect("proxied");
             source
         };
         assert_eq!(source("https://api.intelepeer.com"), "HTTPS_PROXY");
@@ -738,7 +740,9 @@ mod tests {
         assert_eq!(error.proxy, closed.to_string());
         // The connector's error and its cause, which says what the operator can fix.
         assert!(
-            error.reason.starts_with("could not be reached: tcp connect error: ")
+            error
+                .reason
+                .starts_with("could not be reached: tcp connect error: ")
                 && error.reason.contains("Connection refused"),
             "{error}"
         );
