@@ -92,3 +92,44 @@ impl Random for SeededRandom {
             .random()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// `count` draws of `random`, each checked to lie in `[0, 1)`.
+    fn draws(random: &dyn Random, count: usize) -> Vec<f64> {
+        let draws: Vec<f64> = (0..count).map(|_| random.unit()).collect();
+        for draw in &draws {
+            assert!((0.0..1.0).contains(draw), "{draw} is outside [0, 1)");
+        }
+        draws
+    }
+
+    #[test]
+    fn the_thread_generator_draws_vary_within_the_unit_interval() {
+        let draws = draws(&ThreadRandom, 100);
+        // 100 equal draws from a real generator: a chance of 2^-5000 or so.
+        assert!(draws.iter().any(|draw| *draw != draws[0]), "{draws:?}");
+    }
+
+    #[test]
+    fn a_seeded_generator_repeats_its_varied_draws() {
+        let first = draws(&SeededRandom::new(7), 100);
+        assert_eq!(first, draws(&SeededRandom::new(7), 100));
+        assert!(first.iter().any(|draw| *draw != first[0]), "{first:?}");
+        assert_ne!(first, draws(&SeededRandom::new(8), 100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_following_clock_moves_with_tokios_clock() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = FollowingClock::starting_at(start);
+        assert_eq!(clock.wall(), start);
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(clock.wall(), start + Duration::from_secs(90));
+        assert_eq!(clock.now(), Instant::now());
+    }
+}
