@@ -2,7 +2,7 @@
 //! the gates (backoff, reauth interval, static, rejection), the schedule, and the
 //! fleet protocol with several credentials sharing one store as replicas do.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +36,8 @@ struct Fake {
     clock: Mutex<Option<FollowingClock>>,
     /// Issue tokens that are not JWTs (their lifetime is `token_ttl`).
     opaque: bool,
+    /// What the next `reread` says: the secret file changed.
+    changed: AtomicBool,
 }
 
 impl Fake {
@@ -98,7 +100,7 @@ impl TokenSource for Handle {
     }
 
     fn reread(&self) -> Result<bool, SecretFileError> {
-        Ok(false)
+        Ok(self.0.changed.swap(false, Ordering::SeqCst))
     }
 }
 
@@ -223,8 +225,8 @@ async fn a_401_on_an_older_generation_retries_with_the_current_token() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_static_credential_never_retries_a_401() {
+/// A static credential (a token from a file) named `cpaas`.
+fn static_credential(store: Store) -> (Credential, Arc<Fake>) {
     let source = Arc::new(Fake {
         kind: "static",
         ..Fake::default()
@@ -234,10 +236,16 @@ async fn a_static_credential_never_retries_a_401() {
         settings: settings(),
         formats: vec![HeaderFormat::default()],
         source: Box::new(Handle(Arc::clone(&source))),
-        store: Store::memory(),
+        store,
         clock: Arc::new(FollowingClock::starting_at(start_wall())),
         random: Arc::new(SeededRandom::new(1)),
     });
+    (credential, source)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_credential_never_retries_a_401() {
+    let (credential, source) = static_credential(Store::memory());
     let lease = first_token(&credential).await;
     assert_eq!(
         credential
@@ -326,6 +334,18 @@ async fn a_hundred_content_401s_cause_one_login_per_reauth_interval() {
         "the interval has passed"
     );
     assert_eq!(one.source.fetches(), 4);
+
+    // Well after the interval that login opened, a 401 logs in again.
+    tokio::time::advance(settings().min_reauth_interval * 2).await;
+    let current = one.credential.current(FORMAT).expect("a token");
+    assert!(
+        one.credential
+            .lease_after_rejection(FORMAT, current.generation, WAIT)
+            .await
+            .is_some(),
+        "long past the interval"
+    );
+    assert_eq!(one.source.fetches(), 5);
 }
 
 #[tokio::test(start_paused = true)]
@@ -692,4 +712,118 @@ async fn a_closed_reauth_interval_still_adopts_the_fleets_newer_token() {
             .is_none()
     );
     assert_eq!(b.source.fetches(), logins);
+}
+
+// --- reloads (SIGHUP) ---
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_logs_in_when_no_token_is_usable_or_the_password_changed() {
+    let one = alone();
+    assert!(one.credential.reload(), "no token yet: a login");
+    one.credential
+        .join_or_start(RefreshReason::Reload)
+        .await
+        .expect("the reload's login");
+    assert_eq!(one.source.fetches(), 1, "joined the reload's login");
+
+    assert!(
+        !one.credential.reload(),
+        "a usable token, the same password"
+    );
+    one.source.changed.store(true, Ordering::SeqCst);
+    assert!(one.credential.reload(), "a changed password");
+    one.credential
+        .join_or_start(RefreshReason::Reload)
+        .await
+        .expect("the reload's login");
+    assert_eq!(one.source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_credential_reloads_only_a_changed_token_file() {
+    let (credential, source) = static_credential(Store::memory());
+    assert!(!credential.reload(), "no token yet, the file unchanged");
+    assert_eq!(source.fetches(), 0);
+    source.changed.store(true, Ordering::SeqCst);
+    assert!(credential.reload(), "the file changed");
+    credential
+        .join_or_start(RefreshReason::FileChanged)
+        .await
+        .expect("stored");
+    assert_eq!(source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_token_never_goes_to_the_shared_store() {
+    let backend = Arc::new(MemoryBackend::default());
+    let (credential, source) = static_credential(shared_store(Arc::clone(&backend)));
+    first_token(&credential).await;
+    assert_eq!(source.fetches(), 1);
+    let entry = backend.get("ipproxy:{cpaas}:token").await.expect("memory");
+    assert_eq!(entry, None, "every replica reads the file itself");
+}
+
+// --- what the lifecycle counts ---
+
+#[tokio::test(start_paused = true)]
+async fn logins_adoptions_failures_and_suppressed_401s_are_counted() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    // Spawned flights run on this (current-thread) runtime's thread: they record here.
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let (a, b) = pair();
+    let a_first = first_token(&a.credential).await;
+    first_token(&b.credential).await;
+    a.credential
+        .lease_after_rejection(FORMAT, a_first.generation, WAIT)
+        .await
+        .expect("A's 401 login");
+    // B adopts A's token on its own 401; a content-401 on that one is suppressed.
+    let b_current = b.credential.current(FORMAT).expect("token");
+    let adopted = b
+        .credential
+        .lease_after_rejection(FORMAT, b_current.generation, WAIT)
+        .await
+        .expect("adopted");
+    assert!(
+        b.credential
+            .lease_after_rejection(FORMAT, adopted.generation, WAIT)
+            .await
+            .is_none()
+    );
+    a.source.fail_with(Some(AuthError::BadCredentials));
+    assert!(a.credential.force_refresh().await.is_err());
+
+    let text = metrics.render();
+    let refreshes = |labels: &str| format!("ipproxy_token_refreshes_total{{{labels}}} ");
+    for (labels, count) in [
+        (
+            r#"credential="default",reason="startup",result="ok",source="login""#,
+            1,
+        ),
+        (
+            r#"credential="default",reason="startup",result="ok",source="store""#,
+            1,
+        ),
+        (
+            r#"credential="default",reason="401",result="ok",source="login""#,
+            1,
+        ),
+        (
+            r#"credential="default",reason="401",result="ok",source="store""#,
+            1,
+        ),
+        (
+            r#"credential="default",reason="manual",result="error",source="login""#,
+            1,
+        ),
+    ] {
+        let line = format!("{}{count}", refreshes(labels));
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    let suppressed = r#"ipproxy_reauth_suppressed_total{credential="default"} 1"#;
+    assert!(
+        text.lines().any(|l| l == suppressed),
+        "{suppressed} in:\n{text}"
+    );
 }
