@@ -827,3 +827,29 @@ async fn logins_adoptions_failures_and_suppressed_401s_are_counted() {
         "{suppressed} in:\n{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_the_store_down_a_content_401_is_still_suppressed_by_the_interval() {
+    let store = Store::new(
+        "redis",
+        true,
+        Box::new(Down),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    );
+    let one = replica(store, 1);
+    let first = first_token(&one.credential).await;
+    let fresh = one
+        .credential
+        .lease_after_rejection(FORMAT, first.generation, WAIT)
+        .await
+        .expect("the first 401 logs in");
+    assert!(
+        one.credential
+            .lease_after_rejection(FORMAT, fresh.generation, WAIT)
+            .await
+            .is_none(),
+        "a 401 on the fresh token within the interval"
+    );
+    assert_eq!(one.source.fetches(), 2, "startup + one 401-caused login");
+}
