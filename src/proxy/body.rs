@@ -348,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn a_streaming_body_of_max_body_is_sent_and_one_more_is_cut_off_with_413() {
         let limits = limits(2, 6);
-        let mut exact = prepare(body(&["abc", "def"], false), &limits)
+        let mut exact = prepare(body(&["abc", "d", "ef"], false), &limits)
             .await
             .expect("prepared");
         assert_eq!(sent(&mut exact).await.expect("sent"), "abcdef");

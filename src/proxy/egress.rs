@@ -633,12 +633,44 @@ mod tests {
             "https://api.example",
         )
         .await;
-        assert!(
-            error
-                .reason
-                .starts_with("refused the tunnel to api.example:443"),
-            "{error}"
+        assert_eq!(
+            error.reason,
+            "refused the tunnel to api.example:443 with 403 Access violation \
+             (a host or port it does not allow)"
         );
+    }
+
+    #[tokio::test]
+    async fn a_proxy_wanting_credentials_that_got_none_says_where_to_give_them() {
+        let (proxy, _head) = stand_in(Then::Answer(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+        ))
+        .await;
+        let url = format!("http://{proxy}");
+        let proxy = EgressProxy::parse(&url, "HTTPS_PROXY", true).expect("url");
+        let egress = EgressConfig {
+            https: Some(proxy),
+            http: None,
+            no_proxy: None,
+        };
+        let connector = EgressConnector::new(HttpConnector::new(), &egress, Duration::from_secs(5));
+        let error = failure(connector, "https://api.example").await;
+        assert_eq!(
+            error.reason,
+            "refused the tunnel to api.example:443 with 407 Proxy Authentication Required: \
+             it wants credentials; give user:password@ in HTTPS_PROXY"
+        );
+    }
+
+    #[test]
+    fn the_connectors_debug_names_the_proxy_and_hides_its_credentials() {
+        let proxy: std::net::SocketAddr = "127.0.0.1:3128".parse().expect("addr");
+        let shown = format!("{:?}", connector_via(proxy, Duration::from_secs(5)));
+        assert!(shown.contains("127.0.0.1:3128"), "{shown}");
+        assert!(shown.contains("setup_timeout: 5s"), "{shown}");
+        for secret in ["pr0xy-pw", "ZWdyZXNzLXVzZXI6cHIweHktcHc"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 
     /// `head` and enough of one padding header to make the answer `length` bytes,

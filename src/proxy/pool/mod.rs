@@ -345,4 +345,29 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn a_send_error_names_its_category_and_finds_an_egress_failure() {
+        let refused = SendError::Connect(Box::new(std::io::Error::other("refused")));
+        assert!(refused.is_connect());
+        assert!(refused.egress().is_none());
+        assert_eq!(refused.to_string(), "connection failed: refused");
+
+        let tunnel = SendError::Connect(Box::new(EgressError {
+            proxy: "egress.corp:3128".to_owned(),
+            reason: "could not be reached".to_owned(),
+        }));
+        assert!(tunnel.is_connect());
+        assert_eq!(
+            tunnel.egress().map(|egress| egress.proxy.as_str()),
+            Some("egress.corp:3128")
+        );
+        assert_eq!(
+            tunnel.to_string(),
+            "the egress proxy egress.corp:3128 could not be reached"
+        );
+
+        assert!(!SendError::NoOrigin.is_connect());
+        assert!(SendError::NoOrigin.egress().is_none());
+    }
 }
