@@ -666,4 +666,6 @@ fn from_unix_ms(ms: u64) -> SystemTime {
 }
 
 #[cfg(test)]
+mod contract;
+#[cfg(test)]
 mod tests;
