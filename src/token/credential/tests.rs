@@ -853,3 +853,97 @@ async fn with_the_store_down_a_content_401_is_still_suppressed_by_the_interval()
     );
     assert_eq!(one.source.fetches(), 2, "startup + one 401-caused login");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_stuck_holding_the_lock_is_waited_for_lock_ttl_plus_request_timeout() {
+    let store = shared_store(Arc::new(MemoryBackend::default()));
+    let stuck = store
+        .try_lock("default")
+        .await
+        .expect("store up")
+        .expect("free");
+    // Alive but stuck: it keeps renewing its lock and never writes an entry.
+    let renewing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(store.lock_ttl() / 3).await;
+                assert!(store.renew("default", &stuck).await.expect("store up"));
+            }
+        })
+    };
+    let other = replica(store.clone(), 3);
+    let started = tokio::time::Instant::now();
+    first_token(&other.credential).await;
+    // Polled every WAIT_POLL: the first look past the deadline logs in alone.
+    assert_eq!(started.elapsed(), store.lock_ttl() + WAIT);
+    assert_eq!(other.source.fetches(), 1);
+    renewing.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_login_longer_than_lock_ttl_keeps_its_lock_and_the_fleet_waits_for_it() {
+    let (a, b) = pair();
+    // Longer than lock_ttl (2 s), shorter than what a waiter waits (lock_ttl + 5 s).
+    a.source.take(Duration::from_secs(5));
+    let (a_token, b_token) = tokio::join!(first_token(&a.credential), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first_token(&b.credential).await
+    });
+    assert_eq!(
+        a.source.fetches() + b.source.fetches(),
+        1,
+        "the lock was renewed"
+    );
+    assert_eq!(a_token.header, b_token.header);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_ahead_logs_in_rather_than_adopt_a_token_itself_due_but_a_401_adopts_it() {
+    // Past every refresh instant (an hour's token, 10 min margin minus jitter), not
+    // yet expired.
+    let due = LIFETIME - Duration::from_secs(590);
+    let (a, b) = pair();
+    first_token(&a.credential).await;
+    first_token(&b.credential).await;
+    a.credential.force_refresh().await.expect("a newer entry");
+    tokio::time::advance(due).await;
+    b.credential
+        .join_or_start(RefreshReason::Ahead)
+        .await
+        .expect("refreshed");
+    assert_eq!(b.source.fetches(), 1, "the fleet's newer token is due too");
+
+    let (a, b) = pair();
+    first_token(&a.credential).await;
+    let b_old = first_token(&b.credential).await;
+    a.credential.force_refresh().await.expect("a newer entry");
+    tokio::time::advance(due).await;
+    b.credential
+        .lease_after_rejection(FORMAT, b_old.generation, WAIT)
+        .await
+        .expect("the newer token, due or not");
+    assert_eq!(b.source.fetches(), 0, "a 401 adopts what the fleet has");
+}
+
+#[tokio::test(start_paused = true)]
+async fn logins_with_the_store_down_still_count_the_fleet_generation_up() {
+    let store = Store::new(
+        "redis",
+        true,
+        Box::new(Down),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    );
+    let one = replica(store, 1);
+    let fleet_generation = |credential: &Credential| {
+        credential
+            .inner
+            .slot
+            .with(|token| token.map(|token| token.fleet_generation))
+    };
+    first_token(&one.credential).await;
+    assert_eq!(fleet_generation(&one.credential), Some(1));
+    one.credential.force_refresh().await.expect("refresh");
+    assert_eq!(fleet_generation(&one.credential), Some(2));
+}
