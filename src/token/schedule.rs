@@ -266,6 +266,44 @@ mod tests {
     }
 
     #[test]
+    fn an_issue_time_not_before_exp_is_ignored() {
+        // exp == crt, and exp before crt: the claims are nonsense, exp still counts.
+        for crt in [1_000_003_600_u64, 1_000_009_000] {
+            let token = jwt(&format!(r#"{{"exp":1000003600,"crt":{crt}}}"#));
+            assert_eq!(
+                token_lifetime(&token, 1_000_000_000.0, DAY),
+                Some(HOUR),
+                "crt {crt}"
+            );
+        }
+    }
+
+    /// A JWT whose payload is `length` base64 characters (a multiple of 4).
+    fn jwt_of_payload_length(length: usize) -> String {
+        let json_length = length / 4 * 3;
+        let head = r#"{"exp":1000003600,"pad":""#;
+        let padding = "a".repeat(json_length - head.len() - 2);
+        let token = jwt(&format!("{head}{padding}\"}}"));
+        assert_eq!(token.split('.').nth(1).map(str::len), Some(length));
+        token
+    }
+
+    #[test]
+    fn payloads_up_to_16_kib_are_decoded_and_longer_ones_are_not() {
+        for length in [2_048, MAX_JWT_PAYLOAD] {
+            assert!(
+                decode_jwt_times(&jwt_of_payload_length(length)).is_some(),
+                "{length}"
+            );
+        }
+        let longer = jwt_of_payload_length(MAX_JWT_PAYLOAD + 4);
+        assert_eq!(decode_jwt_times(&longer), None);
+        // Four parts is not a JWT either.
+        let four = format!("{}.extra", jwt(r#"{"exp":1000003600}"#));
+        assert_eq!(decode_jwt_times(&four), None);
+    }
+
+    #[test]
     fn opaque_token_uses_token_ttl() {
         assert_eq!(token_lifetime("not-a-jwt", 0.0, HOUR), Some(HOUR));
         assert_eq!(token_lifetime("a.b.c", 0.0, HOUR), Some(HOUR));

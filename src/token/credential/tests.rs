@@ -947,3 +947,37 @@ async fn logins_with_the_store_down_still_count_the_fleet_generation_up() {
     one.credential.force_refresh().await.expect("refresh");
     assert_eq!(fleet_generation(&one.credential), Some(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_401_logs_in_again_from_the_instant_the_backoff_ends() {
+    let one = alone();
+    let started = tokio::time::Instant::now();
+    let lease = first_token(&one.credential).await;
+    assert_eq!(one.credential.status().last_refresh, Some(start_wall()));
+    one.source
+        .fail_with(Some(AuthError::Unreachable("down".into())));
+    assert!(one.credential.force_refresh().await.is_err());
+    one.source.fail_with(None);
+    let retry_at = one
+        .credential
+        .lock_state()
+        .health
+        .retry_at
+        .expect("backing off");
+    tokio::time::sleep_until(retry_at).await;
+    assert!(
+        one.credential
+            .lease_after_rejection(FORMAT, lease.generation, WAIT)
+            .await
+            .is_some(),
+        "the backoff is over at its deadline"
+    );
+    assert_eq!(one.source.fetches(), 3);
+    // At the deadline, to tokio's millisecond.
+    let deadline = start_wall() + (retry_at - started);
+    let last = one.credential.status().last_refresh.expect("a refresh");
+    assert!(
+        last >= deadline && last <= deadline + Duration::from_millis(1),
+        "{last:?}"
+    );
+}
