@@ -178,3 +178,72 @@ impl Slot {
         self.current.store(Some(token));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn token(secret: &str, times: Option<TokenTimes>) -> Token {
+        Token::mint(Minted {
+            secret: SecretString::from(secret.to_owned()),
+            formats: &[HeaderFormat::default()],
+            generation: 4,
+            fleet_generation: 9,
+            times,
+            obtained_at: SystemTime::UNIX_EPOCH,
+            reason: RefreshReason::Startup,
+        })
+        .expect("a header value")
+    }
+
+    #[test]
+    fn a_session_token_is_usable_until_its_instant_and_a_static_one_always() {
+        let now = Instant::now();
+        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let times = TokenTimes {
+            usable_until: now + Duration::from_secs(60),
+            refresh_at: now,
+            expires_at,
+        };
+        let session = token("tok-session", Some(times));
+        assert!(session.is_usable(times.usable_until - Duration::from_millis(1)));
+        assert!(!session.is_usable(times.usable_until));
+        assert_eq!(session.expires_at(), Some(expires_at));
+
+        let fixed = token("tok-static", None);
+        assert!(fixed.is_usable(now + Duration::from_secs(86_400 * 365)));
+        assert_eq!(fixed.expires_at(), None);
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_first_bytes_of_the_sha256() {
+        // SHA-256("abc") = ba7816bf 8f01cfea …
+        assert_eq!(
+            fingerprint("abc"),
+            [0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea]
+        );
+        assert_ne!(fingerprint("abc"), fingerprint("abd"));
+    }
+
+    #[test]
+    fn debug_shows_the_generations_and_never_the_token() {
+        let shown = format!("{:?}", token("tok-Secret-123", None));
+        assert!(shown.contains("generation: 4") && shown.contains("fleet_generation: 9"));
+        assert!(!shown.contains("tok-Secret-123"), "{shown}");
+    }
+
+    #[test]
+    fn the_slot_gives_back_what_was_stored_and_counts_generations_up() {
+        let slot = Slot::default();
+        assert!(slot.load().is_none());
+        assert_eq!(slot.next_generation(), 1);
+        assert_eq!(slot.next_generation(), 2);
+        slot.store(Arc::new(token("tok-a", None)));
+        assert_eq!(
+            slot.load().map(|token| token.fingerprint),
+            Some(fingerprint("tok-a"))
+        );
+    }
+}

@@ -324,7 +324,7 @@ mod tests {
             body,
             &serde_json::json!({"username": "api-user", "password": "pw"})
         );
-        assert_eq!(*limit, MAX_AUTH_RESPONSE);
+        assert_eq!(*limit, 64 * 1024, "a login answer is read up to 64 KiB");
         result
     }
 
@@ -346,6 +346,8 @@ mod tests {
                 if status == StatusCode::SERVICE_UNAVAILABLE && after == Duration::from_secs(7)),
             "{error}"
         );
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(AuthError::BadCredentials.retry_after(), None);
         let error = fetch_with(|| answer(200, "<html>"))
             .await
             .expect_err("html");
