@@ -381,4 +381,71 @@ mod tests {
             .expect_err("timeout");
         assert!(matches!(error, AuthError::Timeout(limit) if limit == Duration::from_secs(5)));
     }
+
+    #[test]
+    fn retry_after_is_read_in_delta_seconds_only() {
+        let headers = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static(value));
+            headers
+        };
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers(" 12 ")), Some(Duration::from_secs(12)));
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2026 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn each_source_and_failure_has_its_label() {
+        assert_eq!(
+            login(std::sync::Arc::new(SilentTransport)).kind(),
+            "session"
+        );
+        let fixed = StaticSource(Secret::Inline(SecretString::from("tok")));
+        assert_eq!(fixed.kind(), "static");
+        for (error, kind) in [
+            (AuthError::BadCredentials, "bad_credentials"),
+            (AuthError::Unreachable("down".to_owned()), "unreachable"),
+            (AuthError::Timeout(Duration::from_secs(1)), "timeout"),
+            (AuthError::NotJson, "bad_response"),
+            (AuthError::AlreadyExpired, "expired"),
+            (AuthError::Interrupted, "interrupted"),
+        ] {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_rewritten_password_or_token_file_is_seen_as_changed_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "first\n").expect("write");
+        let file = || Secret::File(crate::secret::SecretFile::new(path.clone()));
+        let mut session = login(std::sync::Arc::new(SilentTransport));
+        session.password = file();
+        let sources: [&dyn TokenSource; 2] = [&session, &StaticSource(file())];
+        for source in sources {
+            source.reread().expect("readable");
+            assert!(
+                !source.reread().expect("readable"),
+                "{}: unchanged",
+                source.kind()
+            );
+        }
+        std::fs::write(&path, "second\n").expect("write");
+        for source in sources {
+            assert!(
+                source.reread().expect("readable"),
+                "{}: changed",
+                source.kind()
+            );
+            assert!(
+                !source.reread().expect("readable"),
+                "{}: once",
+                source.kind()
+            );
+        }
+        let inline = StaticSource(Secret::Inline(SecretString::from("tok")));
+        assert!(!inline.reread().expect("inline"));
+    }
 }
