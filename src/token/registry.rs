@@ -143,3 +143,66 @@ fn secret(source: &SecretSource) -> Secret {
         SecretSource::File(path) => Secret::File(SecretFile::new(path.clone())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[auth]
+kind = "static"
+token = "tok-1"
+
+[[route]]
+name = "bearer"
+prefix = "/a/"
+
+[[route]]
+name = "bare"
+prefix = "/b/"
+format = "{token}"
+
+[[route]]
+name = "bare-too"
+prefix = "/c/"
+format = "{token}"
+
+[[route]]
+name = "token"
+prefix = "/d/"
+format = "Token {token}"
+"#;
+
+    #[tokio::test]
+    async fn each_route_sends_its_format_built_once_per_distinct_format() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ipproxy.toml");
+        std::fs::write(&path, CONFIG).expect("write");
+        let config = crate::config::load(Some(&path), []).expect("config");
+        let login = crate::proxy::build_login_client(&config.upstream).expect("client");
+        let (registry, tokens) = Registry::build(&config, &login, &Store::memory());
+
+        let names: Vec<&str> = registry.iter().map(Credential::name).collect();
+        assert_eq!(names, ["default"], "one credential for the four routes");
+        assert!(registry.get("default").is_some() && registry.get("cpaas").is_none());
+        let formats: Vec<usize> = tokens.iter().map(|token| token.format.0).collect();
+        assert_eq!(formats, [0, 1, 1, 2], "the two bare routes share a format");
+
+        let _tasks = registry.start();
+        let mut headers = Vec::new();
+        for token in &tokens {
+            let lease = token
+                .credential
+                .lease(token.format, Duration::from_secs(5))
+                .await
+                .expect("the static token");
+            headers.push(lease.header.to_str().expect("text").to_owned());
+        }
+        assert_eq!(headers, ["Bearer tok-1", "tok-1", "tok-1", "Token tok-1"]);
+        let statuses = registry.statuses();
+        assert_eq!(statuses.len(), 1);
+        assert!(statuses[0].ready && statuses[0].name == "default");
+    }
+}
