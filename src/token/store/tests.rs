@@ -239,3 +239,91 @@ async fn the_refresh_lock_has_one_holder_and_only_the_holder_releases_it() {
         "released"
     );
 }
+
+#[test]
+fn the_debug_of_an_entry_or_a_lock_shows_neither_token_nor_lock_value() {
+    let shown = format!("{:?}", stored(3, "tok-Zx81", SystemTime::UNIX_EPOCH));
+    assert!(
+        shown.contains("generation: 3") && shown.contains("***"),
+        "{shown}"
+    );
+    assert!(!shown.contains("tok-Zx81"), "{shown}");
+    let lease = LockLease([7; 16]);
+    assert_eq!(format!("{lease:?}"), "LockLease(***)");
+}
+
+/// A backend whose every operation fails until it is swapped for a working one.
+#[derive(Debug)]
+struct Refusing;
+
+fn refused<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, BackendError>> {
+    Box::pin(async { Err(BackendError("connection refused".into())) })
+}
+
+impl Backend for Refusing {
+    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        refused()
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        refused()
+    }
+    fn set_if_generation<'a>(
+        &'a self,
+        _: &'a str,
+        _: u64,
+        _: &'a [u8],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        refused()
+    }
+    fn delete_if_equal<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        refused()
+    }
+    fn expire_if_equal<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        refused()
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        refused()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_store_is_probed_and_a_replaced_backend_brings_it_back() {
+    let local = Store::memory();
+    assert_eq!((local.kind(), local.is_shared()), ("memory", false));
+    assert!(local.status().is_none() && local.start_probe().is_none());
+
+    let shared = Store::new(
+        "redis",
+        true,
+        Box::new(Refusing),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    );
+    assert_eq!((shared.kind(), shared.is_shared()), ("redis", true));
+    let mut recoveries = shared.recoveries();
+    let _probe = shared.start_probe().expect("a shared store is probed");
+    tokio::time::sleep(PROBE_INTERVAL / 2).await;
+    let status = shared.status().expect("shown");
+    assert!(!status.up && status.kind == "redis", "{status:?}");
+    assert_eq!(status.last_error.as_deref(), Some("connection refused"));
+
+    // A re-read url_file: the next probe reaches the new backend.
+    shared.replace_backend(Box::new(MemoryBackend::default()));
+    recoveries.changed().await.expect("the store came back");
+    assert!(shared.status().expect("shown").up);
+}
