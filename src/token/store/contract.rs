@@ -134,8 +134,19 @@ async fn the_memory_backend_keeps_the_contract_and_expires_entries() {
     assert_eq!(get(&backend, "entry2").await, None, "expired");
     assert!(get(&backend, "lock2").await.is_some(), "renewed");
     assert!(backend.set_if_absent("short", b"y", ten).await.expect("up"));
-    tokio::time::advance(ten).await;
-    assert_eq!(get(&backend, "lock2").await, None, "the renewal ran out");
+    // The renewal at 9 s runs out at 19 s; it is 11 s now.
+    let millisecond = Duration::from_millis(1);
+    tokio::time::advance(second * 8 - millisecond).await;
+    assert!(
+        get(&backend, "lock2").await.is_some(),
+        "a millisecond before it runs out"
+    );
+    tokio::time::advance(millisecond).await;
+    assert_eq!(
+        get(&backend, "lock2").await,
+        None,
+        "gone at its instant, as in Redis"
+    );
 }
 
 /// A redis-server of its own, killed when dropped.
