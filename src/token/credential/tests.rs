@@ -981,3 +981,86 @@ async fn a_401_logs_in_again_from_the_instant_the_backoff_ends() {
         "{last:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_the_replicas_converge_on_one_token_without_a_login() {
+    let backend = Arc::new(MemoryBackend::default());
+    let stores = [
+        shared_store(Arc::clone(&backend)),
+        shared_store(Arc::clone(&backend)),
+    ];
+    let a = replica(stores[0].clone(), 1);
+    let b = replica(stores[1].clone(), 2);
+    // Down from the start: each replica logs in alone.
+    for store in &stores {
+        store.replace_backend(Box::new(Down));
+    }
+    let a_own = first_token(&a.credential).await;
+    // A second later: another token.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let b_own = first_token(&b.credential).await;
+    assert_ne!(a_own.header, b_own.header);
+    // Back, and empty (a restarted Redis); each replica sees it answer again.
+    for store in &stores {
+        store.replace_backend(Box::new(Arc::clone(&backend)));
+        store.read("default").await.expect("back");
+    }
+    let a_before = a.credential.inner.slot.load().expect("A's token");
+    for replica in [&a, &b] {
+        replica
+            .credential
+            .join_or_start(RefreshReason::Resync)
+            .await
+            .expect("converged");
+    }
+    // A published its token (the entry after its own generation 1); B adopted it.
+    let entry = stores[0].read("default").await.expect("up");
+    assert_eq!(entry.generation(), 2);
+    let a_after = a.credential.inner.slot.load().expect("A's token");
+    assert!(Arc::ptr_eq(&a_before, &a_after), "A kept its own token");
+    let b_current = b.credential.current(FORMAT).expect("B's token");
+    assert_eq!(b_current.header, a_own.header, "one token for the fleet");
+    assert_eq!(
+        a.source.fetches() + b.source.fetches(),
+        2,
+        "no login to converge"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fleets_reauth_interval_holds_through_a_store_outage() {
+    let backend = Arc::new(MemoryBackend::default());
+    let b_store = shared_store(Arc::clone(&backend));
+    let a = replica(shared_store(backend), 1);
+    let b = replica(b_store.clone(), 2);
+    let a_first = first_token(&a.credential).await;
+    first_token(&b.credential).await;
+    a.credential
+        .lease_after_rejection(FORMAT, a_first.generation, WAIT)
+        .await
+        .expect("A's 401 login");
+    let b_current = b.credential.current(FORMAT).expect("token");
+    let adopted = b
+        .credential
+        .lease_after_rejection(FORMAT, b_current.generation, WAIT)
+        .await
+        .expect("adopted");
+    // B learns the fleet's interval from the entry.
+    assert!(
+        b.credential
+            .lease_after_rejection(FORMAT, adopted.generation, WAIT)
+            .await
+            .is_none()
+    );
+    // The store goes down and B notices; a content-401 within the interval is still
+    // no login.
+    b_store.replace_backend(Box::new(Down));
+    assert!(b_store.read("default").await.is_err());
+    assert!(
+        b.credential
+            .lease_after_rejection(FORMAT, adopted.generation, WAIT)
+            .await
+            .is_none()
+    );
+    assert_eq!(b.source.fetches(), 0);
+}
