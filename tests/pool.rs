@@ -109,6 +109,22 @@ async fn sequential_requests_reuse_one_kept_alive_connection() {
 }
 
 #[tokio::test]
+async fn a_kept_connection_serves_only_its_own_origin() {
+    let a = ScriptedUpstream::start(|_, _| Action::Respond("from-a")).await;
+    let b = ScriptedUpstream::start(|_, _| Action::Respond("from-b")).await;
+    let client = client_for(&a.url(""), &[], PoolSettings::default());
+    for (upstream, answer) in [(&a, "from-a"), (&b, "from-b"), (&a, "from-a")] {
+        let (status, body) = exchange(&client, Method::GET, &upstream.url("/x"), buffered(""))
+            .await
+            .expect("answered");
+        assert_eq!((status, &body[..]), (StatusCode::OK, answer.as_bytes()));
+    }
+    assert_eq!((a.accepted(), b.accepted()), (1, 1), "one connection each");
+    assert_eq!(seen(&a, "GET").len(), 2);
+    assert_eq!(seen(&b, "GET").len(), 1);
+}
+
+#[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_written_to() {
     let upstream = ScriptedUpstream::start(|connection, _| match connection {
         0 => Action::RespondThenClose("first"),
