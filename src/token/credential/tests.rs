@@ -15,7 +15,8 @@ use secrecy::SecretString;
 use super::*;
 use crate::secret::SecretFileError;
 use crate::token::clock::{FollowingClock, SeededRandom};
-use crate::token::store::{Backend, BackendError, MemoryBackend, Sealer, StoreSettings};
+use crate::token::store::testing::Down;
+use crate::token::store::{Backend, MemoryBackend, Sealer, StoreSettings};
 
 const FORMAT: FormatId = FormatId(0);
 /// Token lifetime the fake source issues.
@@ -521,51 +522,6 @@ async fn an_entry_that_does_not_open_is_never_used_and_is_replaced() {
     let entry = shared_store(backend).read("default").await.expect("up");
     assert_eq!(entry.generation(), 10, "replaced by the login's entry");
     assert!(entry.token().is_some());
-}
-
-/// A backend that is down.
-#[derive(Debug)]
-struct Down;
-
-impl Backend for Down {
-    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        async { Err(BackendError("connection refused".into())) }.boxed()
-    }
-    fn set_if_absent<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a [u8],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        async { Err(BackendError("connection refused".into())) }.boxed()
-    }
-    fn set_if_generation<'a>(
-        &'a self,
-        _: &'a str,
-        _: u64,
-        _: &'a [u8],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        async { Err(BackendError("connection refused".into())) }.boxed()
-    }
-    fn delete_if_equal<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        async { Err(BackendError("connection refused".into())) }.boxed()
-    }
-    fn expire_if_equal<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a [u8],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        async { Err(BackendError("connection refused".into())) }.boxed()
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        async { Err(BackendError("connection refused".into())) }.boxed()
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -668,4 +668,6 @@ fn from_unix_ms(ms: u64) -> SystemTime {
 #[cfg(test)]
 mod contract;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

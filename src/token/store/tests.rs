@@ -1,6 +1,7 @@
 //! The entry codec and the store's compare-and-set rules, over the in-process
 //! backend (the same `Store` code runs over Redis; `tests/fleet.rs` covers that).
 
+use super::testing::Down;
 use super::*;
 
 const KEY_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -252,55 +253,6 @@ fn the_debug_of_an_entry_or_a_lock_shows_neither_token_nor_lock_value() {
     assert_eq!(format!("{lease:?}"), "LockLease(***)");
 }
 
-/// A backend whose every operation fails until it is swapped for a working one.
-#[derive(Debug)]
-struct Refusing;
-
-fn refused<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, BackendError>> {
-    Box::pin(async { Err(BackendError("connection refused".into())) })
-}
-
-impl Backend for Refusing {
-    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        refused()
-    }
-    fn set_if_absent<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a [u8],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        refused()
-    }
-    fn set_if_generation<'a>(
-        &'a self,
-        _: &'a str,
-        _: u64,
-        _: &'a [u8],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        refused()
-    }
-    fn delete_if_equal<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        refused()
-    }
-    fn expire_if_equal<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a [u8],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        refused()
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        refused()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_shared_store_is_probed_and_a_replaced_backend_brings_it_back() {
     let local = Store::memory();
@@ -310,7 +262,7 @@ async fn a_shared_store_is_probed_and_a_replaced_backend_brings_it_back() {
     let shared = Store::new(
         "redis",
         true,
-        Box::new(Refusing),
+        Box::new(Down),
         Sealer::ephemeral(),
         StoreSettings::default(),
     );
