@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, stream};
 use http::{Method, Request, StatusCode, Uri, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt as _, Either, Full};
 use ipproxy::proxy::pool::{PoolSettings, SendError};
 use ipproxy::proxy::{UpstreamBody, UpstreamClient, build_client_with};
@@ -109,6 +110,118 @@ async fn sequential_requests_reuse_one_kept_alive_connection() {
 }
 
 #[tokio::test]
+async fn answers_without_a_body_free_their_connection_with_the_head() {
+    const HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+    const NO_CONTENT: &str = "HTTP/1.1 204 No Content\r\n\r\n";
+    const EMPTY: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let upstream = ScriptedUpstream::start(|_, request| match request {
+        0 => Action::Raw(HEAD),
+        1 => Action::Raw(NO_CONTENT),
+        _ => Action::Raw(EMPTY),
+    })
+    .await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/");
+    for (method, status) in [
+        (Method::HEAD, StatusCode::OK),
+        (Method::DELETE, StatusCode::NO_CONTENT),
+        (Method::GET, StatusCode::OK),
+    ] {
+        let response = client
+            .send(request(method.clone(), &url, buffered("")), |_| None)
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), status, "{method}");
+        assert!(response.body().is_end_stream(), "{method}: nothing to read");
+        // Parked with the head, before anyone reads or drops the body.
+        assert_eq!(client.idle_connections(&origin(&url)), 1, "{method}");
+    }
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_that_closes_its_connection_does_not_leave_it_idle() {
+    const CLOSING: &str = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbye";
+    const CLOSING_EMPTY: &str = "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+    let upstream = ScriptedUpstream::start(|connection, _| match connection {
+        0 => Action::Raw(CLOSING),
+        1 => Action::Raw(CLOSING_EMPTY),
+        _ => Action::Respond("ok"),
+    })
+    .await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/");
+    let idle = || client.idle_connections(&origin(&url));
+    let answer = exchange(&client, Method::GET, &url, buffered("")).await;
+    assert_eq!(answer.expect("answered").1, &b"bye"[..]);
+    assert_eq!(idle(), 0, "a body that ends the connection");
+    // The upstream keeps its end open: the proxy is the one to close.
+    upstream
+        .wait_for(Event::ClosedByClient { connection: 0 })
+        .await;
+    let answer = exchange(&client, Method::GET, &url, buffered("")).await;
+    assert_eq!(answer.expect("answered").0, StatusCode::NO_CONTENT);
+    assert_eq!(idle(), 0, "an answer with no body that ends the connection");
+    upstream
+        .wait_for(Event::ClosedByClient { connection: 1 })
+        .await;
+    let answer = exchange(&client, Method::GET, &url, buffered("")).await;
+    assert_eq!(answer.expect("answered").1, &b"ok"[..]);
+    assert_eq!((upstream.accepted(), idle()), (3, 1));
+}
+
+#[tokio::test]
+async fn a_long_body_frees_its_connection_with_its_last_frame() {
+    const LENGTH: usize = 1 << 20; // many reads: hyper reads at most 400 KiB at once
+    let upstream = ScriptedUpstream::start(|_, _| Action::RespondBytes(LENGTH)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/recording");
+    let response = client
+        .send(request(Method::GET, &url, buffered("")), |_| None)
+        .await
+        .expect("head");
+    let mut body = response.into_body();
+    assert_eq!(body.size_hint().exact(), Some(LENGTH as u64));
+    // Read as the server that forwards it reads: until the body says it is over,
+    // with no poll after the last frame to learn that.
+    let mut received = 0;
+    while !body.is_end_stream() {
+        let frame = body.frame().await.expect("not over early").expect("data");
+        received += frame.into_data().map_or(0, |data| data.len());
+        assert!(received <= LENGTH, "{received} bytes");
+    }
+    assert_eq!(received, LENGTH);
+    assert_eq!(
+        client.idle_connections(&origin(&url)),
+        1,
+        "parked by the poll that gave the last frame"
+    );
+    drop(body);
+    let (status, body) = exchange(&client, Method::GET, &url, buffered(""))
+        .await
+        .expect("answered");
+    assert_eq!((status, body.len()), (StatusCode::OK, LENGTH));
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_body_frees_its_connection_at_its_end() {
+    const CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                           5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let upstream = ScriptedUpstream::start(|_, _| Action::Raw(CHUNKED)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/");
+    for _ in 0..2 {
+        let (status, body) = exchange(&client, Method::GET, &url, buffered(""))
+            .await
+            .expect("answered");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello world"[..]));
+        assert_eq!(client.idle_connections(&origin(&url)), 1);
+    }
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
 async fn a_kept_connection_serves_only_its_own_origin() {
     let a = ScriptedUpstream::start(|_, _| Action::Respond("from-a")).await;
     let b = ScriptedUpstream::start(|_, _| Action::Respond("from-b")).await;
@@ -120,6 +233,13 @@ async fn a_kept_connection_serves_only_its_own_origin() {
         assert_eq!((status, &body[..]), (StatusCode::OK, answer.as_bytes()));
     }
     assert_eq!((a.accepted(), b.accepted()), (1, 1), "one connection each");
+    let unused = ScriptedUpstream::start(|_, _| Action::Respond("")).await;
+    let other = client_for(&a.url(""), &[], PoolSettings::default());
+    let idle = |client: &UpstreamClient, upstream: &ScriptedUpstream| {
+        client.idle_connections(&origin(&upstream.url("")))
+    };
+    assert_eq!((idle(&client, &a), idle(&client, &b)), (1, 1));
+    assert_eq!((idle(&client, &unused), idle(&other, &a)), (0, 0));
     assert_eq!(seen(&a, "GET").len(), 2);
     assert_eq!(seen(&b, "GET").len(), 1);
 }
@@ -462,4 +582,5 @@ async fn an_h2_upstream_takes_concurrent_requests_on_one_connection() {
         assert_eq!(&answer.expect("answered").1[..], b"HTTP/2.0");
     }
     assert_eq!(server.handshakes(), 1, "one connection carried them all");
+    assert_eq!(client.idle_connections(&origin(&server.url(""))), 1);
 }

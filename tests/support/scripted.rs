@@ -34,6 +34,12 @@ pub enum Action {
     /// Held until this many requests are held at once, then answered `200` like
     /// `Respond`.
     RespondWhenHeld(usize),
+    /// `200` with a body of this many bytes, in one write: more than the client reads
+    /// at once, so it arrives in many reads.
+    RespondBytes(usize),
+    /// These bytes as they are (a head and what follows it); the connection is kept
+    /// open for the client to use or close, whatever the head says.
+    Raw(&'static str),
 }
 
 /// What the upstream saw.
@@ -208,6 +214,19 @@ async fn serve(mut connection: Connection) {
                 let mut held = connection.held.subscribe();
                 let _ = held.wait_for(|held| *held >= count).await;
                 if respond(stream, "held").await.is_err() {
+                    return;
+                }
+            }
+            Action::RespondBytes(length) => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+                let mut response = head.into_bytes();
+                response.resize(response.len() + length, b'x');
+                if stream.write_all(&response).await.is_err() {
+                    return;
+                }
+            }
+            Action::Raw(bytes) => {
+                if stream.write_all(bytes.as_bytes()).await.is_err() {
                     return;
                 }
             }
