@@ -171,6 +171,29 @@ async fn an_answer_that_closes_its_connection_does_not_leave_it_idle() {
 }
 
 #[tokio::test]
+async fn an_answer_that_comes_before_the_upload_ends_does_not_free_the_connection() {
+    const REFUSED: &str = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 7\r\n\r\ntoo big";
+    let upstream = ScriptedUpstream::start(|_, _| Action::RawBeforeBody(REFUSED)).await;
+    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
+    let url = upstream.url("/upload");
+    // One chunk, then the upload stalls: the request is still going out.
+    let stalled = stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"part")) })
+        .chain(stream::pending());
+    let body = Either::Right(axum::body::Body::from_stream(stalled));
+    let response = client
+        .send(request(Method::POST, &url, body), |_| None)
+        .await
+        .expect("the early answer");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer = response.into_body().collect().await.expect("its body");
+    assert_eq!(&answer.to_bytes()[..], b"too big");
+    assert_eq!(client.idle_connections(&origin(&url)), 0);
+    upstream
+        .wait_for(Event::ClosedByClient { connection: 0 })
+        .await;
+}
+
+#[tokio::test]
 async fn a_long_body_frees_its_connection_with_its_last_frame() {
     const LENGTH: usize = 1 << 20; // many reads: hyper reads at most 400 KiB at once
     let upstream = ScriptedUpstream::start(|_, _| Action::RespondBytes(LENGTH)).await;

@@ -40,6 +40,9 @@ pub enum Action {
     /// These bytes as they are (a head and what follows it); the connection is kept
     /// open for the client to use or close, whatever the head says.
     Raw(&'static str),
+    /// These bytes as they are, as soon as the head is in, before the request body
+    /// (as a server refusing an upload does); the body is read afterwards.
+    RawBeforeBody(&'static str),
 }
 
 /// What the upstream saw.
@@ -190,6 +193,12 @@ async fn serve(mut connection: Connection) {
         let _ = connection.events.send(Event::Head {
             connection: connection.index,
         });
+        let action = (connection.script)(connection.index, request);
+        if let Action::RawBeforeBody(bytes) = action
+            && connection.stream.write_all(bytes.as_bytes()).await.is_err()
+        {
+            return;
+        }
         let Some(body) = read_body(&mut connection.stream, &mut buffer, framing).await else {
             let _ = connection.events.send(Event::ClosedByClient {
                 connection: connection.index,
@@ -203,7 +212,7 @@ async fn serve(mut connection: Connection) {
             body,
         });
         let stream = &mut connection.stream;
-        match (connection.script)(connection.index, request) {
+        match action {
             Action::Respond(body) => {
                 if respond(stream, body).await.is_err() {
                     return;
@@ -230,6 +239,7 @@ async fn serve(mut connection: Connection) {
                     return;
                 }
             }
+            Action::RawBeforeBody(_) => {}
             Action::RespondThenClose(body) => {
                 let _ = respond(stream, body).await;
                 return close(connection).await;

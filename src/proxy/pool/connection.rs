@@ -405,3 +405,8 @@ impl AsyncWrite for Counted {
         }
     }
 }
+
+#[cfg(test)]
+pub(super) mod testing;
+#[cfg(test)]
+mod tests;

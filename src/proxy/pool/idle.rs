@@ -303,3 +303,6 @@ impl Lists {
         (expired, next)
     }
 }
+
+#[cfg(test)]
+mod tests;
