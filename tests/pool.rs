@@ -1,11 +1,14 @@
-//! The forwarding pool over real loopback sockets: kept-alive connections reused; a
-//! connection the upstream closed, before or while a request was written, handled as
-//! the pool's module comment says (a request not written goes on a fresh connection,
-//! one that may have arrived only when its body is buffered and it is idempotent or no
-//! byte of an answer came); idle expiry; the bound on idle connections; requests and
-//! responses abandoned half-way closing their connection; tunnels through a real
-//! egress proxy kept like direct connections; TLS sessions resumed; HTTP/2 by ALPN
-//! multiplexing concurrent requests on one connection.
+//! The forwarding pool over real loopback sockets: kept-alive connections reused, each
+//! for its own origin only; a connection back in the pool with the head of an answer
+//! that has no body, and with the last frame of a long or chunked one; not kept when
+//! the answer closes it or comes before the upload ended; a connection the upstream
+//! closed, before or while a request was written, handled as the pool's module comment
+//! says (a request not written goes on a fresh connection, one that may have arrived
+//! only when its body is buffered and it is idempotent or no byte of an answer came);
+//! idle expiry; the bound on idle connections; requests and responses abandoned
+//! half-way closing their connection; tunnels through a real egress proxy kept like
+//! direct connections; TLS sessions resumed; HTTP/2 by ALPN multiplexing concurrent
+//! requests on one connection.
 //!
 //! The pool is driven directly (not through a proxy, whose workers each have their own
 //! pool), on the test's single-threaded runtime, as a worker drives it.
@@ -57,6 +60,13 @@ fn buffered(text: &'static str) -> UpstreamBody {
 /// A body that streams through (over `replay_limit`): goes once.
 fn streamed(text: &'static str) -> UpstreamBody {
     Either::Right(axum::body::Body::from(text))
+}
+
+/// An upload that sends one chunk and then stalls: the request is still going out.
+fn stalled_upload() -> UpstreamBody {
+    let stalled = stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"part")) })
+        .chain(stream::pending());
+    Either::Right(axum::body::Body::from_stream(stalled))
 }
 
 /// Sends one request and reads the whole answer; the pool may rebuild the request
@@ -176,12 +186,8 @@ async fn an_answer_that_comes_before_the_upload_ends_does_not_free_the_connectio
     let upstream = ScriptedUpstream::start(|_, _| Action::RawBeforeBody(REFUSED)).await;
     let client = client_for(&upstream.url(""), &[], PoolSettings::default());
     let url = upstream.url("/upload");
-    // One chunk, then the upload stalls: the request is still going out.
-    let stalled = stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"part")) })
-        .chain(stream::pending());
-    let body = Either::Right(axum::body::Body::from_stream(stalled));
     let response = client
-        .send(request(Method::POST, &url, body), |_| None)
+        .send(request(Method::POST, &url, stalled_upload()), |_| None)
         .await
         .expect("the early answer");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -485,11 +491,7 @@ async fn a_request_abandoned_while_its_body_goes_out_closes_its_connection() {
         .await
         .expect("warm-up");
     upstream.wait_for(Event::Head { connection: 0 }).await; // the warm-up's
-    // A body that sends one chunk and then nothing: the client stalls mid-upload.
-    let stalled = stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"part")) })
-        .chain(stream::pending());
-    let body = Either::Right(axum::body::Body::from_stream(stalled));
-    let sending = client.send(request(Method::POST, &url, body), |_| None);
+    let sending = client.send(request(Method::POST, &url, stalled_upload()), |_| None);
     tokio::select! {
         answer = sending => panic!("answered a request whose body never ended: {answer:?}"),
         () = upstream.wait_for(Event::Head { connection: 0 }) => {}
