@@ -485,9 +485,6 @@ impl Credential {
     async fn obtain(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
         let store = &self.inner.store;
         if self.is_static() || !store.is_up() {
-            if reason == RefreshReason::Rejected && self.reauth_closed(None) {
-                return Err(RefreshError::Suppressed);
-            }
             return self.login_alone(reason).await;
         }
         let now = self.inner.clock.now();
@@ -593,8 +590,13 @@ impl Credential {
         result
     }
 
-    /// Logs in without the store: it is unreachable, or the credential is static.
+    /// Logs in without the store: it is unreachable, or the credential is static. A
+    /// 401-caused login still keeps this process's reauth interval (the fleet's cannot
+    /// be read).
     async fn login_alone(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
+        if reason == RefreshReason::Rejected && self.reauth_closed(None) {
+            return Err(RefreshError::Suppressed);
+        }
         let generation = self.fleet_generation() + 1;
         self.login(reason, generation)
             .await

@@ -980,6 +980,31 @@ async fn after_an_outage_the_replicas_converge_on_one_token_without_a_login() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_401_as_the_store_goes_down_keeps_this_replicas_reauth_interval() {
+    let store = shared_store(Arc::new(MemoryBackend::default()));
+    let one = replica(store.clone(), 1);
+    let first = first_token(&one.credential).await;
+    let relogged = one
+        .credential
+        .lease_after_rejection(FORMAT, first.generation, WAIT)
+        .await
+        .expect("the 401's login");
+    // The store fails from here on; nothing has noticed yet, so it still shows as up
+    // and the next refresh meets the failure on its first read.
+    store.replace_backend(Box::new(Down));
+    assert!(store.is_up());
+    assert!(
+        one.credential
+            .lease_after_rejection(FORMAT, relogged.generation, WAIT)
+            .await
+            .is_none(),
+        "a 401 within the interval is no login"
+    );
+    assert_eq!(one.source.fetches(), 2);
+    assert!(!store.is_up());
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_fleets_reauth_interval_holds_through_a_store_outage() {
     let backend = Arc::new(MemoryBackend::default());
     let b_store = shared_store(Arc::clone(&backend));
