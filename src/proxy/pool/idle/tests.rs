@@ -107,3 +107,18 @@ async fn one_reaper_runs_however_many_connections_are_parked() {
         3
     );
 }
+
+#[tokio::test]
+async fn idle_connections_are_kept_up_to_the_bound() {
+    let mut upstream = Upstream::start().await;
+    upstream.home.settings.max_idle = 2;
+    let mut lists = Lists::new();
+    let now = Instant::now();
+    assert!(lists.park(upstream.http1().await, now).is_none());
+    assert!(lists.park(upstream.http1().await, now).is_none(), "two fit");
+    assert!(
+        lists.park(upstream.http1().await, now).is_some(),
+        "a third does not"
+    );
+    assert_eq!(lists.lists[0].http1.len(), 2);
+}
