@@ -719,6 +719,23 @@ async fn a_static_token_never_goes_to_the_shared_store() {
     assert_eq!(entry, None, "every replica reads the file itself");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_static_credential_never_asks_the_shared_store() {
+    // A store that fails every operation, not yet known to: one asked would show.
+    let store = Store::new(
+        "redis",
+        true,
+        Box::new(Down),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    );
+    let (credential, source) = static_credential(store.clone());
+    first_token(&credential).await;
+    credential.force_refresh().await.expect("re-read");
+    assert_eq!(source.fetches(), 2);
+    assert!(store.is_up(), "no operation reached the store");
+}
+
 // --- what the lifecycle counts ---
 
 #[tokio::test(start_paused = true)]
