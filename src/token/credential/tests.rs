@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use super::*;
 use crate::secret::SecretFileError;
 use crate::token::clock::{FollowingClock, SeededRandom};
-use crate::token::store::testing::Down;
+use crate::token::store::testing::{Down, down_store};
 use crate::token::store::{Backend, MemoryBackend, Sealer, StoreSettings};
 
 const FORMAT: FormatId = FormatId(0);
@@ -526,13 +526,7 @@ async fn an_entry_that_does_not_open_is_never_used_and_is_replaced() {
 
 #[tokio::test(start_paused = true)]
 async fn with_the_store_down_a_replica_logs_in_alone_and_shows_it() {
-    let store = Store::new(
-        "redis",
-        true,
-        Box::new(Down),
-        Sealer::ephemeral(),
-        StoreSettings::default(),
-    );
+    let store = down_store();
     let one = replica(store.clone(), 1);
     first_token(&one.credential).await;
     assert_eq!(one.source.fetches(), 1);
@@ -722,13 +716,7 @@ async fn a_static_token_never_goes_to_the_shared_store() {
 #[tokio::test(start_paused = true)]
 async fn a_static_credential_never_asks_the_shared_store() {
     // A store that fails every operation, not yet known to: one asked would show.
-    let store = Store::new(
-        "redis",
-        true,
-        Box::new(Down),
-        Sealer::ephemeral(),
-        StoreSettings::default(),
-    );
+    let store = down_store();
     let (credential, source) = static_credential(store.clone());
     first_token(&credential).await;
     credential.force_refresh().await.expect("re-read");
@@ -803,13 +791,7 @@ async fn logins_adoptions_failures_and_suppressed_401s_are_counted() {
 
 #[tokio::test(start_paused = true)]
 async fn with_the_store_down_a_content_401_is_still_suppressed_by_the_interval() {
-    let store = Store::new(
-        "redis",
-        true,
-        Box::new(Down),
-        Sealer::ephemeral(),
-        StoreSettings::default(),
-    );
+    let store = down_store();
     let one = replica(store, 1);
     let first = first_token(&one.credential).await;
     let fresh = one
@@ -901,13 +883,7 @@ async fn a_refresh_ahead_logs_in_rather_than_adopt_a_token_itself_due_but_a_401_
 
 #[tokio::test(start_paused = true)]
 async fn logins_with_the_store_down_still_count_the_fleet_generation_up() {
-    let store = Store::new(
-        "redis",
-        true,
-        Box::new(Down),
-        Sealer::ephemeral(),
-        StoreSettings::default(),
-    );
+    let store = down_store();
     let one = replica(store, 1);
     let fleet_generation = |credential: &Credential| {
         credential

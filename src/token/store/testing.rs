@@ -4,7 +4,19 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, Sealer, Store, StoreSettings};
+
+/// A shared Redis store whose backend is [`Down`], not yet known to be: it shows as
+/// up until an operation fails.
+pub fn down_store() -> Store {
+    Store::new(
+        "redis",
+        true,
+        Box::new(Down),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    )
+}
 
 /// A backend that is down: every operation fails as a refused connection would.
 #[derive(Debug)]

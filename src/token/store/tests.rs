@@ -1,7 +1,7 @@
 //! The entry codec and the store's compare-and-set rules, over the in-process
 //! backend (the same `Store` code runs over Redis; `tests/fleet.rs` covers that).
 
-use super::testing::Down;
+use super::testing::down_store;
 use super::*;
 
 const KEY_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -259,13 +259,7 @@ async fn a_shared_store_is_probed_and_a_replaced_backend_brings_it_back() {
     assert_eq!((local.kind(), local.is_shared()), ("memory", false));
     assert!(local.status().is_none() && local.start_probe().is_none());
 
-    let shared = Store::new(
-        "redis",
-        true,
-        Box::new(Down),
-        Sealer::ephemeral(),
-        StoreSettings::default(),
-    );
+    let shared = down_store();
     assert_eq!((shared.kind(), shared.is_shared()), ("redis", true));
     let mut recoveries = shared.recoveries();
     let _probe = shared.start_probe().expect("a shared store is probed");
