@@ -120,6 +120,34 @@ struct State {
     /// No 401-caused login before this instant: this process made one, or the fleet's
     /// entry says another replica did, less than `min_reauth_interval` ago.
     reauth_closed_until: Option<Instant>,
+    /// Fingerprints of the last tokens IntelePeer rejected here: never adopted from the
+    /// store again (after an outage the fleet's entry may hold one of them).
+    rejected: RejectedTokens,
+}
+
+/// How many rejected tokens a credential remembers: more than an outage produces.
+const REMEMBERED_REJECTIONS: usize = 8;
+
+/// The fingerprints of the last [`REMEMBERED_REJECTIONS`] tokens rejected with a 401.
+#[derive(Debug, Default)]
+struct RejectedTokens {
+    fingerprints: std::collections::VecDeque<[u8; 8]>,
+}
+
+impl RejectedTokens {
+    fn remember(&mut self, fingerprint: [u8; 8]) {
+        if self.contains(&fingerprint) {
+            return;
+        }
+        if self.fingerprints.len() == REMEMBERED_REJECTIONS {
+            self.fingerprints.pop_front();
+        }
+        self.fingerprints.push_back(fingerprint);
+    }
+
+    fn contains(&self, fingerprint: &[u8; 8]) -> bool {
+        self.fingerprints.contains(fingerprint)
+    }
 }
 
 /// A token obtained by a flight, and from where; `origin` is `None` when the flight
@@ -218,6 +246,11 @@ impl Credential {
             // Compared again under the lock: a flight may have stored one meanwhile.
             if let Some(lease) = self.newer_than(format, rejected) {
                 return Some(lease);
+            }
+            if let Some(token) = self.inner.slot.load()
+                && token.generation == rejected
+            {
+                state.rejected.remember(token.fingerprint);
             }
             match state.flight.clone() {
                 Some(flight) => flight,
@@ -453,6 +486,10 @@ impl Credential {
     /// when the shared store comes back after an outage.
     async fn refresh_loop(&self) {
         let mut recoveries = self.inner.store.recoveries();
+        // A second look at the fleet's entry after a recovery: a replica that published
+        // its token before another published a newer one adopts that one now, not at
+        // its next refresh.
+        let mut confirm_at: Option<Instant> = None;
         loop {
             let fetch = self.next_fetch();
             tokio::select! {
@@ -462,9 +499,21 @@ impl Credential {
                 () = self.inner.changed.notified() => {}
                 Ok(()) = recoveries.changed() => {
                     let _ = self.join_or_start(RefreshReason::Resync).await;
+                    confirm_at = Some(self.inner.clock.now() + self.resync_confirm_delay());
+                }
+                () = sleep_until_some(confirm_at) => {
+                    confirm_at = None;
+                    let _ = self.join_or_start(RefreshReason::Resync).await;
                 }
             }
         }
+    }
+
+    /// How long after a recovery the fleet's entry is read again: long enough for
+    /// every replica to have seen the store come back (its health probe runs every
+    /// 2 s), drawn so that replicas do not read in step.
+    fn resync_confirm_delay(&self) -> Duration {
+        RESYNC_CONFIRM.mul_f64(1.0 + self.inner.random.unit())
     }
 
     fn next_fetch(&self) -> schedule::Fetch {
@@ -603,9 +652,13 @@ impl Credential {
             .map(|(obtained, _)| obtained)
     }
 
-    /// The store came back after an outage: adopt the fleet's token if it differs
-    /// from ours, or publish ours where there is none, so every replica ends up with
-    /// one token without a login.
+    /// The store came back after an outage: adopt the fleet's token if it is newer
+    /// than ours (fleet generation, then the time it was obtained), usable and not one
+    /// rejected here; otherwise publish ours (compare-and-set), so every replica ends
+    /// up with the newest token without a login. Never goes back to an older token: a
+    /// replica that logged in alone during the outage holds a newer token than the
+    /// entry written before it, and with an IntelePeer that revokes older tokens on a
+    /// new login the entry's is dead.
     async fn converge(&self, own: Arc<Token>) -> Obtained {
         let store = &self.inner.store;
         let kept = |token: Arc<Token>| Obtained {
@@ -620,14 +673,22 @@ impl Credential {
         {
             return kept(own);
         }
-        if let Some(obtained) = self.adopt(&seen) {
+        if let Some(stored) = seen.token()
+            && is_newer(stored, &own)
+            && let Some(obtained) = self.adopt(&seen)
+        {
             return obtained;
         }
         let Some(expires_at) = own.expires_at() else {
             return kept(own);
         };
+        if !store.accepts_writes() {
+            return kept(own);
+        }
         let stored = StoredToken {
-            generation: seen.generation().max(own.fleet_generation) + 1,
+            // Our own generation where it is ahead (the entry then says what our token
+            // says), otherwise one past the entry's, so the compare-and-set replaces it.
+            generation: own.fleet_generation.max(seen.generation() + 1),
             token: own.secret.clone(),
             expires_at,
             obtained_at: own.obtained_at,
@@ -641,9 +702,13 @@ impl Credential {
         {
             return kept(own);
         }
-        // Another replica published first: take theirs.
+        // Another replica published first: take theirs if it is newer than ours.
         match store.read(self.name()).await {
-            Ok(seen) => self.adopt(&seen).unwrap_or_else(|| kept(own)),
+            Ok(seen) => seen
+                .token()
+                .filter(|stored| is_newer(stored, &own))
+                .and_then(|_| self.adopt(&seen))
+                .unwrap_or_else(|| kept(own)),
             Err(_) => kept(own),
         }
     }
@@ -655,11 +720,17 @@ impl Credential {
             .with(|token| token.map_or(0, |token| token.fleet_generation))
     }
 
-    /// Adopts the entry when it is newer than our token (and than `floor`), usable,
-    /// and, for a refresh ahead, not itself due for refresh.
+    /// Adopts the entry when it is newer than our token (and its generation above
+    /// `floor`), usable, not one rejected here, and, for a refresh ahead, not itself
+    /// due for refresh.
     fn adopt_if_newer(&self, seen: &Entry, reason: RefreshReason, floor: u64) -> Option<Obtained> {
         let stored = seen.token()?;
-        if stored.generation <= self.fleet_generation().max(floor) {
+        if stored.generation <= floor {
+            return None;
+        }
+        if let Some(own) = self.inner.slot.load()
+            && !is_newer(stored, &own)
+        {
             return None;
         }
         let obtained = self.adopt(seen)?;
@@ -670,9 +741,18 @@ impl Credential {
         (reason != RefreshReason::Ahead || !due).then_some(obtained)
     }
 
-    /// The entry's token as ours, if it is usable.
+    /// The entry's token as ours, if it is usable and not one rejected here.
     fn adopt(&self, seen: &Entry) -> Option<Obtained> {
         let stored = seen.token()?;
+        let fingerprint = super::slot::fingerprint(stored.token.expose_secret());
+        if self.lock_state().rejected.contains(&fingerprint) {
+            tracing::warn!(
+                credential = self.name(),
+                fleet_generation = stored.generation,
+                "the shared entry holds a token IntelePeer already rejected here: not adopted"
+            );
+            return None;
+        }
         let lifetime = stored
             .expires_at
             .duration_since(stored.obtained_at)
@@ -820,6 +900,28 @@ impl Credential {
             obtained_at,
             reason,
         })
+    }
+}
+
+/// Whether the fleet's entry holds a newer token than `own`: a higher fleet
+/// generation, or the same one obtained later (two replicas that logged in alone
+/// during an outage). Our own token is never newer than itself.
+fn is_newer(stored: &StoredToken, own: &Token) -> bool {
+    if super::slot::fingerprint(stored.token.expose_secret()) == own.fingerprint {
+        return false;
+    }
+    (stored.generation, stored.obtained_at) > (own.fleet_generation, own.obtained_at)
+}
+
+/// The shortest delay of the second look at the fleet's entry after a recovery (see
+/// [`Credential::resync_confirm_delay`]).
+const RESYNC_CONFIRM: Duration = Duration::from_secs(5);
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
