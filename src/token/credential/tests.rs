@@ -10,13 +10,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, join_all};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
+use super::refresh::RESYNC_CONFIRM;
 use super::*;
 use crate::secret::SecretFileError;
 use crate::token::clock::{FollowingClock, SeededRandom};
 use crate::token::store::testing::{Down, RefusingWrites, down_store};
-use crate::token::store::{Backend, MemoryBackend, Sealer, StoreSettings, StoreState};
+use crate::token::store::{
+    Backend, MemoryBackend, Sealer, StoreSettings, StoreState, StoredToken, WAIT_POLL,
+};
 
 const FORMAT: FormatId = FormatId(0);
 /// Token lifetime the fake source issues.
