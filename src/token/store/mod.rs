@@ -3,17 +3,15 @@
 //!
 //! Everything that is the same for every backend lives here: the entry's key names
 //! (`<prefix>:{<credential>}:token` and `:lock`, the braces a Redis Cluster hash tag),
-//! its sealed encoding, the timeout on every operation, the store's health (up,
-//! degraded or unreachable, in `health.rs`), and the metrics of every operation. A
-//! backend only moves bytes.
-//!
-//! An entry's value is `v1:<generation>:<base64url(nonce ‖ AES-256-GCM ciphertext)>`:
-//! the generation is in the clear so that the compare-and-set can run inside the
-//! store (a Lua script in Redis); it is also bound into the ciphertext, with the
-//! credential name, so neither can be changed without the entry becoming unreadable.
+//! the timeout on every operation, and the metrics of every operation. The entry's
+//! sealed encoding is in `entry.rs`, the store's health (up, degraded or unreachable)
+//! in `health.rs`, the operations a backend offers in `backend.rs`. A backend only
+//! moves bytes.
 //!
 //! Must not: log or count a token, a key or a lock value.
 
+mod backend;
+mod entry;
 mod health;
 mod memory;
 mod redis;
@@ -24,17 +22,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::schedule::RefreshReason;
 use crate::config::{RedisStoreConfig, SecretSource, StoreConfig};
 use crate::task::BackgroundTask;
 use crate::telemetry::{self, trace};
+pub use backend::{Backend, BackendError};
+pub use entry::{Entry, StoredToken, generation_of};
 use health::{Change, StoreHealth};
 pub use health::{Failure, StoreState};
 pub use memory::MemoryBackend;
@@ -70,191 +67,6 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often a replica waiting for another one's login looks at the entry again.
 pub const WAIT_POLL: Duration = Duration::from_millis(50);
-
-/// The raw operations a store backend offers; their meaning is Redis's.
-pub trait Backend: Send + Sync + fmt::Debug {
-    /// `GET key`.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>>;
-    /// `SET key value NX PX ttl`: true when it was set.
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// Sets `key` to `value` with `ttl` when the generation of its current value is
-    /// `expected` (a missing or unreadable value counts as generation 0).
-    fn set_if_generation<'a>(
-        &'a self,
-        key: &'a str,
-        expected: u64,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// Deletes `key` when its value is `value`.
-    fn delete_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// Sets the TTL of `key` when its value is `value`.
-    fn expire_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// A round trip (`PING`).
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>>;
-}
-
-/// A backend shared by several stores (replicas in one process, in tests).
-impl<B: Backend + ?Sized> Backend for Arc<B> {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        (**self).get(key)
-    }
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).set_if_absent(key, value, ttl)
-    }
-    fn set_if_generation<'a>(
-        &'a self,
-        key: &'a str,
-        expected: u64,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).set_if_generation(key, expected, value, ttl)
-    }
-    fn delete_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).delete_if_equal(key, value)
-    }
-    fn expire_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).expire_if_equal(key, value, ttl)
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).ping()
-    }
-}
-
-/// A backend could not do what was asked. The text names no secret.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    pub failure: Failure,
-    pub message: String,
-}
-
-impl BackendError {
-    /// No answer (connection refused or dropped, a timeout).
-    pub fn unreachable(message: impl Into<String>) -> Self {
-        Self {
-            failure: Failure::Unreachable,
-            message: message.into(),
-        }
-    }
-
-    /// The store answered with an error: it is there but will not do this.
-    pub fn refused(message: impl Into<String>) -> Self {
-        Self {
-            failure: Failure::Refused,
-            message: message.into(),
-        }
-    }
-}
-
-/// The generation in the clear prefix of an entry's value; 0 when it has none.
-pub fn generation_of(value: &[u8]) -> u64 {
-    let Some(rest) = value.strip_prefix(b"v1:") else {
-        return 0;
-    };
-    let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
-    if rest.get(digits) != Some(&b':') {
-        return 0;
-    }
-    std::str::from_utf8(&rest[..digits])
-        .ok()
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A token as the fleet shares it.
-#[derive(Clone)]
-pub struct StoredToken {
-    /// The fleet's generation: one more than the entry it replaced.
-    pub generation: u64,
-    pub token: SecretString,
-    pub expires_at: SystemTime,
-    /// When the login that obtained it started.
-    pub obtained_at: SystemTime,
-    /// Why it was obtained (a 401-caused login closes the fleet's reauth interval).
-    pub reason: RefreshReason,
-}
-
-impl fmt::Debug for StoredToken {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("StoredToken")
-            .field("generation", &self.generation)
-            .field("token", &"***")
-            .field("expires_at", &self.expires_at)
-            .field("obtained_at", &self.obtained_at)
-            .field("reason", &self.reason)
-            .finish()
-    }
-}
-
-/// The sealed JSON inside an entry.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct EntryBody {
-    token: String,
-    expires_at_ms: u64,
-    obtained_at_ms: u64,
-    reason: String,
-}
-
-/// What a read found.
-#[derive(Debug, Clone)]
-pub enum Entry {
-    Absent,
-    Present(StoredToken),
-    /// There, but it does not open (another key, tampering, garbage): never used,
-    /// replaced by the next login's entry.
-    Unreadable {
-        generation: u64,
-    },
-}
-
-impl Entry {
-    /// The generation a compare-and-set must expect to replace this entry.
-    pub fn generation(&self) -> u64 {
-        match self {
-            Self::Absent => 0,
-            Self::Present(stored) => stored.generation,
-            Self::Unreadable { generation } => *generation,
-        }
-    }
-
-    pub fn token(&self) -> Option<&StoredToken> {
-        match self {
-            Self::Present(stored) => Some(stored),
-            _ => None,
-        }
-    }
-}
 
 /// The store could not be used just now (unreachable, too slow, an error): the
 /// caller carries on alone.
@@ -582,49 +394,12 @@ impl Store {
         format!("{}:{{{credential}}}:{what}", self.0.settings.prefix)
     }
 
-    fn associated(credential: &str, generation: u64) -> Vec<u8> {
-        format!("ipproxy-token-v1:{credential}:{generation}").into_bytes()
-    }
-
     fn seal(&self, credential: &str, stored: &StoredToken) -> Vec<u8> {
-        let body = EntryBody {
-            token: stored.token.expose_secret().to_owned(),
-            expires_at_ms: unix_ms(stored.expires_at),
-            obtained_at_ms: unix_ms(stored.obtained_at),
-            reason: stored.reason.as_str().to_owned(),
-        };
-        let plaintext = serde_json::to_vec(&body).expect("an entry body serializes");
-        let sealed = self
-            .0
-            .sealer
-            .load()
-            .seal(&plaintext, &Self::associated(credential, stored.generation));
-        let mut value = format!("v1:{}:", stored.generation).into_bytes();
-        value.extend_from_slice(URL_SAFE_NO_PAD.encode(sealed).as_bytes());
-        value
+        entry::seal(&self.0.sealer.load(), credential, stored)
     }
 
     fn open(&self, credential: &str, generation: u64, value: &[u8]) -> Option<StoredToken> {
-        if generation == 0 {
-            return None;
-        }
-        let prefix = format!("v1:{generation}:");
-        let encoded = value.strip_prefix(prefix.as_bytes())?;
-        let sealed = URL_SAFE_NO_PAD.decode(encoded).ok()?;
-        let plaintext = self
-            .0
-            .sealer
-            .load()
-            .open(&sealed, &Self::associated(credential, generation))
-            .ok()?;
-        let body: EntryBody = serde_json::from_slice(&plaintext).ok()?;
-        Some(StoredToken {
-            generation,
-            token: SecretString::from(body.token),
-            expires_at: from_unix_ms(body.expires_at_ms),
-            obtained_at: from_unix_ms(body.obtained_at_ms),
-            reason: RefreshReason::parse(&body.reason)?,
-        })
+        entry::open(&self.0.sealer.load(), credential, generation, value)
     }
 
     /// Runs one writing operation, or fails at once while the store is degraded and
@@ -717,17 +492,6 @@ impl Store {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
-fn from_unix_ms(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 #[cfg(test)]
