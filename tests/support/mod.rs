@@ -8,6 +8,7 @@ pub mod forward_proxy;
 pub mod keepalive;
 pub mod metrics;
 pub mod otlp;
+pub mod prometheus;
 pub mod redis;
 pub mod scripted;
 pub mod tls;
