@@ -29,5 +29,5 @@ pub use schedule::RefreshReason;
 pub use slot::{FormatId, Token, TokenGeneration};
 pub use source::{
     AuthError, LoginAnswer, LoginTransport, LoginTransportError, SessionLogin, StaticSource,
-    TokenSource, retry_after,
+    TokenSource,
 };

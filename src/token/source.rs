@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{StatusCode, header};
+use http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -161,10 +161,7 @@ impl TokenSource for SessionLogin {
     }
 
     fn reread(&self) -> Result<bool, SecretFileError> {
-        match &self.password {
-            Secret::Inline(_) => Ok(false),
-            Secret::File(file) => file.current().map(|current| current.changed),
-        }
+        self.password.reread()
     }
 }
 
@@ -223,21 +220,8 @@ impl TokenSource for StaticSource {
     }
 
     fn reread(&self) -> Result<bool, SecretFileError> {
-        match &self.0 {
-            Secret::Inline(_) => Ok(false),
-            Secret::File(file) => file.current().map(|current| current.changed),
-        }
+        self.0.reread()
     }
-}
-
-/// The `Retry-After` of an answer in its delta-seconds form (the only form the auth
-/// endpoints are seen to send).
-pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    headers
-        .get(header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -380,19 +364,6 @@ mod tests {
             .await
             .expect_err("timeout");
         assert!(matches!(error, AuthError::Timeout(limit) if limit == Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn retry_after_is_read_in_delta_seconds_only() {
-        let headers = |value: &'static str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static(value));
-            headers
-        };
-        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(&headers(" 12 ")), Some(Duration::from_secs(12)));
-        assert_eq!(retry_after(&headers("Wed, 21 Oct 2026 07:28:00 GMT")), None);
-        assert_eq!(retry_after(&http::HeaderMap::new()), None);
     }
 
     #[test]
