@@ -27,7 +27,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::StoreConfig;
+use crate::config::{StoreConfig, defaults};
 use crate::task::BackgroundTask;
 use crate::telemetry::{self, trace};
 pub use backend::{Backend, BackendError};
@@ -82,9 +82,9 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            prefix: "ipproxy".to_owned(),
-            timeout: Duration::from_millis(500),
-            lock_ttl: Duration::from_secs(10),
+            prefix: defaults::DEFAULT_STORE_PREFIX.to_owned(),
+            timeout: defaults::DEFAULT_STORE_TIMEOUT,
+            lock_ttl: defaults::DEFAULT_LOCK_TTL,
         }
     }
 }
