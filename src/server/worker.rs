@@ -198,7 +198,7 @@ async fn serve_connection<S, B>(
                 let (verdict, next) = watch.check(now);
                 check_at = next;
                 match verdict {
-                    Verdict::Fine => closing_idle = None,
+                    Verdict::InTime => closing_idle = None,
                     Verdict::BodyStalled => connection.as_mut().graceful_shutdown(),
                     Verdict::Idle => match closing_idle {
                         None => {

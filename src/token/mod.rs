@@ -22,7 +22,9 @@ mod slot;
 mod source;
 pub mod store;
 
-pub use credential::{Credential, Lease, Parts, RefreshError, Settings, TokenUnavailable};
+pub use credential::{
+    Credential, CredentialParts, Lease, RefreshError, Settings, TokenUnavailable,
+};
 pub use readiness::CredentialStatus;
 pub use registry::{Registry, RouteToken};
 pub use schedule::RefreshReason;

@@ -20,10 +20,29 @@ use crate::secret::{Secret, SecretFileError};
 /// Largest auth response read: a token response is tiny.
 const MAX_AUTH_RESPONSE: usize = 64 * 1024;
 
+/// What kind of source a credential has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// Logs in with a username and password; the token expires and is refreshed.
+    #[default]
+    Session,
+    /// A long-standing token given to the proxy: never refreshed, never shared.
+    Static,
+}
+
+impl SourceKind {
+    /// `session` or `static`, as `/readyz` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Static => "static",
+        }
+    }
+}
+
 /// Where a credential's token comes from.
 pub trait TokenSource: Send + Sync + fmt::Debug {
-    /// `session` or `static`, as `/readyz` shows it.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> SourceKind;
 
     /// Fetches a token: logs in, or reads the static token.
     fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>>;
@@ -146,8 +165,8 @@ struct LoginResponse {
 }
 
 impl TokenSource for SessionLogin {
-    fn kind(&self) -> &'static str {
-        "session"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Session
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
@@ -206,8 +225,8 @@ impl SessionLogin {
 pub struct StaticSource(pub Secret);
 
 impl TokenSource for StaticSource {
-    fn kind(&self) -> &'static str {
-        "static"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Static
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
@@ -370,10 +389,10 @@ mod tests {
     fn each_source_and_failure_has_its_label() {
         assert_eq!(
             login(std::sync::Arc::new(SilentTransport)).kind(),
-            "session"
+            SourceKind::Session
         );
         let fixed = StaticSource(Secret::Inline(SecretString::from("tok")));
-        assert_eq!(fixed.kind(), "static");
+        assert_eq!(fixed.kind(), SourceKind::Static);
         for (error, kind) in [
             (AuthError::BadCredentials, "bad_credentials"),
             (AuthError::Unreachable("down".to_owned()), "unreachable"),
@@ -399,7 +418,7 @@ mod tests {
             source.reread().expect("readable");
             assert!(
                 !source.reread().expect("readable"),
-                "{}: unchanged",
+                "{:?}: unchanged",
                 source.kind()
             );
         }
@@ -407,12 +426,12 @@ mod tests {
         for source in sources {
             assert!(
                 source.reread().expect("readable"),
-                "{}: changed",
+                "{:?}: changed",
                 source.kind()
             );
             assert!(
                 !source.reread().expect("readable"),
-                "{}: once",
+                "{:?}: once",
                 source.kind()
             );
         }

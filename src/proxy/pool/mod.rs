@@ -38,7 +38,7 @@ use http_body_util::{Either, Full};
 use super::body::UpstreamBody;
 use super::egress::{EgressConnector, EgressError};
 use crate::error;
-use connection::{Failure, Home, Opened, Origin};
+use connection::{Failure, Opened, Origin, PoolKey};
 use idle::Pooled;
 pub use response::ResponseBody;
 
@@ -194,12 +194,12 @@ impl UpstreamClient {
         }
     }
 
-    fn home_for(&self, request: &Request<UpstreamBody>) -> Result<Home, SendError> {
+    fn home_for(&self, request: &Request<UpstreamBody>) -> Result<PoolKey, SendError> {
         let uri = request.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::NoOrigin);
         };
-        Ok(Home {
+        Ok(PoolKey {
             client: self.id,
             origin: Origin {
                 scheme: scheme.clone(),
