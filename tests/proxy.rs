@@ -10,7 +10,8 @@ use ipproxy::sim::{AuthMode, SimConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{
-    FixedUpstream, Proxy, Sim, client, closed_port, eventually, raw_request, raw_status, vars,
+    FixedUpstream, PATIENCE, Proxy, Sim, client, closed_port, eventually, raw_request, raw_status,
+    vars,
 };
 
 const SMS_BODY: &str = r#"{"from":"+15550001111","to":"+15550002222","text":"hi"}"#;
@@ -27,7 +28,7 @@ async fn send_sms(client: &reqwest::Client, proxy: &Proxy) -> reqwest::Response 
 
 async fn wait_ready(proxy: &Proxy) {
     let client = client();
-    let ready = eventually(Duration::from_secs(5), || async {
+    let ready = eventually(PATIENCE, || async {
         client
             .get(proxy.admin_url("/readyz"))
             .send()
@@ -172,15 +173,12 @@ async fn assert_refresh_at_half_of_two_seconds(sim_config: SimConfig, token_ttl:
     let proxy = Proxy::start(vars).await;
     wait_ready(&proxy).await;
     assert!(
-        eventually(Duration::from_secs(6), || async {
-            sim.counters().tokens_issued >= 2
-        })
-        .await,
+        eventually(PATIENCE, || async { sim.counters().tokens_issued >= 2 }).await,
         "a refresh ahead of expiry happened"
     );
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(850) && elapsed < Duration::from_secs(6),
+        elapsed >= Duration::from_millis(850) && elapsed < PATIENCE,
         "refreshed after {elapsed:?}"
     );
 }
@@ -205,22 +203,28 @@ async fn opaque_token_expiry_comes_from_token_ttl() {
 
 #[tokio::test]
 async fn refresh_ahead_under_traffic_lets_no_401_and_no_expired_token_through() {
+    // Tokens live 4 s, refreshed ~2 s ahead: traffic runs until two refreshes have
+    // happened, however long a busy machine takes to get there.
     let sim = Sim::start(SimConfig {
-        token_ttl: Duration::from_secs(2),
+        token_ttl: Duration::from_secs(4),
         ..SimConfig::default()
     })
     .await;
     let proxy = Proxy::start(sim.vars()).await;
     wait_ready(&proxy).await;
     let client = client();
-    let deadline = Instant::now() + Duration::from_millis(3500);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let workers = (0..4).map(|_| {
         let client = client.clone();
         let proxy = &proxy;
+        let sim = &sim;
         async move {
             let mut statuses = Vec::new();
             // Bounded by time and by count.
-            while Instant::now() < deadline && statuses.len() < 20_000 {
+            while Instant::now() < deadline
+                && statuses.len() < 50_000
+                && sim.counters().tokens_issued < 3
+            {
                 statuses.push(send_sms(&client, proxy).await.status().as_u16());
             }
             statuses
@@ -238,7 +242,7 @@ async fn refresh_ahead_under_traffic_lets_no_401_and_no_expired_token_through() 
 #[tokio::test]
 async fn auth_outage_while_the_token_is_valid_does_not_fail_clients() {
     let sim = Sim::start(SimConfig {
-        token_ttl: Duration::from_secs(4),
+        token_ttl: Duration::from_secs(20),
         ..SimConfig::default()
     })
     .await;
@@ -246,10 +250,12 @@ async fn auth_outage_while_the_token_is_valid_does_not_fail_clients() {
     wait_ready(&proxy).await;
     sim.sim.set_auth_mode(AuthMode::Down);
     let client = client();
-    // The refresh is due at ~2 s and fails; the token is good until ~4 s.
-    let deadline = Instant::now() + Duration::from_millis(3000);
+    // The refresh is due at ~10 s and fails, and is tried again after a backoff; the
+    // token is good until ~20 s. Requests go on until both attempts were made, well
+    // before the token runs out.
+    let deadline = Instant::now() + Duration::from_secs(18);
     let mut sent = 0;
-    while Instant::now() < deadline && sent < 5_000 {
+    while Instant::now() < deadline && sent < 50_000 && sim.counters().auth_calls < 2 {
         assert_eq!(send_sms(&client, &proxy).await.status(), 202);
         sent += 1;
     }
@@ -275,10 +281,8 @@ async fn bad_credentials_give_fast_503_and_bounded_logins() {
     while started.elapsed() < Duration::from_secs(2) && answers < 200 {
         let asked = Instant::now();
         let response = send_sms(&client, &proxy).await;
-        assert!(
-            asked.elapsed() < Duration::from_millis(500),
-            "answered fast"
-        );
+        // Fast = not waiting out a login or the 30 s request timeout.
+        assert!(asked.elapsed() < Duration::from_secs(5), "answered fast");
         assert_eq!(response.status(), 503);
         assert!(response.headers().contains_key("retry-after"));
         let body: Value = response.json().await.expect("json");
@@ -324,7 +328,7 @@ prefix = "/"
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "upstream_unreachable");
 
-    sim.sim.set_latency(Duration::from_secs(2));
+    sim.sim.set_latency(Duration::from_secs(30));
     let asked = Instant::now();
     let response = client
         .get(proxy.url("/_rest/v4/slow"))
@@ -332,7 +336,10 @@ prefix = "/"
         .await
         .expect("request");
     assert_eq!(response.status(), 504);
-    assert!(asked.elapsed() < Duration::from_millis(1500));
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the 300 ms timeout"
+    );
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "upstream_timeout");
 }
@@ -444,11 +451,11 @@ async fn static_token_file_is_reread_when_it_changes() {
     let first = status(&proxy).await;
     std::fs::write(&token_file, "new-static").expect("rotate");
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(15), || async {
             status(&proxy).await > first
         })
         .await,
-        "the new token was picked up within 5 s"
+        "the new token was picked up"
     );
     let response = client()
         .get(proxy.url("/anything"))

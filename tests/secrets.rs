@@ -190,7 +190,7 @@ async fn no_token_password_or_client_key_appears_in_logs_metrics_bodies_or_check
     let admin = client();
     let clients = client();
     let mut collected = Collected::default();
-    let failed_once = eventually(Duration::from_secs(5), || async {
+    let failed_once = eventually(Duration::from_secs(20), || async {
         let (_, body) = admin_text(&admin, &proxy, http::Method::GET, "/readyz").await;
         serde_json::from_str::<Value>(&body)
             .is_ok_and(|body| body["credentials"][0]["consecutive_failures"].as_u64() >= Some(1))
@@ -318,7 +318,7 @@ password = "{password}"
 
     proxy.signal("TERM");
     let status = proxy
-        .wait_exit(Duration::from_secs(5))
+        .wait_exit(Duration::from_secs(15))
         .await
         .expect("exits");
     assert!(status.success(), "{status}");
