@@ -44,6 +44,9 @@ now_ms() { date +%s%3N; }
 missing=()
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
+# netavark and aardvark-dns: the network backend whose DNS resolves container names.
+[ -x /usr/lib/podman/netavark ] || missing+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
@@ -73,6 +76,8 @@ cleanup() {
   [ -n "$ids" ] && podman rm -f -t 0 $ids >/dev/null 2>&1
   podman pod rm -f "$prefix-pod" >/dev/null 2>&1
   podman network rm -f "$prefix-net" >/dev/null 2>&1
+  # Earlier builds of the test image, left untagged by this one (labelled: only ours).
+  podman image prune -f --filter label=org.opencontainers.image.title=ipproxy >/dev/null 2>&1
   for pid in "${host_pids[@]}"; do kill "$pid" 2>/dev/null; done
   rm -rf "$work"
   if [ "$status" != 0 ]; then
@@ -91,6 +96,8 @@ nproc=$((hard_nproc < 4096 ? hard_nproc : 4096))
 cat >"$work/containers.conf" <<EOF
 [engine]
 runtime = "runc"
+[network]
+network_backend = "netavark"
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 EOF
@@ -130,7 +137,7 @@ image="localhost/ipproxy:container-test"
 build_start=$(date +%s)
 ENGINE=podman bash deploy/build-image.sh "$image" >"$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log"; die "the image did not build"; }
-ok "built $image in $(($(date +%s) - build_start)) s (binary build included)"
+ok "built $image in $(($(date +%s) - build_start)) s (the binary's build included, if any)"
 size_bytes="$(podman image inspect --format '{{.Size}}' "$image")"
 size_mb="$(python3 -c "print(f'{$size_bytes / 1e6:.1f}')")"
 ok "image size: $size_bytes bytes ($size_mb MB)"
