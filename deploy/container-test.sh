@@ -87,6 +87,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Containers of an earlier run that was killed before its trap ran (its PID is gone).
+for stale in $(podman ps -a --filter label=ipproxy-container-test \
+  --format '{{index .Labels "ipproxy-container-test"}}' 2>/dev/null | sort -u); do
+  if ! kill -0 "${stale##*-}" 2>/dev/null; then
+    echo "container-test: removing the containers of $stale (an earlier run that was killed)"
+    podman ps -aq --filter "label=ipproxy-container-test=$stale" | xargs -r podman rm -f -t 0 >/dev/null 2>&1 || true
+    podman pod rm -f "$stale-pod" >/dev/null 2>&1 || true
+    podman network rm -f "$stale-net" >/dev/null 2>&1 || true
+  fi
+done
+
 # runc, and ulimits the runtime can set (at most this shell's hard limits).
 hard_nofile="$(ulimit -Hn)"; hard_nproc="$(ulimit -Hu)"
 [ "$hard_nofile" = unlimited ] && hard_nofile=65536
