@@ -248,6 +248,12 @@ gids="$(awk '/^Gid:/ {print $2, $3, $4, $5}' "/proc/$pid/status")"
 [ "$uids" = "65532 65532 65532 65532" ] && [ "$gids" = "65532 65532 65532 65532" ] \
   || die "ipproxy runs as uid $uids gid $gids, not 65532"
 ok "read-only root filesystem; ipproxy (host PID $pid) runs as UID/GID 65532"
+# The simulator's name came from DNS (Podman's aardvark-dns), not from /etc/hosts.
+if grep -qw "$sim_name" "/proc/$pid/root/etc/hosts"; then
+  die "$sim_name is in the container's /etc/hosts: name resolution through DNS is not shown"
+fi
+grep -q '^nameserver' "/proc/$pid/root/etc/resolv.conf" || die "the container has no nameserver in /etc/resolv.conf"
+ok "$sim_name is not in the container's /etc/hosts: the static binary resolved it through DNS ($(awk '/^nameserver/ {print $2; exit}' "/proc/$pid/root/etc/resolv.conf"))"
 
 # Requests without credentials: the proxy adds the token, the simulator checks it.
 requests=200
