@@ -122,10 +122,12 @@ def check_dockerfile() -> None:
     text = DOCKERFILE.read_text()
     final = text.split("\nFROM ")[-1]  # instructions of the last stage
     expect = {
-        "distroless nonroot base": r"\A(\$\{RUNTIME_IMAGE\}|gcr\.io/distroless/cc-debian12:nonroot)\s",
-        "binary at /usr/local/bin/ipproxy": r"^COPY --from=builder \S+ /usr/local/bin/ipproxy$",
+        "no pulled base (FROM scratch)": r"\Ascratch\s",
+        "binary at /usr/local/bin/ipproxy": r"^COPY --from=dist /dist/ipproxy /usr/local/bin/ipproxy$",
+        "CA certificates": r"^COPY --from=dist /dist/ca-certificates\.crt /etc/ssl/certs/ca-certificates\.crt$",
+        "passwd, group and nsswitch.conf": r"^COPY deploy/image/etc/passwd deploy/image/etc/group deploy/image/etc/nsswitch\.conf /etc/$",
         "image config": rf"^COPY config/container\.toml {re.escape(IMAGE_CONFIG_PATH)}$",
-        "IPPROXY_CONFIG": rf"^ENV IPPROXY_CONFIG={re.escape(IMAGE_CONFIG_PATH)}$",
+        "IPPROXY_CONFIG": rf"^ENV IPPROXY_CONFIG={re.escape(IMAGE_CONFIG_PATH)}",
         "numeric non-root user": rf"^USER {RUNTIME_UID}:{RUNTIME_UID}$",
         "exposed ports": rf"^EXPOSE {PROXY_PORT} {ADMIN_PORT}$",
         "exec-form healthcheck": r'CMD \["ipproxy", "healthcheck"\]',
@@ -134,10 +136,21 @@ def check_dockerfile() -> None:
     }
     for what, pattern in expect.items():
         require(re.search(pattern, final, re.M) is not None, where, f"final stage lacks {what} ({pattern})")
-    require(re.search(r"^ARG RUNTIME_IMAGE=gcr\.io/distroless/cc-debian12:nonroot$", text, re.M) is not None,
-            where, "RUNTIME_IMAGE must default to gcr.io/distroless/cc-debian12:nonroot")
+    require(re.search(r"^ARG IPPROXY_BINARY=builder$", text, re.M) is not None,
+            where, "IPPROXY_BINARY must default to builder (the binary compiled in the Rust image)")
+    require(re.search(r"^FROM scratch AS prebuilt$", text, re.M) is not None,
+            where, "no prebuilt stage (a host-built binary, for builds without registry access)")
+    require(re.search(r"^FROM \$\{IPPROXY_BINARY\} AS dist$", text, re.M) is not None,
+            where, "the dist stage must be chosen by IPPROXY_BINARY")
+    require(re.search(r'RUSTFLAGS="-C target-feature=\+crt-static"', text) is not None,
+            where, "the builder must link statically (crt-static): the final stage has no libc")
     require(re.search(r"cargo build --release --locked", text) is not None, where, "no locked release build")
-    ok(f"{where}: final stage is distroless, UID {RUNTIME_UID}, healthcheck/entrypoint in exec form")
+    for name in ("passwd", "group", "nsswitch.conf"):
+        require((Path("deploy/image/etc") / name).is_file(), where, f"deploy/image/etc/{name} is missing")
+    passwd = (Path("deploy/image/etc") / "passwd").read_text()
+    require(re.search(rf"^[a-z]+:x:{RUNTIME_UID}:{RUNTIME_UID}:", passwd, re.M) is not None,
+            where, f"deploy/image/etc/passwd has no entry for {RUNTIME_UID}")
+    ok(f"{where}: final stage FROM scratch (static binary, CA bundle), UID {RUNTIME_UID}, healthcheck/entrypoint in exec form")
 
 
 # --- Kubernetes -------------------------------------------------------------------
