@@ -121,7 +121,7 @@ pub async fn serve(
     let flag = ShutdownFlag::default();
     let pipeline = Arc::new(Pipeline::new(
         RouteTable::build(&config, route_tokens),
-        Access::new(&config.access)?,
+        Access::new(&config.access)?.listening_on(config.server.listen),
         Limits::from_config(&config),
         config.server.max_concurrency,
         flag.clone(),

@@ -22,9 +22,12 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogConfig, LogFormat, TracingConfig};
 use crate::task::BackgroundTask;
 
+mod escape;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod trace;
+
+use escape::{EscapeStyle, Escaping};
 
 /// Request latency buckets, seconds: sub-millisecond proxy overhead up to the default
 /// 30 s request timeout.
@@ -69,11 +72,12 @@ pub fn exit_now(code: i32) -> ! {
 /// worker formats its line and goes on, instead of making one `write(2)` per line.
 pub fn init_logging(config: &LogConfig) -> LogGuard {
     let filter = log_filter(config);
-    let (writer, guard) = log_writer();
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = log_writer(config.format, ansi);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_ansi(ansi);
     let result = match config.format {
         LogFormat::Json => builder
             .json()
@@ -100,13 +104,24 @@ fn log_filter(config: &LogConfig) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Stdout behind the log writer thread.
-fn log_writer() -> (tracing_appender::non_blocking::NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
+/// Stdout behind the log writer thread, each line escaped on the way (see `escape`).
+fn log_writer(
+    format: LogFormat,
+    ansi: bool,
+) -> (
+    Escaping<tracing_appender::non_blocking::NonBlocking>,
+    WorkerGuard,
+) {
+    let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("ipproxy-log")
-        .finish(BufWriter::new(std::io::stdout()))
+        .finish(BufWriter::new(std::io::stdout()));
+    let style = match format {
+        LogFormat::Json => EscapeStyle::Json,
+        LogFormat::Text => EscapeStyle::Text { keep_esc: ansi },
+    };
+    (Escaping::new(writer, style), guard)
 }
 
 /// Logs, and traces when `[tracing]` names a collector. Dropping the guard (at the
@@ -174,8 +189,8 @@ fn init_with_traces(log: &LogConfig, tracing: &TracingConfig) -> TelemetryGuard 
             };
         }
     };
-    let (writer, guard) = log_writer();
     let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = log_writer(log.format, ansi);
     let lines = match log.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

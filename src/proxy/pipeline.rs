@@ -1,4 +1,4 @@
-//! The request pipeline: shutdown check → client key → method → admission
+//! The request pipeline: shutdown check → client key → browsers → method → admission
 //! (`max_concurrency`) → path form → allowlist → route → forward, then one log line and
 //! the request metrics.
 //!
@@ -165,10 +165,13 @@ impl Pipeline {
         if self.shutdown.is_set() {
             return Err(ProxyError::ShuttingDown.into());
         }
-        // The key first: a caller without one learns nothing about methods, paths or
-        // load. Then the method, before a slot is taken or the allowlist consulted:
-        // CONNECT and TRACE never go anywhere.
+        // The key first: a caller without one learns nothing about methods, paths,
+        // listed hosts or load. Then browsers (a foreign Host, a web page), before
+        // any slot or token is taken. Then the method, before a slot is taken or the
+        // allowlist consulted: CONNECT and TRACE never go anywhere.
         self.access.check_key(request.headers())?;
+        self.access
+            .check_browser(request.uri(), request.headers())?;
         access::check_method(request.method())?;
         let in_flight = InFlight::admit(&self.inflight).ok_or(ProxyError::Overloaded)?;
         let path = request.uri().path();

@@ -25,9 +25,11 @@ pub struct ChildProxy {
 }
 
 impl ChildProxy {
-    /// Starts `ipproxy run` with exactly `vars` (plus loopback listeners on port 0 and
-    /// JSON logs unless `vars` says otherwise) and waits for its "listening" line.
+    /// Starts `ipproxy run` with exactly `vars` (plus loopback listeners on port 0,
+    /// JSON logs and `access.allow_hosts` = [`super::TEST_ALLOW_HOSTS`] unless `vars`
+    /// says otherwise) and waits for its "listening" line.
     pub async fn start(vars: &[(String, String)]) -> Self {
+        let vars = super::with_test_hosts(None, vars.to_vec());
         let mut command = Command::new(env!("CARGO_BIN_EXE_ipproxy"));
         command
             .arg("run")
