@@ -153,7 +153,9 @@ fn read_lines(
 
 fn listening_addresses(lines: &[String]) -> Option<(SocketAddr, SocketAddr)> {
     lines.iter().find_map(|line| {
-        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            return text_listening_addresses(line);
+        };
         if event["message"] != "listening" {
             return None;
         }
@@ -161,4 +163,18 @@ fn listening_addresses(lines: &[String]) -> Option<(SocketAddr, SocketAddr)> {
         let admin = event["admin"].as_str()?.parse().ok()?;
         Some((proxy, admin))
     })
+}
+
+/// The addresses of a text-format "listening" line (`... listening proxy=A admin=B`).
+fn text_listening_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains(" listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .map(|value| value.trim_matches('"'))
+            .and_then(|value| value.parse().ok())
+    };
+    Some((field("proxy=")?, field("admin=")?))
 }
