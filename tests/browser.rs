@@ -65,7 +65,11 @@ fn sms_post(host: &str, headers: &[&str]) -> String {
 async fn send(addr: SocketAddr, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let body = if head.starts_with("POST") { SMS_BODY } else { "" };
+    let body = if head.starts_with("POST") {
+        SMS_BODY
+    } else {
+        ""
+    };
     let request = format!("{head}\r\nConnection: close\r\n\r\n{body}");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -110,7 +114,11 @@ async fn a_cross_site_text_plain_post_is_403_before_any_token_is_touched() {
         ],
     );
     let response = send(proxy.addr, &page).await;
-    assert_eq!(refusal(&response), (403, "cross_site_request".into()), "{response}");
+    assert_eq!(
+        refusal(&response),
+        (403, "cross_site_request".into()),
+        "{response}"
+    );
     assert!(
         !json_body(&response)["request_id"]
             .as_str()
@@ -118,8 +126,61 @@ async fn a_cross_site_text_plain_post_is_403_before_any_token_is_touched() {
             .is_empty()
     );
     let control = send(proxy.addr, &sms_post(&host, &["Content-Type: text/plain"])).await;
-    assert_eq!(refusal(&control), (503, "token_unavailable".into()), "{control}");
+    assert_eq!(
+        refusal(&control),
+        (503, "token_unavailable".into()),
+        "{control}"
+    );
     assert_eq!(sim.counters().api_calls, 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn refused_requests_forward_nothing_and_trigger_no_login() {
+    // The proxy holds a token, which the simulator then revokes: a request that got
+    // past the checks would be forwarded, answered 401 and make the proxy log in.
+    let sim = Sim::default().await;
+    let proxy = proxy_for(&sim).await;
+    let ready = eventually(std::time::Duration::from_secs(30), || {
+        let url = proxy.admin_url("/readyz");
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200)
+        }
+    })
+    .await;
+    assert!(ready, "the proxy holds a token");
+    sim.sim.revoke_all();
+    let before = sim.counters();
+    let host = proxy.addr.to_string();
+    for head in [
+        sms_post(
+            &host,
+            &[
+                "Content-Type: text/plain",
+                "Origin: http://evil.example",
+                "Sec-Fetch-Site: cross-site",
+            ],
+        ),
+        sms_post(&host, &["Sec-Fetch-Site: same-site"]),
+        sms_post(
+            "rebind.attacker.example:8080",
+            &["Content-Type: text/plain"],
+        ),
+        format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: rebind.attacker.example:8080"),
+    ] {
+        let status = raw_status(&send(proxy.addr, &head).await);
+        assert!(status == 403 || status == 421, "{status}: {head}");
+    }
+    let after = sim.counters();
+    assert_eq!(after.api_calls, before.api_calls, "nothing was forwarded");
+    assert_eq!(
+        after.auth_calls, before.auth_calls,
+        "no login was attempted"
+    );
+    assert_eq!(after.tokens_issued, before.tokens_issued);
 }
 
 #[tokio::test]
@@ -132,7 +193,10 @@ async fn only_sec_fetch_site_none_or_a_listed_origin_passes() {
         ("same-site alone", vec!["Sec-Fetch-Site: same-site"]),
         ("cross-site alone", vec!["Sec-Fetch-Site: cross-site"]),
         ("an unlisted Origin", vec!["Origin: http://localhost:3000"]),
-        ("Origin null", vec!["Origin: null", "Sec-Fetch-Site: cross-site"]),
+        (
+            "Origin null",
+            vec!["Origin: null", "Sec-Fetch-Site: cross-site"],
+        ),
         (
             "a listed and an unlisted Origin",
             vec![
@@ -142,9 +206,17 @@ async fn only_sec_fetch_site_none_or_a_listed_origin_passes() {
         ),
     ] {
         let response = send(proxy.addr, &sms_post(&host, &headers)).await;
-        assert_eq!(refusal(&response), (403, "cross_site_request".into()), "{what}");
+        assert_eq!(
+            refusal(&response),
+            (403, "cross_site_request".into()),
+            "{what}"
+        );
     }
-    assert_eq!(sim.counters().api_calls, 0, "no refused request went upstream");
+    assert_eq!(
+        sim.counters().api_calls,
+        0,
+        "no refused request went upstream"
+    );
 
     for (what, headers) in [
         (
@@ -153,12 +225,18 @@ async fn only_sec_fetch_site_none_or_a_listed_origin_passes() {
         ),
         (
             "the listed origin",
-            vec!["Origin: http://localhost:5173", "Sec-Fetch-Site: cross-site"],
+            vec![
+                "Origin: http://localhost:5173",
+                "Sec-Fetch-Site: cross-site",
+            ],
         ),
-        ("the listed origin, same-origin", vec![
-            "Origin: http://localhost:5173",
-            "Sec-Fetch-Site: same-origin",
-        ]),
+        (
+            "the listed origin, same-origin",
+            vec![
+                "Origin: http://localhost:5173",
+                "Sec-Fetch-Site: same-origin",
+            ],
+        ),
     ] {
         let response = send(proxy.addr, &sms_post(&host, &headers)).await;
         assert_eq!(raw_status(&response), 202, "{what}: {response}");
@@ -206,17 +284,17 @@ async fn the_default_headers_of_server_side_clients_pass() {
             "Go net/http",
             &["User-Agent: Go-http-client/1.1", "Accept-Encoding: gzip"],
         ),
-        (
-            "reqwest",
-            &["accept: */*"],
-        ),
+        ("reqwest", &["accept: */*"]),
     ];
     for (what, headers) in clients {
         let mut headers = headers.to_vec();
         headers.push("Content-Type: application/json");
         let response = send(proxy.addr, &sms_post(&host, &headers)).await;
         assert_eq!(raw_status(&response), 202, "{what}: {response}");
-        let get = format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\n{}", headers.join("\r\n"));
+        let get = format!(
+            "GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}\r\n{}",
+            headers.join("\r\n")
+        );
         let response = send(proxy.addr, &get).await;
         assert_eq!(raw_status(&response), 200, "{what} GET: {response}");
     }
@@ -249,10 +327,17 @@ async fn a_rebound_host_is_421_and_nothing_is_forwarded() {
             "GET http://rebind.attacker.example:8080{ECHO_PATH} HTTP/1.1\r\nHost: {}",
             proxy.addr
         ),
-        sms_post("rebind.attacker.example:8080", &["Content-Type: text/plain"]),
+        sms_post(
+            "rebind.attacker.example:8080",
+            &["Content-Type: text/plain"],
+        ),
     ] {
         let response = send(proxy.addr, &head).await;
-        assert_eq!(refusal(&response), (421, "misdirected_request".into()), "{head}");
+        assert_eq!(
+            refusal(&response),
+            (421, "misdirected_request".into()),
+            "{head}"
+        );
     }
     assert_eq!(sim.counters().api_calls, 0, "nothing reached the upstream");
 }
@@ -293,7 +378,11 @@ async fn two_host_headers_are_400_and_nothing_is_forwarded() {
         format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: {host}, {host}"),
     ] {
         let response = send(proxy.addr, &head).await;
-        assert_eq!(refusal(&response), (400, "bad_request".into()), "{head}: {response}");
+        assert_eq!(
+            refusal(&response),
+            (400, "bad_request".into()),
+            "{head}: {response}"
+        );
     }
     assert_eq!(sim.counters().api_calls, 0);
 }
@@ -318,7 +407,10 @@ async fn h2_status(addr: SocketAddr, authority: &str) -> (u16, Value) {
         bytes.extend_from_slice(&chunk);
     }
     connection.abort();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -326,7 +418,10 @@ async fn an_h2c_request_with_a_foreign_authority_is_421() {
     let sim = Sim::default().await;
     let proxy = proxy_for(&sim).await;
     let (status, body) = h2_status(proxy.addr, "rebind.attacker.example:8080").await;
-    assert_eq!((status, body["error"].clone()), (421, "misdirected_request".into()));
+    assert_eq!(
+        (status, body["error"].clone()),
+        (421, "misdirected_request".into())
+    );
     assert_eq!(sim.counters().api_calls, 0);
     let (status, _) = h2_status(proxy.addr, &format!("localhost:{}", proxy.addr.port())).await;
     assert_eq!(status, 200);

@@ -75,9 +75,8 @@ impl OwnHosts {
         match host.map(|value| value.as_bytes()) {
             None | Some(b"") => Ok(()),
             Some(value) => {
-                let authority = Authority::try_from(value).map_err(|_| {
-                    ProxyError::BadRequest("the Host header is not a host[:port]")
-                })?;
+                let authority = Authority::try_from(value)
+                    .map_err(|_| ProxyError::BadRequest("the Host header is not a host[:port]"))?;
                 self.check_authority(&authority)
             }
         }
@@ -117,7 +116,9 @@ impl OwnHosts {
             .unwrap_or(host);
         if let Ok(address) = unbracketed.parse::<IpAddr>() {
             let address = address.to_canonical();
-            return address.is_loopback() || self.every_address || self.addresses.contains(&address);
+            return address.is_loopback()
+                || self.every_address
+                || self.addresses.contains(&address);
         }
         let name = host.strip_suffix('.').unwrap_or(host);
         name.eq_ignore_ascii_case("localhost")
@@ -165,7 +166,11 @@ mod tests {
         ] {
             assert!(check(&hosts, host).is_ok(), "{host}");
         }
-        assert!(hosts.check(&Uri::from_static("/x"), &HeaderMap::new()).is_ok());
+        assert!(
+            hosts
+                .check(&Uri::from_static("/x"), &HeaderMap::new())
+                .is_ok()
+        );
         assert!(check(&hosts, "").is_ok(), "an empty Host names nothing");
     }
 
@@ -202,7 +207,10 @@ mod tests {
         assert!(check(&every, "10.1.2.3:8080").is_ok());
         assert!(check(&every, "[fd00::9]:8080").is_ok());
         assert!(
-            matches!(check(&every, "rebind.attacker.example"), Err(ProxyError::MisdirectedRequest)),
+            matches!(
+                check(&every, "rebind.attacker.example"),
+                Err(ProxyError::MisdirectedRequest)
+            ),
             "names are still checked"
         );
     }

@@ -175,7 +175,8 @@ mod tests {
         ] {
             assert!(AllowedOrigin::parse(origin).is_err(), "{origin}");
         }
-        let error = AllowedOrigin::parse("http://user:hunter2@app.example.com").expect_err("userinfo");
+        let error =
+            AllowedOrigin::parse("http://user:hunter2@app.example.com").expect_err("userinfo");
         assert!(!error.contains("hunter2"), "{error}");
     }
 

@@ -18,9 +18,10 @@ use super::raw::{
     RawSecret, RawServer, RawSize, RawStore, RawStoreKind, RawUpstream,
 };
 use super::{
-    AccessConfig, AllowRule, AllowedHost, AllowedOrigin, Config, CredentialConfig, CredentialSource, DEFAULT_CREDENTIAL,
-    HeaderFormat, LogConfig, LogFormat, Problem, RedisStoreConfig, RouteConfig, SecretSource,
-    ServerConfig, StoreConfig, UpstreamConfig, UpstreamTarget,
+    AccessConfig, AllowRule, AllowedHost, AllowedOrigin, Config, CredentialConfig,
+    CredentialSource, DEFAULT_CREDENTIAL, HeaderFormat, LogConfig, LogFormat, Problem,
+    RedisStoreConfig, RouteConfig, SecretSource, ServerConfig, StoreConfig, UpstreamConfig,
+    UpstreamTarget,
 };
 use crate::secret;
 
@@ -644,7 +645,11 @@ impl Checker<'_> {
             };
             allow.push(AllowRule { prefix, methods });
         }
-        let allow_origins = self.each("access.allow_origins", raw.allow_origins, AllowedOrigin::parse);
+        let allow_origins = self.each(
+            "access.allow_origins",
+            raw.allow_origins,
+            AllowedOrigin::parse,
+        );
         let allow_hosts = self.each("access.allow_hosts", raw.allow_hosts, AllowedHost::parse);
         AccessConfig {
             keys_file: raw.keys_file,

@@ -173,13 +173,21 @@ mod tests {
 
     #[test]
     fn plain_lines_are_written_as_they_are() {
-        for line in ["{\"path\":\"/a/b\"}\n", "INFO request path=/a\n", "", "no newline"] {
+        for line in [
+            "{\"path\":\"/a/b\"}\n",
+            "INFO request path=/a\n",
+            "",
+            "no newline",
+        ] {
             assert!(matches!(
                 escape_line(line.as_bytes(), EscapeStyle::Json),
                 Cow::Borrowed(_)
             ));
         }
-        assert_eq!(escaped("caf\u{e9} \u{4e2d}\u{6587}\n", TEXT), "caf\u{e9} \u{4e2d}\u{6587}\n");
+        assert_eq!(
+            escaped("caf\u{e9} \u{4e2d}\u{6587}\n", TEXT),
+            "caf\u{e9} \u{4e2d}\u{6587}\n"
+        );
     }
 
     #[test]
@@ -187,7 +195,10 @@ mod tests {
         let line = "{\"path\":\"/a/\u{202e}gpj.exe\u{2066}\u{200b}\u{feff}\u{85}\u{7f}\u{2028}\u{e0041}\"}\n";
         let out = escaped(line, EscapeStyle::Json);
         assert!(out.is_ascii(), "{out}");
-        assert!(out.contains("\\u202e") && out.contains("\\udb40\\udc41"), "{out}");
+        assert!(
+            out.contains("\\u202e") && out.contains("\\udb40\\udc41"),
+            "{out}"
+        );
         assert!(out.ends_with("}\n") && out.matches('\n').count() == 1);
         let original: serde_json::Value = serde_json::from_str(line).expect("json");
         let decoded: serde_json::Value = serde_json::from_str(&out).expect("still json");
@@ -210,10 +221,22 @@ mod tests {
 
     #[test]
     fn every_class_member_is_escaped_and_ordinary_letters_are_not() {
-        for character in ['\u{0}', '\u{1f}', '\u{7f}', '\u{9f}', '\u{ad}', '\u{61c}', '\u{200f}', '\u{202a}', '\u{2069}', '\u{2029}'] {
+        for character in [
+            '\u{0}', '\u{1f}', '\u{7f}', '\u{9f}', '\u{ad}', '\u{61c}', '\u{200f}', '\u{202a}',
+            '\u{2069}', '\u{2029}',
+        ] {
             assert!(needs_escape(character), "{:x}", u32::from(character));
         }
-        for character in ['a', ' ', '\u{a0}', '\u{e9}', '\u{301}', '\u{2013}', '\u{fffd}', '\u{1f600}'] {
+        for character in [
+            'a',
+            ' ',
+            '\u{a0}',
+            '\u{e9}',
+            '\u{301}',
+            '\u{2013}',
+            '\u{fffd}',
+            '\u{1f600}',
+        ] {
             assert!(!needs_escape(character), "{:x}", u32::from(character));
         }
     }
