@@ -74,11 +74,11 @@ async fn send(addr: SocketAddr, head: &str) -> String {
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(30),
         stream.read_to_end(&mut response),
     )
     .await
-    .expect("an answer within 10 s")
+    .expect("an answer within 30 s")
     .expect("read");
     String::from_utf8_lossy(&response).into_owned()
 }
@@ -459,7 +459,7 @@ async fn browser_refusals_are_logged_and_counted_like_other_refusals() {
         ("browser-rebound", "GET", 421),
     ] {
         let mut line = None;
-        let written = eventually(std::time::Duration::from_secs(5), || {
+        let written = eventually(std::time::Duration::from_secs(30), || {
             line = proxy.lines().iter().find_map(|line| {
                 let event: Value = serde_json::from_str(line).ok()?;
                 (event["message"] == "request" && event["request_id"] == request_id)
