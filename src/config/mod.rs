@@ -22,6 +22,7 @@
 //! from reading the files the configuration names.
 
 mod browser;
+pub mod defaults;
 mod egress;
 mod env;
 mod parse;

@@ -19,12 +19,12 @@ use http_body_util::Either;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
-use super::{Limits, Outcome, ResponseBody, UpstreamClient};
 use crate::access::{self, Access};
-use crate::connection::{ClientBody, RequestHandle};
 use crate::error::ProxyError;
+use crate::proxy::{self, Limits, Outcome, ResponseBody, UpstreamClient};
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteTable};
+use crate::server::connection::{ClientBody, RequestHandle};
 use crate::shutdown::ShutdownFlag;
 use crate::telemetry::{self, RouteMetrics, trace};
 
@@ -179,7 +179,7 @@ impl Pipeline {
         access::check_path(path)?;
         self.access.check_allowed(request.method(), path)?;
         let route = self.routes.find(path).ok_or(ProxyError::NoRoute)?;
-        match super::forward(client, &self.limits, route, request, request_id).await {
+        match proxy::forward(client, &self.limits, route, request, request_id).await {
             Ok((response, outcome)) => {
                 let response = response.map(|body| Sending { body, in_flight });
                 Ok((response, route, outcome))
