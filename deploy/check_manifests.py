@@ -230,6 +230,18 @@ def check_resources(container: dict, where: str) -> None:
     require("memory" in limits, where, "resources.limits needs memory")
 
 
+def allow_hosts(variable: str | None, cfg: dict) -> list[str]:
+    """[access] allow_hosts as the proxy reads it: IPPROXY_ACCESS__ALLOW_HOSTS (a TOML
+    array) over the config file's."""
+    if variable is None:
+        return list(cfg.get("access", {}).get("allow_hosts", []))
+    try:
+        return list(tomllib.loads(f"list = {variable}")["list"])
+    except tomllib.TOMLDecodeError:
+        fail("IPPROXY_ACCESS__ALLOW_HOSTS", f"not a TOML array: {variable!r}")
+        return []
+
+
 def env_value(container: dict, name: str) -> str | None:
     for env in container.get("env") or []:
         if env.get("name") == name and "value" in env:
@@ -350,6 +362,7 @@ def check_workload(doc: dict, source: str, configmaps: dict, image_cfg: dict) ->
         keys_file = env_value(c, "IPPROXY_ACCESS__KEYS_FILE") or cfg.get("access", {}).get("keys_file")
         if keys_file:
             check_secret_file(c, volumes, keys_file, "the access keys file", where)
+        hosts = allow_hosts(env_value(c, "IPPROXY_ACCESS__ALLOW_HOSTS"), cfg)
 
         for env in c.get("env") or []:
             require(not URL_WITH_PASSWORD.search(str(env.get("value", ""))), where,
@@ -380,6 +393,10 @@ def check_workload(doc: dict, source: str, configmaps: dict, image_cfg: dict) ->
         replicas = (doc.get("spec") or {}).get("replicas", 1)
         require(replicas >= 2, where, f"the shared proxy needs replicas >= 2, got {replicas}")
         require(bool(keys_file), where, "the shared proxy must turn on inbound keys ([access] keys_file)")
+        # Clients reach it by the Service's DNS name; any Host not listed is refused 421.
+        require(name in hosts and any(h.startswith(f"{name}.") and ".svc" in h for h in hosts), where,
+                f"the shared proxy must list its Service names in [access] allow_hosts "
+                f"({name!r}, {name}.<namespace>.svc, ...), or every client gets 421; got {hosts}")
         ok(f"{where}: shared service with {replicas} replicas and inbound keys from {keys_file}")
     return True
 
@@ -520,6 +537,10 @@ def check_compose(source: str, doc: dict, extract: Path | None) -> None:
     lbs = [n for n, s in services.items() if set(replicas) <= set(s.get("depends_on") or {}) and n not in ("app",)]
     require(len(lbs) == 1, source, f"expected one load balancer service depending on every replica, found {lbs}")
     lb = services[lbs[0]]
+    hosts = allow_hosts(first.get("IPPROXY_ACCESS__ALLOW_HOSTS"), {})
+    require(lbs[0] in hosts, source,
+            f"the replicas must list the load balancer's name {lbs[0]!r} in IPPROXY_ACCESS__ALLOW_HOSTS "
+            f"(HAProxy passes the app's Host on; any Host not listed is refused 421); got {hosts}")
     lb_where = f"{source} service {lbs[0]}"
     require(any(str(p).endswith(f":{PROXY_PORT}") for p in lb.get("ports") or []), lb_where,
             f"the load balancer must publish the proxy port {PROXY_PORT}")

@@ -33,6 +33,21 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("this path is not allowed through the proxy")]
     PathNotAllowed,
+    /// A browser request on the proxy port (an `Origin` not in `access.allow_origins`,
+    /// or `Sec-Fetch-Site` other than `none`): a web page must not be able to act with
+    /// the account's token.
+    #[error(
+        "refused: a browser request from a web page (Origin or Sec-Fetch-Site); the proxy \
+         serves server-side clients, and only the origins in access.allow_origins"
+    )]
+    BrowserRequest,
+    /// A `Host` (or `:authority`) that is not one of the proxy's own names: what a page
+    /// on a DNS-rebound name sends.
+    #[error(
+        "refused: this Host is not one of the proxy's names (loopback, its listen address, \
+         access.allow_hosts)"
+    )]
+    MisdirectedRequest,
     #[error("no route matches this path")]
     NoRoute,
     #[error("a valid proxy key is required (Proxy-Authorization: Bearer <key>)")]
@@ -97,6 +112,8 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::PathNotAllowed => (StatusCode::FORBIDDEN, "path_not_allowed"),
+            Self::BrowserRequest => (StatusCode::FORBIDDEN, "cross_site_request"),
+            Self::MisdirectedRequest => (StatusCode::MISDIRECTED_REQUEST, "misdirected_request"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             Self::ProxyAuthRequired => (
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,

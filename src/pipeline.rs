@@ -1,4 +1,4 @@
-//! The request pipeline: shutdown check → client key → method → admission
+//! The request pipeline: shutdown check → client key → browsers → method → admission
 //! (`max_concurrency`) → path form → allowlist → route → forward, then one log line and
 //! the request metrics.
 //!
@@ -135,6 +135,7 @@ impl Pipeline {
                             status,
                             head_after,
                             retried: outcome.retried,
+                            upstream_aborted: false,
                         }),
                         _in_flight: body.in_flight,
                     })
@@ -150,7 +151,7 @@ impl Pipeline {
                     None => ("-", RouteMetrics::unrouted()),
                 };
                 let head_after = record.started.elapsed();
-                record.finish(name, metrics, response.status(), head_after, false);
+                record.finish(name, metrics, response.status(), head_after, false, false);
                 response
             }
         }
@@ -165,10 +166,13 @@ impl Pipeline {
         if self.shutdown.is_set() {
             return Err(ProxyError::ShuttingDown.into());
         }
-        // The key first: a caller without one learns nothing about methods, paths or
-        // load. Then the method, before a slot is taken or the allowlist consulted:
-        // CONNECT and TRACE never go anywhere.
+        // The key first: a caller without one learns nothing about methods, paths,
+        // listed hosts or load. Then browsers (a foreign Host, a web page), before
+        // any slot or token is taken. Then the method, before a slot is taken or the
+        // allowlist consulted: CONNECT and TRACE never go anywhere.
         self.access.check_key(request.headers())?;
+        self.access
+            .check_browser(request.uri(), request.headers())?;
         access::check_method(request.method())?;
         let in_flight = InFlight::admit(&self.inflight).ok_or(ProxyError::Overloaded)?;
         let path = request.uri().path();
@@ -237,7 +241,8 @@ struct RequestRecord {
 
 impl RequestRecord {
     /// Writes the request log line and counts the request; `duration` is the time to
-    /// the response head.
+    /// the response head. `upstream_aborted`: the upstream broke off the body after
+    /// `status` went out (logged `outcome="upstream_aborted"` and counted).
     fn finish(
         self,
         route: &str,
@@ -245,8 +250,12 @@ impl RequestRecord {
         status: StatusCode,
         duration: Duration,
         retried: bool,
+        upstream_aborted: bool,
     ) {
         metrics.request_finished(&self.method, status, duration, retried);
+        if upstream_aborted {
+            metrics.upstream_aborted();
+        }
         trace::record_request(&self.span, route, status, retried);
         // Only for a line that is written (its hex costs an allocation).
         let trace_id = self.uri.as_ref().and_then(|_| trace::trace_id(&self.span));
@@ -261,6 +270,7 @@ impl RequestRecord {
             status = status.as_u16(),
             duration_ms = duration.as_secs_f64() * 1000.0,
             retried,
+            outcome = upstream_aborted.then_some(UPSTREAM_ABORTED),
             "request"
         );
     }
@@ -277,7 +287,14 @@ struct PendingLog {
     /// From the request's arrival to the response head.
     head_after: Duration,
     retried: bool,
+    /// The upstream body ended in an error (a reset, invalid chunked encoding, a
+    /// connection closed short of `Content-Length`): the client got the status and
+    /// part of the body, then a broken connection.
+    upstream_aborted: bool,
 }
+
+/// The `outcome` of a request line whose upstream body broke off mid-stream.
+const UPSTREAM_ABORTED: &str = "upstream_aborted";
 
 /// An upstream response body holding its request's [`InFlight`] count and its log
 /// line, both released when the body has been sent or dropped.
@@ -304,6 +321,7 @@ impl Drop for Guarded {
                 status,
                 log.head_after,
                 log.retried,
+                log.upstream_aborted,
             );
         }
     }
@@ -317,7 +335,14 @@ impl http_body::Body for Guarded {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled
+            && let Some(log) = &mut this.log
+        {
+            log.upstream_aborted = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

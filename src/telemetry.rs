@@ -1,8 +1,10 @@
-//! Logs, metrics and traces: the log subscriber in `logs`, the Prometheus recorder
+//! Logs, metrics and traces: the log subscriber in `logs` (each line escaped by
+//! `escape`), the Prometheus recorder
 //! and every recording function in `metrics`, the spans in [`trace`], exported by
 //! `otel` (feature `otel`) when `[tracing]` names a collector. Recording functions
 //! take plain values, never domain types.
 
+mod escape;
 mod logs;
 mod metrics;
 #[cfg(feature = "otel")]

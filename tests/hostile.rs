@@ -979,10 +979,6 @@ async fn lenient_heads_are_forwarded_as_one_clean_request() {
             "no Host",
             format!("GET {ECHO_PATH} HTTP/1.1\r\nConnection: close\r\n\r\n"),
         ),
-        (
-            "two Hosts",
-            format!("GET {ECHO_PATH} HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"),
-        ),
         ("HTTP/1.0", format!("GET {ECHO_PATH} HTTP/1.0\r\n\r\n")),
     ] {
         let response = send_raw(proxy.addr, request.as_bytes()).await;

@@ -51,6 +51,7 @@ mod tests {
                     methods: vec![Method::GET],
                 },
             ],
+            ..AccessConfig::default()
         })
         .expect("no keys file to read");
         assert!(

@@ -206,7 +206,7 @@ mod tests {
         std::fs::write(&path, content).expect("write keys");
         let access = Access::new(&AccessConfig {
             keys_file: Some(path.clone()),
-            allow: vec![],
+            ..AccessConfig::default()
         });
         (dir, path, access)
     }
@@ -288,7 +288,7 @@ mod tests {
         assert!(matches!(access, Err(AccessError::Empty { .. })));
         let missing = Access::new(&AccessConfig {
             keys_file: Some(PathBuf::from("/nonexistent/ipproxy-keys")),
-            allow: vec![],
+            ..AccessConfig::default()
         });
         let message = missing.expect_err("missing file").to_string();
         assert!(

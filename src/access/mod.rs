@@ -1,9 +1,12 @@
 //! Who may come in and where. The pipeline runs the checks in this order — client key,
-//! method, path form, allowlist — so a caller without a key learns nothing about which
-//! methods are forwarded or which paths exist or are allowed.
+//! browsers (Host, then Origin and `Sec-Fetch-Site`), method, path form, allowlist —
+//! so a caller without a key learns nothing about which methods are forwarded, which
+//! paths exist or are allowed, or which hosts and origins are listed.
 //!
 //! - `keys`: inbound client keys (`access.keys_file`), checked in constant time and
 //!   re-read when the file changes.
+//! - `host`: the `Host` must be one of the proxy's own names (DNS rebinding).
+//! - `browser`: requests from web pages (`Origin`, `Sec-Fetch-Site`) are refused.
 //! - `method`: `CONNECT` and `TRACE` are never forwarded.
 //! - `path`: the path form check (refused, never rewritten).
 //! - `allow`: the path allowlist (`[access] allow`).
@@ -12,23 +15,32 @@
 //! may paste a raw key there by mistake).
 
 mod allow;
+mod browser;
+mod host;
 mod keys;
 mod method;
 mod path;
 
-use http::{HeaderMap, Method};
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method, Uri};
 
 use crate::config::AccessConfig;
 use crate::error::ProxyError;
 use allow::Allowlist;
+use browser::BrowserOrigins;
+use host::OwnHosts;
 pub use keys::ClientKeys;
 pub use method::check_method;
 pub use path::check_path;
 
-/// The inbound checks: client keys (when `access.keys_file` is set) and the allowlist.
+/// The inbound checks: client keys (when `access.keys_file` is set), browsers, and the
+/// allowlist.
 #[derive(Debug, Default)]
 pub struct Access {
     allow: Allowlist,
+    origins: BrowserOrigins,
+    hosts: OwnHosts,
     /// `None` when no `keys_file` is configured: every caller is let in.
     keys: Option<ClientKeys>,
 }
@@ -44,8 +56,17 @@ impl Access {
         };
         Ok(Self {
             allow: Allowlist::new(config.allow.clone()),
+            origins: BrowserOrigins::new(config.allow_origins.clone()),
+            hosts: OwnHosts::new(&config.allow_hosts),
             keys,
         })
+    }
+
+    /// Adds the proxy listener's address (`server.listen`) to the proxy's own names.
+    #[must_use]
+    pub fn listening_on(mut self, listen: SocketAddr) -> Self {
+        self.hosts.listen(listen);
+        self
     }
 
     /// The client keys, for reloading them; `None` without a keys file.
@@ -60,6 +81,15 @@ impl Access {
             None => Ok(()),
             Some(keys) => keys.check(headers),
         }
+    }
+
+    /// Refuses what a web page in a browser could send: a `Host` (or target authority)
+    /// that is not one of the proxy's names → `421` (two `Host`s → `400`), then an
+    /// `Origin` not in `access.allow_origins` or a `Sec-Fetch-Site` other than `none`
+    /// → `403`.
+    pub fn check_browser(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), ProxyError> {
+        self.hosts.check(uri, headers)?;
+        self.origins.check(headers)
     }
 
     /// Checks the path allowlist (`path` already passed [`check_path`]).

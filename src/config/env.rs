@@ -57,7 +57,12 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
     ),
     (
         "access",
-        &[("keys_file", EnvKind::Text), ("allow", EnvKind::List)],
+        &[
+            ("keys_file", EnvKind::Text),
+            ("allow", EnvKind::List),
+            ("allow_origins", EnvKind::List),
+            ("allow_hosts", EnvKind::List),
+        ],
     ),
     (
         "log",

@@ -12,6 +12,7 @@
 //! - `raw`: the file's shape as serde structs (every key optional, loosely typed).
 //! - `env`: `IPPROXY_<SECTION>__<KEY>` variables → a layer typed by the schema, so that
 //!   a password that looks like a number stays a string.
+//! - `browser`: `access.allow_origins` and `access.allow_hosts` entries.
 //! - `egress`: `upstream.proxy` or the conventional `HTTPS_PROXY`-style variables →
 //!   [`EgressConfig`].
 //! - `validate`: raw → [`Config`], collecting every problem before failing.
@@ -20,6 +21,7 @@
 //! It must not start anything (no sockets, no token fetches): loading is pure apart
 //! from reading the files the configuration names.
 
+mod browser;
 pub mod defaults;
 mod egress;
 mod env;
@@ -44,6 +46,7 @@ use http::HeaderName;
 use secrecy::SecretString;
 use url::Url;
 
+pub use browser::{AllowedHost, AllowedOrigin};
 pub use egress::{EgressConfig, EgressProxy, NoProxyList};
 pub use trace::{OtlpEndpoint, TracingConfig};
 
@@ -362,6 +365,11 @@ pub struct AccessConfig {
     pub keys_file: Option<PathBuf>,
     /// Allowed path prefixes; empty = every route.
     pub allow: Vec<AllowRule>,
+    /// Browser origins whose pages may use the proxy port; empty = none.
+    pub allow_origins: Vec<AllowedOrigin>,
+    /// Host names (or addresses) the proxy answers to besides loopback and its listen
+    /// address.
+    pub allow_hosts: Vec<AllowedHost>,
 }
 
 /// One entry of `[access] allow`.

@@ -100,6 +100,8 @@ pub(super) struct RawRoute {
 pub(super) struct RawAccess {
     pub keys_file: Option<PathBuf>,
     pub allow: Vec<RawAllow>,
+    pub allow_origins: Vec<String>,
+    pub allow_hosts: Vec<String>,
 }
 
 /// An `allow` entry: `"/prefix/"` or `{prefix = "/prefix/", methods = ["GET"]}`.

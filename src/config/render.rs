@@ -128,6 +128,8 @@ struct AccessView {
     #[serde(skip_serializing_if = "Option::is_none")]
     keys_file: Option<String>,
     allow: Vec<AllowView>,
+    allow_origins: Vec<String>,
+    allow_hosts: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -203,6 +205,18 @@ pub(super) fn redacted_toml(config: &Config) -> String {
                 .as_ref()
                 .map(|path| path.display().to_string()),
             allow: config.access.allow.iter().map(allow_view).collect(),
+            allow_origins: config
+                .access
+                .allow_origins
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            allow_hosts: config
+                .access
+                .allow_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         },
         log: LogView {
             format: match config.log.format {

@@ -19,9 +19,10 @@ use super::raw::{
     RawSecret, RawServer, RawSize, RawStore, RawStoreKind, RawUpstream,
 };
 use super::{
-    AccessConfig, AllowRule, Config, CredentialConfig, CredentialSource, DEFAULT_CREDENTIAL,
-    HeaderFormat, LogConfig, LogFormat, Problem, RedisStoreConfig, RouteConfig, SecretSource,
-    ServerConfig, StoreConfig, UpstreamConfig, UpstreamTarget,
+    AccessConfig, AllowRule, AllowedHost, AllowedOrigin, Config, CredentialConfig,
+    CredentialSource, DEFAULT_CREDENTIAL, HeaderFormat, LogConfig, LogFormat, Problem,
+    RedisStoreConfig, RouteConfig, SecretSource, ServerConfig, StoreConfig, UpstreamConfig,
+    UpstreamTarget,
 };
 use crate::secret;
 
@@ -625,9 +626,17 @@ impl Checker<'_> {
             };
             allow.push(AllowRule { prefix, methods });
         }
+        let allow_origins = self.each(
+            "access.allow_origins",
+            raw.allow_origins,
+            AllowedOrigin::parse,
+        );
+        let allow_hosts = self.each("access.allow_hosts", raw.allow_hosts, AllowedHost::parse);
         AccessConfig {
             keys_file: raw.keys_file,
             allow,
+            allow_origins,
+            allow_hosts,
         }
     }
 
@@ -646,6 +655,22 @@ impl Checker<'_> {
             );
         }
         LogConfig { format, level }
+    }
+
+    /// Each entry of the list `key` parsed, the bad ones recorded as `key[index]`.
+    fn each<T>(
+        &mut self,
+        key: &str,
+        entries: Vec<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let mut parsed = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            if let Some(value) = self.parsed(&format!("{key}[{index}]"), parse(entry)) {
+                parsed.push(value);
+            }
+        }
+        parsed
     }
 
     /// The parsed value, or `None` with the problem recorded under `key`.

@@ -108,7 +108,9 @@ pub async fn serve(
     let flag = ShutdownFlag::default();
     let pipeline = Arc::new(Pipeline::new(
         RouteTable::build(&config, route_tokens),
-        Access::new(&config.access)?,
+        // The address actually bound (a test binds port 0 elsewhere than the config).
+        Access::new(&config.access)?
+            .listening_on(listeners.proxy.local_addr().unwrap_or(config.server.listen)),
         Limits::from_config(&config),
         config.server.max_concurrency,
         flag.clone(),

@@ -9,6 +9,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use super::escape::{EscapeStyle, Escaping};
 #[cfg(feature = "otel")]
 use super::otel;
 #[cfg(feature = "otel")]
@@ -63,8 +64,8 @@ pub fn init_logging(config: &LogConfig) -> LogGuard {
 
 /// The log line layer in `config.format`, and its writer thread.
 fn log_lines(config: &LogConfig) -> (Box<dyn Layer<Registry> + Send + Sync>, WorkerGuard) {
-    let (writer, guard) = log_writer();
     let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = log_writer(config.format, ansi);
     let lines = match config.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -96,13 +97,18 @@ fn log_filter(config: &LogConfig) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Stdout behind the log writer thread.
-fn log_writer() -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
+/// Stdout behind the log writer thread, each line escaped on the way (see `escape`).
+fn log_writer(format: LogFormat, ansi: bool) -> (Escaping<NonBlocking>, WorkerGuard) {
+    let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("ipproxy-log")
-        .finish(BufWriter::new(std::io::stdout()))
+        .finish(BufWriter::new(std::io::stdout()));
+    let style = match format {
+        LogFormat::Json => EscapeStyle::Json,
+        LogFormat::Text => EscapeStyle::Text { keep_esc: ansi },
+    };
+    (Escaping::new(writer, style), guard)
 }
 
 /// Logs, and traces when `[tracing]` names a collector. Dropping the guard (at the

@@ -85,6 +85,8 @@ struct RouteHandles {
     route: SharedString,
     duration: Histogram,
     retries: Counter,
+    /// `ipproxy_upstream_aborted_total`: upstream bodies broken off mid-stream.
+    aborted: Counter,
     /// `ipproxy_requests_total` per method label × common status, registered on
     /// first use so that only series that happened are exported.
     requests: [[OnceLock<Counter>; STATUSES.len()]; METHOD_LABELS.len()],
@@ -147,6 +149,7 @@ impl RouteMetrics {
         Self(Arc::new(RouteHandles {
             duration: histogram!("ipproxy_request_duration_seconds", "route" => route.clone()),
             retries: counter!("ipproxy_upstream_retries_total", "route" => route.clone()),
+            aborted: counter!("ipproxy_upstream_aborted_total", "route" => route.clone()),
             requests: Default::default(),
             route,
         }))
@@ -171,6 +174,11 @@ impl RouteMetrics {
         if retried {
             self.0.retries.increment(1);
         }
+    }
+
+    /// One upstream response body that broke off after its head went out.
+    pub fn upstream_aborted(&self) {
+        self.0.aborted.increment(1);
     }
 
     fn count_request(&self, method: &Method, status: StatusCode) {

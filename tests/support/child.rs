@@ -25,9 +25,11 @@ pub struct ChildProxy {
 }
 
 impl ChildProxy {
-    /// Starts `ipproxy run` with exactly `vars` (plus loopback listeners on port 0 and
-    /// JSON logs unless `vars` says otherwise) and waits for its "listening" line.
+    /// Starts `ipproxy run` with exactly `vars` (plus loopback listeners on port 0,
+    /// JSON logs and `access.allow_hosts` = [`super::TEST_ALLOW_HOSTS`] unless `vars`
+    /// says otherwise) and waits for its "listening" line.
     pub async fn start(vars: &[(String, String)]) -> Self {
+        let vars = super::with_test_hosts(None, vars.to_vec());
         let mut command = Command::new(env!("CARGO_BIN_EXE_ipproxy"));
         command
             .arg("run")
@@ -151,7 +153,9 @@ fn read_lines(
 
 fn listening_addresses(lines: &[String]) -> Option<(SocketAddr, SocketAddr)> {
     lines.iter().find_map(|line| {
-        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            return text_listening_addresses(line);
+        };
         if event["message"] != "listening" {
             return None;
         }
@@ -159,4 +163,18 @@ fn listening_addresses(lines: &[String]) -> Option<(SocketAddr, SocketAddr)> {
         let admin = event["admin"].as_str()?.parse().ok()?;
         Some((proxy, admin))
     })
+}
+
+/// The addresses of a text-format "listening" line (`... listening proxy=A admin=B`).
+fn text_listening_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains(" listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .map(|value| value.trim_matches('"'))
+            .and_then(|value| value.parse().ok())
+    };
+    Some((field("proxy=")?, field("admin=")?))
 }

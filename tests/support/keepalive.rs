@@ -29,7 +29,7 @@ impl KeepAlive {
             .await
             .expect("the connection is still open");
         let request = http::Request::get(path)
-            .header("host", "ipproxy")
+            .header("host", "localhost")
             .body(http_body_util::Empty::new())
             .expect("request");
         let response = self.sender.send_request(request).await.expect("answered");

@@ -73,6 +73,28 @@ impl Sim {
     }
 }
 
+/// `access.allow_hosts` for the proxies the helpers start, unless a test sets its own:
+/// the host names that tests of other defences send as a placeholder (`Host: x`, an
+/// absolute-form target at `attacker.invalid`). Every other name is refused `421`, as
+/// in production; tests/browser.rs starts its proxies with lists of its own.
+pub const TEST_ALLOW_HOSTS: &str = r#"["x", "attacker.invalid"]"#;
+
+/// The variable that sets `access.allow_hosts`.
+pub const ALLOW_HOSTS_VAR: &str = "IPPROXY_ACCESS__ALLOW_HOSTS";
+
+/// `vars` with [`TEST_ALLOW_HOSTS`] first, unless `vars` or the file (`toml`) set
+/// `access.allow_hosts` themselves.
+pub fn with_test_hosts(toml: Option<&str>, vars: Vec<(String, String)>) -> Vec<(String, String)> {
+    let set = vars.iter().any(|(name, _)| name == ALLOW_HOSTS_VAR)
+        || toml.is_some_and(|toml| toml.contains("allow_hosts"));
+    if set {
+        return vars;
+    }
+    let mut all = vec![(ALLOW_HOSTS_VAR.to_owned(), TEST_ALLOW_HOSTS.to_owned())];
+    all.extend(vars);
+    all
+}
+
 pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -107,6 +129,7 @@ impl Proxy {
             std::fs::write(&path, toml).expect("write config");
             path
         });
+        let vars = with_test_hosts(toml, vars);
         let config = config::load(file.as_deref(), vars).expect("valid test configuration");
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
