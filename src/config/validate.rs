@@ -127,6 +127,7 @@ pub(super) fn validate(
     let log = check.log(raw.log);
     let store = check.store(raw.store);
     let tracing = super::trace::resolve(raw.tracing, standard_vars, check.problems);
+    let idempotency = super::idempotency::resolve(raw.idempotency, check.problems);
     Config {
         server,
         upstream,
@@ -135,6 +136,7 @@ pub(super) fn validate(
         access,
         log,
         store,
+        idempotency,
         tracing,
         warnings: Vec::new(),
     }
@@ -528,6 +530,7 @@ impl Checker<'_> {
                 header: None,
                 format: None,
                 strip_prefix: false,
+                idempotency: false,
             }];
         }
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
@@ -595,6 +598,7 @@ impl Checker<'_> {
                 header,
                 format,
                 strip_prefix: route.strip_prefix.unwrap_or(false),
+                idempotency: route.idempotency.unwrap_or(false),
             });
         }
         routes

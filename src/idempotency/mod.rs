@@ -1,0 +1,498 @@
+//! Idempotent requests: on a route with `idempotency = true`, a POST or PATCH with an
+//! `Idempotency-Key` is sent upstream at most once per key, and its repeats get the
+//! first answer (docs/DESIGN.md "Idempotent requests").
+//!
+//! The protocol, per request: read the body (up to `replay_limit`), fingerprint it,
+//! claim the key's scope atomically with an in-flight marker holding the fingerprint
+//! (`SET NX PX` in Redis); a scope already held answers the repeat (replay, `409`,
+//! `422`) without contacting the upstream. The holder forwards on a task of its own (a
+//! client that leaves does not cancel a send that may already have happened), then
+//! settles the claim: an upstream answer is kept as it streams (`tee`); a request that
+//! never left releases the key; one that left but got no answer keeps the proxy's own
+//! `504`/`502`. The in-flight marker expires after [`Idempotency::in_flight_ttl`], so a
+//! replica that died mid-request blocks its key for a bounded time only.
+//!
+//! - `key`: the header, the scope, the fingerprint.
+//! - `record`: what a scope holds, and its encoding for the shared store.
+//! - `memory`: this replica's bounded records (the default, and the fallback).
+//! - `redis`: records in the fleet's shared store.
+//! - `tee`: the first answer, kept as it streams.
+//!
+//! Must not: log or count a key, a caller's key, or a kept answer; cost anything for
+//! a request without the header (the pipeline only calls in for keyed requests).
+
+mod key;
+mod memory;
+mod record;
+mod redis;
+mod tee;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::Request;
+use tracing::Instrument as _;
+
+use crate::access::Caller;
+use crate::config::{IdempotencyConfig, OnStoreDown};
+use crate::connection::ClientBody;
+use crate::error::ProxyError;
+use crate::proxy::{self, Limits, OutboundBody, Outcome, UpstreamClient};
+use crate::request_id::RequestId;
+use crate::route::Route;
+use crate::telemetry;
+use crate::token::store::{SealedAnswer, Store};
+use key::{Fingerprint, Scope};
+pub use key::{HEADER, IdempotencyKey, applies, key_of};
+use memory::{LocalClaim, MemoryLedger};
+pub use record::REPLAYED;
+use record::{Answer, Record};
+use redis::SharedClaim;
+pub use tee::KeptBody;
+
+/// Added to the longest a request can take before its answer's head (two attempts of
+/// `request_timeout`: the retry after a 401) for the in-flight marker's TTL: room for
+/// the login between the attempts and for the body of the answer to stream.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(30);
+
+/// What became of a keyed request: the `idempotency` field of its log line and the
+/// `result` label of `ipproxy_idempotency_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    /// Claimed and forwarded.
+    First,
+    /// The kept answer, replayed.
+    Replayed,
+    /// `409 idempotency_in_progress`.
+    InProgress,
+    /// `422 idempotency_key_mismatch`.
+    Mismatch,
+    /// `409 idempotency_answer_not_kept`.
+    NotKept,
+    /// Claimed, but it never left the proxy: the key was released.
+    Released,
+    /// `503 idempotency_unavailable`.
+    Unavailable,
+}
+
+impl Label {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::First => "first",
+            Self::Replayed => "replayed",
+            Self::InProgress => "in_progress",
+            Self::Mismatch => "mismatch",
+            Self::NotKept => "not_kept",
+            Self::Released => "released",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What the proxy answers itself to a keyed request.
+#[derive(Debug)]
+pub enum OwnAnswer {
+    /// One of the error table's answers.
+    Error(ProxyError),
+    /// A kept answer (replayed, or the first request's own `504`/`502`).
+    Kept(http::Response<Body>),
+}
+
+/// An upstream answer on its way, kept as it streams.
+pub type Forwarded = (http::Response<KeptBody>, Outcome);
+
+/// What the upstream exchange of a keyed request needs, owned: it runs on its own
+/// task.
+#[derive(Debug)]
+pub struct Exchange {
+    pub client: UpstreamClient,
+    pub limits: Limits,
+    pub route: Arc<Route>,
+    pub request_id: RequestId,
+}
+
+/// The idempotency records of this process. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Idempotency(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    ttl: Duration,
+    max_response: usize,
+    on_store_down: OnStoreDown,
+    in_flight_ttl: Duration,
+    local: MemoryLedger,
+    /// The fleet's store, with `[store] kind = "redis"`.
+    shared: Option<Store>,
+    /// Whether the shared store was last found down (logged once per outage).
+    store_down: AtomicBool,
+}
+
+impl Idempotency {
+    pub fn new(config: &IdempotencyConfig, request_timeout: Duration, store: &Store) -> Self {
+        Self(Arc::new(Inner {
+            ttl: config.ttl,
+            max_response: usize::try_from(config.max_response).unwrap_or(usize::MAX),
+            on_store_down: config.on_store_down,
+            in_flight_ttl: Self::in_flight_ttl(request_timeout),
+            local: MemoryLedger::new(config.max_entries),
+            shared: store.is_shared().then(|| store.clone()),
+            store_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// How long an in-flight marker lives: two attempts and [`IN_FLIGHT_MARGIN`].
+    pub fn in_flight_ttl(request_timeout: Duration) -> Duration {
+        request_timeout.saturating_mul(2) + IN_FLIGHT_MARGIN
+    }
+
+    /// Answers a keyed request: forwards it at most once per key, or answers a
+    /// repeat. The label is `None` for a request refused before its key was looked
+    /// at (a body over `replay_limit`).
+    pub async fn forward_once(
+        &self,
+        exchange: Exchange,
+        request: Request<ClientBody>,
+        caller: &Caller,
+        key: &IdempotencyKey,
+    ) -> (Result<Forwarded, OwnAnswer>, Option<Label>) {
+        let (parts, body) = request.into_parts();
+        let limits = &exchange.limits;
+        // The whole body, to fingerprint it: up to `replay_limit` (413 beyond).
+        let body = match OutboundBody::prepare(
+            body,
+            &parts.headers,
+            limits.replay_limit,
+            limits.replay_limit,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(error) => return (Err(OwnAnswer::Error(error)), None),
+        };
+        let bytes = body.buffered().map_or(&[][..], |bytes| &bytes[..]);
+        let fingerprint = key::fingerprint(&parts.method, &parts.uri, bytes);
+        let route = &exchange.route;
+        let scope = Scope::new(route.credential.name(), caller, key);
+        let claim = match self.claim(&route.name, scope, fingerprint).await {
+            Ok(claim) => claim,
+            Err(refused) => {
+                let label = refused.label();
+                telemetry::idempotency_counted(&route.name, label.as_str());
+                let answer = match refused {
+                    Met::Kept(answer) => OwnAnswer::Kept(answer.replay(&exchange.request_id, true)),
+                    Met::Refused(error, _) => OwnAnswer::Error(error),
+                };
+                return (Err(answer), Some(label));
+            }
+        };
+        telemetry::idempotency_counted(&route.name, Label::First.as_str());
+        let max_response = self.0.max_response;
+        let exchange_task = async move {
+            let Exchange {
+                client,
+                limits,
+                route,
+                request_id,
+            } = exchange;
+            match proxy::forward_prepared(&client, &limits, &route, &parts, body, &request_id).await
+            {
+                Ok((response, outcome)) => {
+                    let (head, body) = response.into_parts();
+                    let kept = KeptBody::keeping(
+                        body,
+                        claim,
+                        head.status,
+                        head.headers.clone(),
+                        max_response,
+                        request_id,
+                    );
+                    Ok((http::Response::from_parts(head, kept), outcome))
+                }
+                Err(failed) if !failed.may_have_left => {
+                    claim.release().await;
+                    Err((OwnAnswer::Error(failed.error), Label::Released))
+                }
+                Err(failed) => {
+                    // It may have been sent: its answer is the proxy's own, for good.
+                    let answer = Answer::of_error(failed.error, &request_id).await;
+                    let response = answer.replay(&request_id, false);
+                    claim.keep(Some(answer)).await;
+                    Err((OwnAnswer::Kept(response), Label::First))
+                }
+            }
+        };
+        // Dropping the handle (the client left) does not cancel the task.
+        let task = tokio::spawn(exchange_task.instrument(tracing::Span::current()));
+        match task.await {
+            Ok(Ok(forwarded)) => (Ok(forwarded), Some(Label::First)),
+            Ok(Err((answer, label))) => (Err(answer), Some(label)),
+            Err(_panicked) => (
+                Err(OwnAnswer::Error(ProxyError::UpstreamUnreachable)),
+                Some(Label::First),
+            ),
+        }
+    }
+
+    /// Claims `scope`, or says what holds it.
+    async fn claim(
+        &self,
+        route: &Arc<str>,
+        scope: Scope,
+        fingerprint: Fingerprint,
+    ) -> Result<Claim, Met> {
+        let marker = Record::InFlight { fingerprint };
+        let inner = &self.0;
+        if let Some(store) = &inner.shared {
+            match redis::claim(store, &scope, &marker, inner.in_flight_ttl).await {
+                Ok(claim) => {
+                    self.store_is_up();
+                    return self
+                        .shared_claim(store, route, scope, fingerprint, claim)
+                        .await;
+                }
+                Err(_down) => {
+                    self.store_is_down(route);
+                    if inner.on_store_down == OnStoreDown::Reject {
+                        return Err(Met::Refused(
+                            ProxyError::IdempotencyUnavailable,
+                            Label::Unavailable,
+                        ));
+                    }
+                }
+            }
+        }
+        match inner.local.claim(scope, marker, inner.in_flight_ttl) {
+            LocalClaim::Held(token) => {
+                Ok(self.claim_of(route, scope, fingerprint, Place::Local(token)))
+            }
+            LocalClaim::Taken(record) => Err(Met::of(&record, &fingerprint)),
+        }
+    }
+
+    /// A claim in the shared store. A key this replica answered from its memory while
+    /// the store was down is answered the same way now, and the store learns it.
+    async fn shared_claim(
+        &self,
+        store: &Store,
+        route: &Arc<str>,
+        scope: Scope,
+        fingerprint: Fingerprint,
+        claim: SharedClaim,
+    ) -> Result<Claim, Met> {
+        match claim {
+            SharedClaim::Held(held) => {
+                let claim = self.claim_of(route, scope, fingerprint, Place::Shared(held));
+                match self.0.local.peek(&scope) {
+                    None => Ok(claim),
+                    Some(record @ Record::Done { .. }) => {
+                        let met = Met::of(&record, &fingerprint);
+                        claim.settle(record).await;
+                        Err(met)
+                    }
+                    Some(record @ Record::InFlight { .. }) => {
+                        claim.release().await;
+                        Err(Met::of(&record, &fingerprint))
+                    }
+                }
+            }
+            SharedClaim::Taken(Some(record)) => Err(Met::of(&record, &fingerprint)),
+            SharedClaim::Taken(None) => {
+                let _ = store;
+                tracing::error!(
+                    route = &**route,
+                    "an idempotency record in the shared store does not open (another key, \
+                     tampering or garbage): its key is answered as used, without an answer"
+                );
+                Err(Met::Refused(
+                    ProxyError::IdempotencyAnswerNotKept,
+                    Label::NotKept,
+                ))
+            }
+        }
+    }
+
+    fn claim_of(
+        &self,
+        route: &Arc<str>,
+        scope: Scope,
+        fingerprint: Fingerprint,
+        place: Place,
+    ) -> Claim {
+        Claim {
+            held: Some(Held {
+                handle: self.clone(),
+                route: Arc::clone(route),
+                scope,
+                fingerprint,
+                place,
+            }),
+        }
+    }
+
+    fn store_is_down(&self, route: &str) {
+        telemetry::idempotency_counted(route, "store_down");
+        if !self.0.store_down.swap(true, Ordering::Relaxed) {
+            let action = match self.0.on_store_down {
+                OnStoreDown::Local => "this replica keeps idempotency keys in its own memory",
+                OnStoreDown::Reject => "idempotent requests are refused with 503",
+            };
+            tracing::warn!(
+                on_store_down = self.0.on_store_down.as_str(),
+                "idempotency: the shared store is unreachable; {action} until it is back"
+            );
+        }
+    }
+
+    fn store_is_up(&self) {
+        if self.0.store_down.swap(false, Ordering::Relaxed) {
+            tracing::info!("idempotency: the shared store is reachable again");
+        }
+    }
+}
+
+/// What a claim met instead of a free scope.
+enum Met {
+    /// A kept answer with this request's fingerprint.
+    Kept(Arc<Answer>),
+    Refused(ProxyError, Label),
+}
+
+impl Met {
+    fn of(record: &Record, fingerprint: &Fingerprint) -> Self {
+        if record.fingerprint() != fingerprint {
+            return Self::Refused(ProxyError::IdempotencyKeyMismatch, Label::Mismatch);
+        }
+        match record {
+            Record::InFlight { .. } => {
+                Self::Refused(ProxyError::IdempotencyInProgress, Label::InProgress)
+            }
+            Record::Done {
+                answer: Some(answer),
+                ..
+            } => Self::Kept(Arc::clone(answer)),
+            Record::Done { answer: None, .. } => {
+                Self::Refused(ProxyError::IdempotencyAnswerNotKept, Label::NotKept)
+            }
+        }
+    }
+
+    fn label(&self) -> Label {
+        match self {
+            Self::Kept(_) => Label::Replayed,
+            Self::Refused(_, label) => *label,
+        }
+    }
+}
+
+/// Where a claim is held.
+#[derive(Debug)]
+enum Place {
+    Local(u64),
+    Shared(SealedAnswer),
+}
+
+/// A held claim on a key. Settled by [`keep`](Self::keep) or
+/// [`release`](Self::release); one dropped unsettled (a panic) marks its key done
+/// without an answer, since its request may have been sent.
+#[derive(Debug)]
+pub struct Claim {
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    handle: Idempotency,
+    route: Arc<str>,
+    scope: Scope,
+    fingerprint: Fingerprint,
+    place: Place,
+}
+
+impl Claim {
+    /// Keeps `answer` as the key's answer for `idempotency.ttl`; `None`: the key is
+    /// done without a kept answer.
+    pub async fn keep(mut self, answer: Option<Answer>) {
+        if let Some(held) = self.held.take() {
+            held.keep(answer).await;
+        }
+    }
+
+    async fn settle(mut self, record: Record) {
+        if let Some(held) = self.held.take() {
+            held.settle(record).await;
+        }
+    }
+
+    /// Gives the key up: its request never left the proxy.
+    pub async fn release(mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        telemetry::idempotency_counted(&held.route, Label::Released.as_str());
+        let inner = &held.handle.0;
+        match &held.place {
+            Place::Local(token) => inner.local.release(&held.scope, *token),
+            Place::Shared(sealed) => {
+                let store = inner.shared.as_ref().expect("a shared claim has a store");
+                if redis::release(store, &held.scope, sealed).await.is_err() {
+                    held.handle.store_is_down(&held.route);
+                }
+            }
+        }
+    }
+}
+
+impl Held {
+    async fn keep(self, answer: Option<Answer>) {
+        if answer.is_none() {
+            telemetry::idempotency_counted(&self.route, Label::NotKept.as_str());
+        }
+        let record = Record::Done {
+            fingerprint: self.fingerprint,
+            answer: answer.map(Arc::new),
+        };
+        self.settle(record).await;
+    }
+
+    async fn settle(self, record: Record) {
+        let inner = &self.handle.0;
+        let settled = match &self.place {
+            Place::Local(token) => {
+                inner
+                    .local
+                    .settle(&self.scope, *token, record.clone(), inner.ttl)
+            }
+            Place::Shared(sealed) => {
+                let store = inner.shared.as_ref().expect("a shared claim has a store");
+                match redis::settle(store, &self.scope, sealed, &record, inner.ttl).await {
+                    Ok(settled) => settled,
+                    Err(_down) => {
+                        self.handle.store_is_down(&self.route);
+                        false
+                    }
+                }
+            }
+        };
+        if !settled {
+            // The claim expired (or the store is down): this replica at least keeps
+            // the answer; repeats that reach another replica may be sent again.
+            tracing::warn!(
+                route = &*self.route,
+                "idempotency: a claim expired before its answer was kept; kept in this \
+                 replica's memory only"
+            );
+            inner.local.put(self.scope, record, inner.ttl);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            tee::spawn(held.keep(None));
+        }
+    }
+}
