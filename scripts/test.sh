@@ -25,6 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --locked --all-targets "$@" 2>&1 | tee "$log"
+# --no-fail-fast: every test binary runs even when an earlier one fails, so one red
+# test never hides the others; the exit status is still non-zero (set -o pipefail).
+status=0
+cargo test --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+exit "$status"

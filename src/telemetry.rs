@@ -493,9 +493,16 @@ pub fn trace_spans_exported(count: usize) {
     counter!("ipproxy_trace_spans_exported_total").increment(count as u64);
 }
 
-/// Whether the shared token store answers.
-pub fn store_up(up: bool) {
+/// Whether the shared token store answers (`up`), and whether it refuses writes
+/// while it does (`degraded`).
+pub fn store_state(up: bool, degraded: bool) {
     gauge!("ipproxy_store_up").set(if up { 1.0 } else { 0.0 });
+    gauge!("ipproxy_store_degraded").set(if degraded { 1.0 } else { 0.0 });
+}
+
+/// Trouble with the shared store started: `kind` is `unreachable` or `degraded`.
+pub fn store_trouble(kind: &'static str) {
+    counter!("ipproxy_store_troubles_total", "kind" => kind).increment(1);
 }
 
 /// `time` as RFC 3339 in whole seconds (UTC), as logs, `/readyz` and `/refresh` show it.

@@ -36,6 +36,12 @@ const KEY: &str = "hostile-test-key-5d1e";
 /// Slack on top of a configured timeout for a debug build on a busy 2-core machine.
 const SLACK: Duration = Duration::from_secs(2);
 
+/// The `client_timeout` of the tests that hold the only slot with a hostile client: the
+/// slot stays held this long, so a loaded machine still sees it held (a 503) before the
+/// proxy frees it. A short window here made the suite fail on a busy machine.
+const HOLD: Duration = Duration::from_secs(10);
+const HOLD_SETTING: &str = "10s";
+
 // --- helpers ---
 
 /// A keys file holding the digest of [`KEY`] (kept alive by the returned guard).
@@ -144,11 +150,11 @@ async fn wait_ready(admin: SocketAddr) {
 
 /// Asserts that a request to `url` is refused `503 overloaded` (the only slot is held
 /// by the hostile client), then returns how long it took from then until one got 200.
-/// The callers' `client_timeout` (3 s) leaves a loaded machine time to see the slot
-/// held before it is freed.
+/// The callers' `client_timeout` ([`HOLD`]) leaves a loaded machine time to see the
+/// slot held before it is freed.
 async fn slot_freed_after(url: &str, limit: Duration) -> Duration {
     let client = client();
-    let held = eventually(Duration::from_secs(5), || async {
+    let held = eventually(HOLD, || async {
         status_of(&client, url).await == Some(503)
     })
     .await;
@@ -573,9 +579,9 @@ async fn a_stalled_request_body_frees_its_slot_and_is_logged_408() {
         &sim,
         &[
             ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
             // Far from the client timeout, so that it is not what closes anything.
-            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "10s"),
+            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
             // Bodies past 1 KiB stream to the upstream: both paths are covered.
             ("IPPROXY_SERVER__REPLAY_LIMIT", "1KiB"),
         ],
@@ -593,7 +599,7 @@ async fn a_stalled_request_body_frees_its_slot_and_is_logged_408() {
         stream.write_all(head.as_bytes()).await.expect("head");
         stream.write_all(&vec![b'a'; sent]).await.expect("body");
         // The body then stops: one byte per many seconds is as good as none.
-        let took = slot_freed_after(&url, Duration::from_secs(3) + SLACK).await;
+        let took = slot_freed_after(&url, HOLD + SLACK).await;
         eprintln!("{case}: slot freed {took:?} after it was seen held");
 
         let answer =
@@ -668,8 +674,8 @@ async fn a_client_that_never_reads_its_response_frees_its_slot_and_cancels_the_u
         &[
             ("IPPROXY_CONFIG", &file),
             ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
-            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "10s"),
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
+            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
         ],
     )
     .await;
@@ -677,7 +683,7 @@ async fn a_client_that_never_reads_its_response_frees_its_slot_and_cancels_the_u
     let request = "GET /download/big HTTP/1.1\r\nHost: x\r\nx-request-id: never-reads\r\n\r\n";
     stream.write_all(request.as_bytes()).await.expect("write");
     // ... and never reads.
-    let took = slot_freed_after(&proxy.url(ECHO_PATH), Duration::from_secs(3) + SLACK).await;
+    let took = slot_freed_after(&proxy.url(ECHO_PATH), HOLD + SLACK).await;
     eprintln!("slot freed {took:?} after it was seen held");
     let cancelled = tokio::time::timeout(SLACK, dropped.1.notified())
         .await
@@ -696,8 +702,8 @@ async fn an_h2_stream_whose_window_is_never_released_frees_its_slot() {
         &sim,
         &[
             ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
-            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "10s"),
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
+            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
         ],
     )
     .await;
@@ -717,7 +723,7 @@ async fn an_h2_stream_whose_window_is_never_released_frees_its_slot() {
     assert_eq!(response.status(), 200);
     // The body is never read, so its window (64 KiB) is never given back.
     let _held = response.into_body();
-    let took = slot_freed_after(&proxy.url(ECHO_PATH), Duration::from_secs(3) + SLACK).await;
+    let took = slot_freed_after(&proxy.url(ECHO_PATH), HOLD + SLACK).await;
     eprintln!("slot freed {took:?} after it was seen held");
     let ended = tokio::time::timeout(SLACK, connection).await;
     assert!(

@@ -1,6 +1,7 @@
-//! One credential: its token slot, the single flight that replaces the token, the
-//! gates in front of it (backoff, the reauth interval), the fleet protocol over the
-//! token store, and the thin loop that keeps the token fresh.
+//! One credential: its token slot and the single flight that replaces the token, with
+//! the gates in front of it (backoff, the reauth interval). The fleet protocol that a
+//! flight runs over the token store is in `fleet.rs`; the loop that keeps the token
+//! fresh, and the record of each flight's outcome, in `refresh.rs`.
 //!
 //! Readers take one lock-free `ArcSwap` load. Writers (the refresh loop, a 401, the
 //! admin `/refresh`, `SIGHUP`, a changed token file) all go through the single flight,
@@ -10,12 +11,11 @@
 //! the fleet's lock before a login, so the whole fleet makes one login per refresh.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
-use secrecy::{ExposeSecret, SecretString};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -23,10 +23,10 @@ use tracing::Instrument as _;
 
 use super::clock::{Clock, Random};
 use super::readiness::{CredentialStatus, Health};
-use super::schedule::{self, RefreshReason, TokenTimes};
-use super::slot::{FormatId, Minted, Origin, Slot, Token, TokenGeneration};
+use super::schedule::{self, RefreshReason};
+use super::slot::{FormatId, Origin, Slot, Token, TokenGeneration};
 use super::source::{AuthError, TokenSource};
-use super::store::{Entry, LockLease, Store, StoredToken, WAIT_POLL};
+use super::store::Store;
 use crate::config::HeaderFormat;
 use crate::task::BackgroundTask;
 use crate::telemetry::{self, trace};
@@ -120,6 +120,9 @@ struct State {
     /// No 401-caused login before this instant: this process made one, or the fleet's
     /// entry says another replica did, less than `min_reauth_interval` ago.
     reauth_closed_until: Option<Instant>,
+    /// Fingerprints of the last tokens IntelePeer rejected here: never adopted from the
+    /// store again (after an outage the fleet's entry may hold one of them).
+    rejected: fleet::RejectedTokens,
 }
 
 /// A token obtained by a flight, and from where; `origin` is `None` when the flight
@@ -218,6 +221,11 @@ impl Credential {
             // Compared again under the lock: a flight may have stored one meanwhile.
             if let Some(lease) = self.newer_than(format, rejected) {
                 return Some(lease);
+            }
+            if let Some(token) = self.inner.slot.load()
+                && token.generation == rejected
+            {
+                state.rejected.remember(token.fingerprint);
             }
             match state.flight.clone() {
                 Some(flight) => flight,
@@ -378,449 +386,6 @@ impl Credential {
         self.inner.changed.notify_one();
         result
     }
-
-    fn record_stored(&self, token: &Token, origin: Origin, reason: RefreshReason, took: Duration) {
-        telemetry::token_refreshed(
-            self.name(),
-            reason.as_str(),
-            origin.as_str(),
-            token.expires_at(),
-            took,
-        );
-        tracing::info!(
-            credential = self.name(),
-            generation = token.generation,
-            fleet_generation = token.fleet_generation,
-            expires_at = token
-                .expires_at()
-                .map_or_else(|| "never".to_owned(), telemetry::rfc3339),
-            reason = reason.as_str(),
-            source = origin.as_str(),
-            duration_ms = took.as_millis() as u64,
-            "token stored"
-        );
-    }
-
-    fn record_failure(&self, error: &AuthError, reason: RefreshReason, took: Duration) {
-        let now = self.inner.clock.now();
-        let mut state = self.lock_state();
-        let health = &mut state.health;
-        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
-        let delay = schedule::backoff(
-            health.consecutive_failures,
-            error.retry_after(),
-            self.inner.random.unit(),
-        );
-        health.retry_at = Some(now + delay);
-        health.last_error = Some(error.to_string());
-        if reason == RefreshReason::Rejected {
-            health.rejected = true;
-        }
-        let failures = health.consecutive_failures;
-        drop(state);
-        telemetry::token_refresh_failed(self.name(), reason.as_str(), took);
-        let still_valid = self
-            .inner
-            .slot
-            .with(|token| token.is_some_and(|token| token.is_usable(now)));
-        if matches!(error, AuthError::BadCredentials) {
-            tracing::error!(
-                credential = self.name(),
-                reason = reason.as_str(),
-                error = %error,
-                kind = error.kind(),
-                consecutive_failures = failures,
-                retry_in_ms = delay.as_millis() as u64,
-                still_valid,
-                "login failed: IntelePeer rejected the username or password"
-            );
-        } else {
-            tracing::warn!(
-                credential = self.name(),
-                reason = reason.as_str(),
-                error = %error,
-                kind = error.kind(),
-                consecutive_failures = failures,
-                retry_in_ms = delay.as_millis() as u64,
-                still_valid,
-                "token fetch failed"
-            );
-        }
-    }
-
-    /// Keeps a session token fresh: fetches when [`schedule::next_fetch`] says, wakes
-    /// early when a token is stored out of band, and converges on the fleet's token
-    /// when the shared store comes back after an outage.
-    async fn refresh_loop(&self) {
-        let mut recoveries = self.inner.store.recoveries();
-        loop {
-            let fetch = self.next_fetch();
-            tokio::select! {
-                () = tokio::time::sleep_until(fetch.at) => {
-                    let _ = self.join_or_start(fetch.reason).await;
-                }
-                () = self.inner.changed.notified() => {}
-                Ok(()) = recoveries.changed() => {
-                    let _ = self.join_or_start(RefreshReason::Resync).await;
-                }
-            }
-        }
-    }
-
-    fn next_fetch(&self) -> schedule::Fetch {
-        let retry_at = self.lock_state().health.retry_at;
-        let times = self
-            .inner
-            .slot
-            .with(|token| token.and_then(|token| token.times));
-        schedule::next_fetch(times.as_ref(), retry_at, self.inner.clock.now())
-    }
-
-    // --- obtaining a token ---
-
-    /// The fleet protocol. Reads the shared entry first and adopts a newer token
-    /// instead of logging in; otherwise takes the refresh lock and logs in; while
-    /// another replica holds the lock, waits for its entry (bounded). Whenever the
-    /// store is unreachable, logs in alone: the store never fails a request.
-    async fn obtain(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
-        let store = &self.inner.store;
-        if self.is_static() || !store.is_up() {
-            return self.login_alone(reason).await;
-        }
-        let now = self.inner.clock.now();
-        if reason == RefreshReason::Resync
-            && let Some(own) = self.inner.slot.load().filter(|token| token.is_usable(now))
-        {
-            return Ok(self.converge(own).await);
-        }
-        let deadline =
-            self.inner.clock.now() + store.lock_ttl() + self.inner.settings.request_timeout;
-        // What counts as newer: for `/refresh`, newer than what was there when it was
-        // asked for (someone else's login finishing meanwhile is as good as ours).
-        let mut floor: Option<u64> = None;
-        loop {
-            let Ok(seen) = store.read(self.name()).await else {
-                return self.login_alone(reason).await;
-            };
-            let floor = *floor.get_or_insert(if reason == RefreshReason::Manual {
-                seen.generation()
-            } else {
-                0
-            });
-            if let Some(obtained) = self.adopt_if_newer(&seen, reason, floor) {
-                return Ok(obtained);
-            }
-            if reason == RefreshReason::Rejected && self.reauth_closed(Some(&seen)) {
-                return Err(RefreshError::Suppressed);
-            }
-            match store.try_lock(self.name()).await {
-                Err(_) => return self.login_alone(reason).await,
-                Ok(Some(lease)) => return self.login_holding(reason, lease, floor).await,
-                Ok(None) => {}
-            }
-            // Another replica is logging in: look again shortly.
-            if self.inner.clock.now() + WAIT_POLL > deadline {
-                tracing::warn!(
-                    credential = self.name(),
-                    "another replica held the refresh lock too long: logging in alone"
-                );
-                return self.login_alone(reason).await;
-            }
-            tokio::time::sleep(WAIT_POLL).await;
-        }
-    }
-
-    /// Logs in holding the fleet's lock (renewed every third of its lease meanwhile),
-    /// writes the entry if nobody else did, and releases the lock.
-    async fn login_holding(
-        &self,
-        reason: RefreshReason,
-        lease: LockLease,
-        floor: u64,
-    ) -> Result<Obtained, RefreshError> {
-        let store = &self.inner.store;
-        let renewing = {
-            let store = store.clone();
-            let name = self.inner.name.clone();
-            let lease = lease.clone();
-            let every = store.lock_ttl() / 3;
-            BackgroundTask::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if !matches!(store.renew(&name, &lease).await, Ok(true)) {
-                        break;
-                    }
-                }
-            })
-        };
-        let result = async {
-            // Someone may have written the entry just before we took the lock.
-            let seen = store.read(self.name()).await.unwrap_or(Entry::Absent);
-            if let Some(obtained) = self.adopt_if_newer(&seen, reason, floor) {
-                return Ok(obtained);
-            }
-            if reason == RefreshReason::Rejected && self.reauth_closed(Some(&seen)) {
-                return Err(RefreshError::Suppressed);
-            }
-            let generation = seen.generation().max(self.fleet_generation()) + 1;
-            let (obtained, stored) = self.login(reason, generation).await?;
-
-            if let Some(stored) = stored {
-                let written = store
-                    .write(
-                        self.name(),
-                        &stored,
-                        seen.generation(),
-                        self.inner.clock.wall(),
-                    )
-                    .await;
-                if written == Ok(false) {
-                    tracing::warn!(
-                        credential = self.name(),
-                        "the shared entry changed during this login (the lock was lost): \
-                         keeping this token locally"
-                    );
-                }
-            }
-            Ok(obtained)
-        }
-        .await;
-        drop(renewing);
-        store.release(self.name(), lease).await;
-        result
-    }
-
-    /// Logs in without the store: it is unreachable, or the credential is static. A
-    /// 401-caused login still keeps this process's reauth interval (the fleet's cannot
-    /// be read).
-    async fn login_alone(&self, reason: RefreshReason) -> Result<Obtained, RefreshError> {
-        if reason == RefreshReason::Rejected && self.reauth_closed(None) {
-            return Err(RefreshError::Suppressed);
-        }
-        let generation = self.fleet_generation() + 1;
-        self.login(reason, generation)
-            .await
-            .map(|(obtained, _)| obtained)
-    }
-
-    /// The store came back after an outage: adopt the fleet's token if it differs
-    /// from ours, or publish ours where there is none, so every replica ends up with
-    /// one token without a login.
-    async fn converge(&self, own: Arc<Token>) -> Obtained {
-        let store = &self.inner.store;
-        let kept = |token: Arc<Token>| Obtained {
-            token,
-            origin: None,
-        };
-        let Ok(seen) = store.read(self.name()).await else {
-            return kept(own);
-        };
-        if let Some(stored) = seen.token()
-            && super::slot::fingerprint(stored.token.expose_secret()) == own.fingerprint
-        {
-            return kept(own);
-        }
-        if let Some(obtained) = self.adopt(&seen) {
-            return obtained;
-        }
-        let Some(expires_at) = own.expires_at() else {
-            return kept(own);
-        };
-        let stored = StoredToken {
-            generation: seen.generation().max(own.fleet_generation) + 1,
-            token: own.secret.clone(),
-            expires_at,
-            obtained_at: own.obtained_at,
-            reason: own.reason,
-        };
-        let wall = self.inner.clock.wall();
-        if store
-            .write(self.name(), &stored, seen.generation(), wall)
-            .await
-            == Ok(true)
-        {
-            return kept(own);
-        }
-        // Another replica published first: take theirs.
-        match store.read(self.name()).await {
-            Ok(seen) => self.adopt(&seen).unwrap_or_else(|| kept(own)),
-            Err(_) => kept(own),
-        }
-    }
-
-    /// The fleet generation of the current token (0 without one).
-    fn fleet_generation(&self) -> u64 {
-        self.inner
-            .slot
-            .with(|token| token.map_or(0, |token| token.fleet_generation))
-    }
-
-    /// Adopts the entry when it is newer than our token (and than `floor`), usable,
-    /// and, for a refresh ahead, not itself due for refresh.
-    fn adopt_if_newer(&self, seen: &Entry, reason: RefreshReason, floor: u64) -> Option<Obtained> {
-        let stored = seen.token()?;
-        if stored.generation <= self.fleet_generation().max(floor) {
-            return None;
-        }
-        let obtained = self.adopt(seen)?;
-        let due = obtained
-            .token
-            .times
-            .is_some_and(|times| self.inner.clock.now() >= times.refresh_at);
-        (reason != RefreshReason::Ahead || !due).then_some(obtained)
-    }
-
-    /// The entry's token as ours, if it is usable.
-    fn adopt(&self, seen: &Entry) -> Option<Obtained> {
-        let stored = seen.token()?;
-        let lifetime = stored
-            .expires_at
-            .duration_since(stored.obtained_at)
-            .unwrap_or_default();
-        let times = schedule::token_times(
-            stored.expires_at,
-            lifetime,
-            self.inner.clock.now(),
-            self.inner.clock.wall(),
-            self.inner.settings.refresh_before,
-            self.inner.random.unit(),
-        )?;
-        let token = self
-            .mint(
-                stored.token.clone(),
-                stored.generation,
-                Some(times),
-                stored.obtained_at,
-                stored.reason,
-            )
-            .ok()?;
-        Some(Obtained {
-            token: Arc::new(token),
-            origin: Some(Origin::Store),
-        })
-    }
-
-    /// The reauth interval is closed: this process made a 401-caused login less than
-    /// `min_reauth_interval` ago, or the fleet's entry (`seen`) says one did.
-    fn reauth_closed(&self, seen: Option<&Entry>) -> bool {
-        let now = self.inner.clock.now();
-        let local = self
-            .lock_state()
-            .reauth_closed_until
-            .is_some_and(|until| now < until);
-        local || seen.is_some_and(|seen| self.fleet_reauth_closed(seen))
-    }
-
-    /// True (and remembered) when the entry says the fleet made a 401-caused login
-    /// less than `min_reauth_interval` ago.
-    fn fleet_reauth_closed(&self, seen: &Entry) -> bool {
-        let Some(stored) = seen
-            .token()
-            .filter(|stored| stored.reason == RefreshReason::Rejected)
-        else {
-            return false;
-        };
-        let reopens = stored.obtained_at + self.inner.settings.min_reauth_interval;
-        let Ok(left) = reopens.duration_since(self.inner.clock.wall()) else {
-            return false;
-        };
-        let until = self.inner.clock.now() + left;
-        let mut state = self.lock_state();
-        state.reauth_closed_until =
-            Some(state.reauth_closed_until.map_or(until, |at| at.max(until)));
-        true
-    }
-
-    /// Fetches from the source and builds the token (and, for a session token, the
-    /// entry to share).
-    async fn login(
-        &self,
-        reason: RefreshReason,
-        fleet_generation: u64,
-    ) -> Result<(Obtained, Option<StoredToken>), RefreshError> {
-        let started = self.inner.clock.now();
-        if reason == RefreshReason::Rejected {
-            // A 401-caused login closes the interval whether it succeeds or fails; a
-            // 401 answered by adopting the fleet's newer token does not.
-            self.lock_state().reauth_closed_until =
-                Some(started + self.inner.settings.min_reauth_interval);
-        }
-        let started_wall = self.inner.clock.wall();
-        let span = trace::login_span(self.name(), reason.as_str());
-        let fetched = self.inner.source.fetch().instrument(span.clone()).await;
-        trace::record_login(&span, fetched.as_ref().map(|_| ()).map_err(AuthError::kind));
-        drop(span);
-        let secret = fetched?;
-        let times = if self.is_static() {
-            None
-        } else {
-            Some(self.session_times(secret.expose_secret(), started, started_wall)?)
-        };
-        let token = self
-            .mint(
-                secret.clone(),
-                fleet_generation,
-                times,
-                started_wall,
-                reason,
-            )
-            .map_err(|_| AuthError::InvalidToken)?;
-        let stored = times.map(|times| StoredToken {
-            generation: fleet_generation,
-            token: secret,
-            expires_at: times.expires_at,
-            obtained_at: started_wall,
-            reason,
-        });
-        let obtained = Obtained {
-            token: Arc::new(token),
-            origin: Some(Origin::Login),
-        };
-        Ok((obtained, stored))
-    }
-
-    fn session_times(
-        &self,
-        secret: &str,
-        started: Instant,
-        started_wall: SystemTime,
-    ) -> Result<TokenTimes, AuthError> {
-        let fetched_unix = started_wall
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let lifetime =
-            schedule::token_lifetime(secret, fetched_unix, self.inner.settings.token_ttl)
-                .ok_or(AuthError::AlreadyExpired)?;
-        schedule::token_times(
-            started_wall + lifetime,
-            lifetime,
-            started,
-            started_wall,
-            self.inner.settings.refresh_before,
-            self.inner.random.unit(),
-        )
-        .ok_or(AuthError::AlreadyExpired)
-    }
-
-    fn mint(
-        &self,
-        secret: SecretString,
-        fleet_generation: u64,
-        times: Option<TokenTimes>,
-        obtained_at: SystemTime,
-        reason: RefreshReason,
-    ) -> Result<Token, super::slot::NotAHeaderValue> {
-        Token::mint(Minted {
-            secret,
-            formats: &self.inner.formats,
-            generation: self.inner.slot.next_generation(),
-            fleet_generation,
-            times,
-            obtained_at,
-            reason,
-        })
-    }
 }
 
 fn lease_of(token: &Token, format: FormatId) -> Lease {
@@ -830,5 +395,7 @@ fn lease_of(token: &Token, format: FormatId) -> Lease {
     }
 }
 
+mod fleet;
+mod refresh;
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,53 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): it holds its connections but answers nothing,
+    /// as a hung Redis does, until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT), with everything it held.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Runs one command (`CONFIG SET maxmemory 1`, `REPLICAOF`, …) and returns its
+    /// answer as text.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut connection = self.connection();
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        let answer: redis::Value = command.query(&mut connection).expect("the command");
+        format!("{answer:?}")
+    }
+
+    /// Commands the server has processed so far (`INFO stats`), this query's own
+    /// connection included.
+    pub fn commands_processed(&self) -> u64 {
+        let mut connection = self.connection();
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut connection)
+            .expect("INFO");
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|count| count.trim().parse().ok())
+            .expect("total_commands_processed")
+    }
+
     /// Starts it again on the same port, empty (persistence is off).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "kill it first");

@@ -13,10 +13,11 @@
 //! spawned return-to-pool future. Here the request's task does the I/O itself.
 //!
 //! **Stale connections.** A kept-alive connection may have been closed by the
-//! upstream while idle. A close that has already arrived is seen at checkout (the
-//! driver is polled once) and the connection is dropped. A close that races the
-//! request is handled by what hyper reports: a request that was not written goes on
-//! a fresh connection as it is; one that may have reached the upstream is sent again
+//! upstream while idle. Checkout does not poll it (`Http1::is_idle` only asks whether
+//! its sender is ready): the close is met by the next send, which reads before it
+//! writes and gives the request back unsent, and the request then goes on a fresh
+//! connection as it is. A close that races a request already written is handled by
+//! what hyper reports: one that may have reached the upstream is sent again
 //! on a fresh connection only if its body is buffered (a streamed body is gone) and
 //! either its method is idempotent (RFC 9110 §9.2.2) or no byte of a response had
 //! arrived. A failure on a fresh connection is final.

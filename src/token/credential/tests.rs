@@ -10,13 +10,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, join_all};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
+use super::refresh::RESYNC_CONFIRM;
 use super::*;
 use crate::secret::SecretFileError;
 use crate::token::clock::{FollowingClock, SeededRandom};
-use crate::token::store::testing::{Down, down_store};
-use crate::token::store::{Backend, MemoryBackend, Sealer, StoreSettings};
+use crate::token::store::testing::{Down, RefusingWrites, down_store};
+use crate::token::store::{
+    Backend, MemoryBackend, Sealer, StoreSettings, StoreState, StoredToken, WAIT_POLL,
+};
 
 const FORMAT: FormatId = FormatId(0);
 /// Token lifetime the fake source issues.
@@ -39,6 +42,9 @@ struct Fake {
     opaque: bool,
     /// What the next `reread` says: the secret file changed.
     changed: AtomicBool,
+    /// Sets this source's tokens apart from another replica's (IntelePeer never
+    /// issues one token twice).
+    issuer: u64,
 }
 
 impl Fake {
@@ -55,10 +61,10 @@ impl Fake {
     }
 }
 
-/// A JWT-shaped token issued now, valid for [`LIFETIME`].
-fn jwt(issued: u64, id: u64) -> String {
+/// A JWT-shaped token issued now by `issuer`, valid for [`LIFETIME`].
+fn jwt(issued: u64, issuer: u64, id: u64) -> String {
     let payload = format!(
-        r#"{{"crt":{issued},"exp":{},"jti":{id}}}"#,
+        r#"{{"crt":{issued},"exp":{},"iss":{issuer},"jti":{id}}}"#,
         issued + LIFETIME.as_secs()
     );
     format!(
@@ -87,7 +93,7 @@ impl TokenSource for Handle {
                 return Err(failure);
             }
             if self.0.kind == "static" || self.0.opaque {
-                return Ok(SecretString::from(format!("opaque-{id}")));
+                return Ok(SecretString::from(format!("opaque-{}-{id}", self.0.issuer)));
             }
             let clock = self.0.clock.lock().expect("lock").expect("a clock");
             let issued = clock
@@ -95,7 +101,7 @@ impl TokenSource for Handle {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .expect("after the epoch")
                 .as_secs();
-            Ok(SecretString::from(jwt(issued, id)))
+            Ok(SecretString::from(jwt(issued, self.0.issuer, id)))
         }
         .boxed()
     }
@@ -144,6 +150,7 @@ fn replica_with(store: Store, seed: u64, settings: Settings, opaque: bool) -> Re
         kind: "session",
         clock: Mutex::new(Some(clock)),
         opaque,
+        issuer: seed,
         ..Fake::default()
     });
     let credential = Credential::new(Parts {
@@ -958,18 +965,176 @@ async fn after_an_outage_the_replicas_converge_on_one_token_without_a_login() {
             .await
             .expect("converged");
     }
-    // A published its token (the entry after its own generation 1); B adopted it.
+    // A published its token (at its own generation 1); B's was obtained a second
+    // later, so it is the newer one: B replaced the entry with it and kept it.
     let entry = stores[0].read("default").await.expect("up");
     assert_eq!(entry.generation(), 2);
     let a_after = a.credential.inner.slot.load().expect("A's token");
-    assert!(Arc::ptr_eq(&a_before, &a_after), "A kept its own token");
+    assert!(
+        Arc::ptr_eq(&a_before, &a_after),
+        "A kept its own token so far"
+    );
     let b_current = b.credential.current(FORMAT).expect("B's token");
-    assert_eq!(b_current.header, a_own.header, "one token for the fleet");
+    assert_eq!(
+        b_current.header, b_own.header,
+        "B never went back to A's older token"
+    );
+    // The second look after the recovery: A adopts B's newer token.
+    a.credential
+        .join_or_start(RefreshReason::Resync)
+        .await
+        .expect("converged");
+    let a_current = a.credential.current(FORMAT).expect("A's token");
+    assert_eq!(a_current.header, b_own.header, "one token for the fleet");
     assert_eq!(
         a.source.fetches() + b.source.fetches(),
         2,
         "no login to converge"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_a_replica_keeps_the_token_it_obtained_alone_over_the_older_entry() {
+    // The sequence of a real incident: a 401-caused login writes generation 2, the
+    // store stops answering, an operator's refresh logs in alone (token 3, and
+    // IntelePeer revokes token 2), the store answers again.
+    let backend = Arc::new(MemoryBackend::default());
+    let store = shared_store(Arc::clone(&backend));
+    let one = replica(store.clone(), 1);
+    let _task = one.credential.start();
+    let first = first_token(&one.credential).await;
+    let second = one
+        .credential
+        .lease_after_rejection(FORMAT, first.generation, WAIT)
+        .await
+        .expect("the 401-caused login");
+    assert_eq!(store.read("default").await.expect("up").generation(), 2);
+    store.replace_backend(Box::new(Down));
+    let alone = one
+        .credential
+        .force_refresh()
+        .await
+        .expect("logged in alone");
+    assert!(!store.is_up());
+    assert_eq!(one.source.fetches(), 3);
+    store.replace_backend(Box::new(Arc::clone(&backend)));
+    // The health probe is not running here: the next operation finds it back, and
+    // the refresh loop converges.
+    store.read("default").await.expect("back");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let entry = store.read("default").await.expect("up");
+    let stored = entry.token().expect("published");
+    assert_eq!(
+        stored.token.expose_secret(),
+        alone.secret.expose_secret(),
+        "the entry now holds the newest token"
+    );
+    assert!(entry.generation() > 2);
+    let current = one.credential.current(FORMAT).expect("a token");
+    assert_eq!(current.header, alone.header(FORMAT).clone(), "kept its own");
+    assert_ne!(
+        current.header, second.header,
+        "never back to the revoked token"
+    );
+    // And the second look after the recovery changes nothing.
+    tokio::time::sleep(RESYNC_CONFIRM * 2 + Duration::from_secs(1)).await;
+    let current = one.credential.current(FORMAT).expect("a token");
+    assert_eq!(current.header, alone.header(FORMAT).clone());
+    assert_eq!(one.source.fetches(), 3, "no login to converge");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_rejected_here_is_never_adopted_from_the_store() {
+    let backend = Arc::new(MemoryBackend::default());
+    let store = shared_store(Arc::clone(&backend));
+    let one = replica(store.clone(), 1);
+    let first = first_token(&one.credential).await;
+    let rejected_token = one.credential.inner.slot.load().expect("token");
+    // The store goes away; a 401 on the first token: a login alone.
+    store.replace_backend(Box::new(Down));
+    let fresh = one
+        .credential
+        .lease_after_rejection(FORMAT, first.generation, WAIT)
+        .await
+        .expect("the 401-caused login alone");
+    // Back, with an entry that holds the rejected token at a higher generation (a
+    // replica that never saw the 401 wrote it during the outage).
+    store.replace_backend(Box::new(Arc::clone(&backend)));
+    let planted = StoredToken {
+        generation: 9,
+        token: rejected_token.secret.clone(),
+        expires_at: rejected_token.expires_at().expect("a session token"),
+        obtained_at: start_wall() + Duration::from_secs(60),
+        reason: RefreshReason::Ahead,
+    };
+    let seen = store.read("default").await.expect("up").generation();
+    assert!(
+        store
+            .write("default", &planted, seen, start_wall())
+            .await
+            .expect("up")
+    );
+    one.credential
+        .join_or_start(RefreshReason::Resync)
+        .await
+        .expect("converged");
+    let current = one.credential.current(FORMAT).expect("a token");
+    assert_eq!(
+        current.header, fresh.header,
+        "the rejected token was not adopted"
+    );
+    let entry = store.read("default").await.expect("up");
+    assert_eq!(
+        entry.token().expect("published").token.expose_secret(),
+        one.credential
+            .inner
+            .slot
+            .load()
+            .expect("token")
+            .secret
+            .expose_secret(),
+        "ours replaced it"
+    );
+    assert_eq!(entry.generation(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_writes_is_degraded_without_a_loop() {
+    let backend = Arc::new(RefusingWrites::default());
+    let store = Store::new(
+        "redis",
+        true,
+        Box::new(Arc::clone(&backend)),
+        Sealer::ephemeral(),
+        StoreSettings::default(),
+    );
+    let _probe = store.start_probe();
+    let one = replica(store.clone(), 1);
+    let _task = one.credential.start();
+    first_token(&one.credential).await;
+    assert_eq!(store.state(), StoreState::Degraded, "its lock was refused");
+    one.credential.force_refresh().await.expect("a login alone");
+    let before = backend.operations();
+    let window = Duration::from_secs(120);
+    tokio::time::sleep(window).await;
+    let operations = backend.operations() - before;
+    // The probe's ping every 2 s and its write probes (2, 4, 8, … up to 60 s apart),
+    // nothing more: no resync loop.
+    assert!(operations <= 70, "{operations} operations in {window:?}");
+    assert_eq!(store.state(), StoreState::Degraded);
+    assert_eq!(one.source.fetches(), 2, "no login beyond the two asked for");
+    // Writes are accepted again: the next write probe ends it, and the replica
+    // publishes its token.
+    backend.accept_writes();
+    // At most 60 s to the next write probe, plus the probe's 2 s tick.
+    tokio::time::sleep(Duration::from_secs(63)).await;
+    assert_eq!(store.state(), StoreState::Up);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        store.read("default").await.expect("up").token().is_some(),
+        "the replica's token was published"
+    );
+    assert_eq!(one.source.fetches(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use secrecy::SecretString;
 
-use super::{Backend, MemoryBackend, RedisBackend, RedisSettings};
+use super::{Backend, Failure, MemoryBackend, RedisBackend, RedisSettings};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -268,6 +268,56 @@ async fn an_unreachable_redis_is_described_without_its_url() {
     // Bound and dropped: nothing listens there now.
     let backend = redis_backend(format!("redis://:hunter2-pw@{closed}/0"));
     let error = backend.get("entry").await.expect_err("nothing listens");
-    assert!(error.0.contains("Connection refused"), "{}", error.0);
-    assert!(!error.0.contains("hunter2-pw") && !error.0.contains(&closed.to_string()));
+    assert!(error.message.contains("Connection refused"), "{error}");
+    assert!(!error.message.contains("hunter2-pw") && !error.message.contains(&closed.to_string()));
+    assert_eq!(error.failure, Failure::Unreachable);
+}
+
+/// Sends one command to `server` on a connection of the test's own.
+async fn command(server: &RedisServer, args: &[&str]) {
+    let mut redis = redis::Client::open(format!("redis://127.0.0.1:{}/0", server.port))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connected");
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    let () = command.query_async(&mut redis).await.expect("the command");
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_writes_answers_refused_and_still_reads() {
+    for refusal in [
+        // Over maxmemory with noeviction: every write is refused with OOM.
+        &["CONFIG", "SET", "maxmemory", "1"][..],
+        // A read-only replica (of a master that is not there): READONLY.
+        &["REPLICAOF", "127.0.0.1", "1"][..],
+    ] {
+        let server = RedisServer::start();
+        let backend = redis_backend(format!("redis://127.0.0.1:{}/0", server.port));
+        assert!(backend.set_if_absent("k", b"x", MINUTE).await.expect("up"));
+        command(
+            &server,
+            &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+        )
+        .await;
+        command(&server, refusal).await;
+        let refused = backend
+            .set_if_absent("other", b"x", MINUTE)
+            .await
+            .expect_err("writes are refused");
+        assert_eq!(refused.failure, Failure::Refused, "{refusal:?}: {refused}");
+        let script = backend
+            .set_if_generation("k", 0, b"v1:1:a", MINUTE)
+            .await
+            .expect_err("scripted writes are refused");
+        assert_eq!(script.failure, Failure::Refused, "{refusal:?}: {script}");
+        assert_eq!(
+            backend.get("k").await.expect("reads go on").as_deref(),
+            Some(&b"x"[..])
+        );
+        backend.ping().await.expect("it answers");
+    }
 }

@@ -3,18 +3,17 @@
 //!
 //! Everything that is the same for every backend lives here: the entry's key names
 //! (`<prefix>:{<credential>}:token` and `:lock`, the braces a Redis Cluster hash tag),
-//! its sealed encoding, the timeout on every operation, the store's health (one log
-//! line when an outage starts and one when it ends, `ipproxy_store_up`), and the
-//! metrics of every operation. A backend only moves bytes.
-//!
-//! An entry's value is `v1:<generation>:<base64url(nonce ‖ AES-256-GCM ciphertext)>`:
-//! the generation is in the clear so that the compare-and-set can run inside the
-//! store (a Lua script in Redis); it is also bound into the ciphertext, with the
-//! credential name, so neither can be changed without the entry becoming unreadable.
+//! the timeout on every operation, and the metrics of every operation. The entry's
+//! sealed encoding is in `entry.rs`, the store's health (up, degraded or unreachable)
+//! in `health.rs`, the operations a backend offers in `backend.rs`. A backend only
+//! moves bytes.
 //!
 //! Must not: log or count a token, a key or a lock value.
 
 mod answers;
+mod backend;
+mod entry;
+mod health;
 mod memory;
 mod redis;
 mod seal;
@@ -24,18 +23,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::schedule::RefreshReason;
 use crate::config::{RedisStoreConfig, SecretSource, StoreConfig};
 use crate::task::BackgroundTask;
 use crate::telemetry::{self, trace};
 pub use answers::{AnswerClaim, SealedAnswer};
+pub use backend::{Backend, BackendError};
+pub use entry::{Entry, StoredToken, generation_of};
+use health::{Change, StoreHealth};
+pub use health::{Failure, StoreState};
 pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
 pub use seal::Sealer;
@@ -51,7 +51,7 @@ pub fn redis_backend(
         ca_file: redis.ca_file.clone(),
         timeout: redis.timeout,
     })
-    .map_err(|error| StoreConfigError::Url(error.0))?;
+    .map_err(|error| StoreConfigError::Url(error.message))?;
     Ok(Box::new(backend))
 }
 
@@ -69,192 +69,6 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often a replica waiting for another one's login looks at the entry again.
 pub const WAIT_POLL: Duration = Duration::from_millis(50);
-
-/// The raw operations a store backend offers; their meaning is Redis's.
-pub trait Backend: Send + Sync + fmt::Debug {
-    /// `GET key`.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>>;
-    /// `SET key value NX PX ttl`: true when it was set.
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// Sets `key` to `value` with `ttl` when the generation of its current value is
-    /// `expected` (a missing or unreadable value counts as generation 0).
-    fn set_if_generation<'a>(
-        &'a self,
-        key: &'a str,
-        expected: u64,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// Deletes `key` when its value is `value`.
-    fn delete_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// Sets the TTL of `key` when its value is `value`.
-    fn expire_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>>;
-    /// A round trip (`PING`).
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>>;
-    /// Replaces the value of `key` with `value` and `ttl` when it is `expected`
-    /// (idempotency: a claim's marker becomes its answer only for its holder). A
-    /// backend without it refuses, as if it were down.
-    fn set_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        expected: &'a [u8],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        let _ = (key, expected, value, ttl);
-        Box::pin(async { Err(BackendError("set_if_equal is not supported".into())) })
-    }
-}
-
-/// A backend shared by several stores (replicas in one process, in tests).
-impl<B: Backend + ?Sized> Backend for Arc<B> {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        (**self).get(key)
-    }
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).set_if_absent(key, value, ttl)
-    }
-    fn set_if_generation<'a>(
-        &'a self,
-        key: &'a str,
-        expected: u64,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).set_if_generation(key, expected, value, ttl)
-    }
-    fn delete_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).delete_if_equal(key, value)
-    }
-    fn expire_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).expire_if_equal(key, value, ttl)
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).ping()
-    }
-    fn set_if_equal<'a>(
-        &'a self,
-        key: &'a str,
-        expected: &'a [u8],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        (**self).set_if_equal(key, expected, value, ttl)
-    }
-}
-
-/// A backend could not do what was asked. The text names no secret.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct BackendError(pub String);
-
-/// The generation in the clear prefix of an entry's value; 0 when it has none.
-pub fn generation_of(value: &[u8]) -> u64 {
-    let Some(rest) = value.strip_prefix(b"v1:") else {
-        return 0;
-    };
-    let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
-    if rest.get(digits) != Some(&b':') {
-        return 0;
-    }
-    std::str::from_utf8(&rest[..digits])
-        .ok()
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A token as the fleet shares it.
-#[derive(Clone)]
-pub struct StoredToken {
-    /// The fleet's generation: one more than the entry it replaced.
-    pub generation: u64,
-    pub token: SecretString,
-    pub expires_at: SystemTime,
-    /// When the login that obtained it started.
-    pub obtained_at: SystemTime,
-    /// Why it was obtained (a 401-caused login closes the fleet's reauth interval).
-    pub reason: RefreshReason,
-}
-
-impl fmt::Debug for StoredToken {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("StoredToken")
-            .field("generation", &self.generation)
-            .field("token", &"***")
-            .field("expires_at", &self.expires_at)
-            .field("obtained_at", &self.obtained_at)
-            .field("reason", &self.reason)
-            .finish()
-    }
-}
-
-/// The sealed JSON inside an entry.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct EntryBody {
-    token: String,
-    expires_at_ms: u64,
-    obtained_at_ms: u64,
-    reason: String,
-}
-
-/// What a read found.
-#[derive(Debug, Clone)]
-pub enum Entry {
-    Absent,
-    Present(StoredToken),
-    /// There, but it does not open (another key, tampering, garbage): never used,
-    /// replaced by the next login's entry.
-    Unreadable {
-        generation: u64,
-    },
-}
-
-impl Entry {
-    /// The generation a compare-and-set must expect to replace this entry.
-    pub fn generation(&self) -> u64 {
-        match self {
-            Self::Absent => 0,
-            Self::Present(stored) => stored.generation,
-            Self::Unreadable { generation } => *generation,
-        }
-    }
-
-    pub fn token(&self) -> Option<&StoredToken> {
-        match self {
-            Self::Present(stored) => Some(stored),
-            _ => None,
-        }
-    }
-}
 
 /// The store could not be used just now (unreachable, too slow, an error): the
 /// caller carries on alone.
@@ -299,18 +113,14 @@ impl Default for StoreSettings {
     }
 }
 
-/// What `/readyz` shows of a shared store.
+/// What `/readyz` shows of a shared store: `up` while it answers, `degraded` while
+/// it answers but refuses writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreStatus {
     pub kind: &'static str,
     pub up: bool,
+    pub degraded: bool,
     pub last_error: Option<String>,
-}
-
-#[derive(Debug)]
-struct Health {
-    up: bool,
-    last_error: Option<String>,
 }
 
 /// Where the tokens live. Cheap to clone.
@@ -326,7 +136,10 @@ struct Inner {
     backend: ArcSwap<Box<dyn Backend>>,
     sealer: ArcSwap<Sealer>,
     settings: StoreSettings,
-    health: Mutex<Health>,
+    health: Mutex<StoreHealth>,
+    /// The key the health probe writes to while the store is degraded, to see when
+    /// it accepts writes again (`SET NX PX`, so it lives a second).
+    probe_key: String,
     /// Counts recoveries from an outage; credentials converge when it moves.
     recovered: watch::Sender<u64>,
 }
@@ -355,7 +168,7 @@ impl Store {
                 .map_err(|error| StoreConfigError::UrlFile(error.to_string()))?,
         };
         let backend = redis_backend(redis, url)?;
-        telemetry::store_up(true);
+        telemetry::store_state(true, false);
         Ok(Self::new(
             "redis",
             true,
@@ -393,11 +206,13 @@ impl Store {
             shared,
             backend: ArcSwap::from_pointee(backend),
             sealer: ArcSwap::from_pointee(sealer),
+            probe_key: format!(
+                "{}:probe:{}",
+                settings.prefix,
+                hex::encode(rand::random::<[u8; 8]>())
+            ),
             settings,
-            health: Mutex::new(Health {
-                up: true,
-                last_error: None,
-            }),
+            health: Mutex::new(StoreHealth::new(kind, shared)),
             recovered: watch::Sender::new(0),
         }))
     }
@@ -410,9 +225,20 @@ impl Store {
         self.0.shared
     }
 
-    /// Whether the last operation reached the store.
+    /// Whether the store answers (it may still refuse writes: [`Store::state`]).
     pub fn is_up(&self) -> bool {
-        self.lock_health().up
+        self.state() != StoreState::Unreachable
+    }
+
+    pub fn state(&self) -> StoreState {
+        self.lock_health().state()
+    }
+
+    /// Whether a write would be sent now: the store is up, or degraded with a write
+    /// probe due. While it is not, writes fail at once without a command.
+    pub fn accepts_writes(&self) -> bool {
+        self.lock_health()
+            .write_allowed(tokio::time::Instant::now())
     }
 
     pub fn lock_ttl(&self) -> Duration {
@@ -427,7 +253,8 @@ impl Store {
         let health = self.lock_health();
         Some(StoreStatus {
             kind: self.0.kind,
-            up: health.up,
+            up: health.state() != StoreState::Unreachable,
+            degraded: health.state() == StoreState::Degraded,
             last_error: health.last_error.clone(),
         })
     }
@@ -448,8 +275,9 @@ impl Store {
         self.0.sealer.store(Arc::new(sealer));
     }
 
-    /// Pings a shared store every `PROBE_INTERVAL` (2 s) so its health stays current;
-    /// `None` for a store only this process uses.
+    /// Pings a shared store every `PROBE_INTERVAL` (2 s) so its health stays current,
+    /// and while it is degraded tries a write when one is due (spaced by backoff), to
+    /// see it accept writes again; `None` for a store only this process uses.
     pub fn start_probe(&self) -> Option<BackgroundTask> {
         if !self.0.shared {
             return None;
@@ -461,7 +289,16 @@ impl Store {
             loop {
                 interval.tick().await;
                 let backend = store.0.backend.load_full();
-                let _ = store.run("ping", backend.ping()).await;
+                let degraded_probe_due = store
+                    .lock_health()
+                    .write_probe_due(tokio::time::Instant::now());
+                if degraded_probe_due {
+                    let key = &store.0.probe_key;
+                    let write = backend.set_if_absent(key, b"1", Duration::from_secs(1));
+                    let _ = store.run_write("probe_write", write).await;
+                } else {
+                    let _ = store.run("ping", backend.ping()).await;
+                }
             }
         }))
     }
@@ -497,7 +334,7 @@ impl Store {
         let value = lease.value();
         let backend = self.0.backend.load_full();
         let taken = self
-            .run(
+            .run_write(
                 "lock",
                 backend.set_if_absent(&key, value.as_bytes(), self.0.settings.lock_ttl),
             )
@@ -510,7 +347,7 @@ impl Store {
         let key = self.key(credential, "lock");
         let value = lease.value();
         let backend = self.0.backend.load_full();
-        self.run(
+        self.run_write(
             "renew",
             backend.expire_if_equal(&key, value.as_bytes(), self.0.settings.lock_ttl),
         )
@@ -523,7 +360,7 @@ impl Store {
         let value = lease.value();
         let backend = self.0.backend.load_full();
         let _ = self
-            .run("release", backend.delete_if_equal(&key, value.as_bytes()))
+            .run_write("release", backend.delete_if_equal(&key, value.as_bytes()))
             .await;
     }
 
@@ -544,7 +381,7 @@ impl Store {
         let ttl = remaining.max(Duration::from_millis(1));
         let backend = self.0.backend.load_full();
         let written = self
-            .run(
+            .run_write(
                 "write",
                 backend.set_if_generation(&key, expected, &value, ttl),
             )
@@ -559,61 +396,55 @@ impl Store {
         format!("{}:{{{credential}}}:{what}", self.0.settings.prefix)
     }
 
-    fn associated(credential: &str, generation: u64) -> Vec<u8> {
-        format!("ipproxy-token-v1:{credential}:{generation}").into_bytes()
-    }
-
     fn seal(&self, credential: &str, stored: &StoredToken) -> Vec<u8> {
-        let body = EntryBody {
-            token: stored.token.expose_secret().to_owned(),
-            expires_at_ms: unix_ms(stored.expires_at),
-            obtained_at_ms: unix_ms(stored.obtained_at),
-            reason: stored.reason.as_str().to_owned(),
-        };
-        let plaintext = serde_json::to_vec(&body).expect("an entry body serializes");
-        let sealed = self
-            .0
-            .sealer
-            .load()
-            .seal(&plaintext, &Self::associated(credential, stored.generation));
-        let mut value = format!("v1:{}:", stored.generation).into_bytes();
-        value.extend_from_slice(URL_SAFE_NO_PAD.encode(sealed).as_bytes());
-        value
+        entry::seal(&self.0.sealer.load(), credential, stored)
     }
 
     fn open(&self, credential: &str, generation: u64, value: &[u8]) -> Option<StoredToken> {
-        if generation == 0 {
-            return None;
-        }
-        let prefix = format!("v1:{generation}:");
-        let encoded = value.strip_prefix(prefix.as_bytes())?;
-        let sealed = URL_SAFE_NO_PAD.decode(encoded).ok()?;
-        let plaintext = self
-            .0
-            .sealer
-            .load()
-            .open(&sealed, &Self::associated(credential, generation))
-            .ok()?;
-        let body: EntryBody = serde_json::from_slice(&plaintext).ok()?;
-        Some(StoredToken {
-            generation,
-            token: SecretString::from(body.token),
-            expires_at: from_unix_ms(body.expires_at_ms),
-            obtained_at: from_unix_ms(body.obtained_at_ms),
-            reason: RefreshReason::parse(&body.reason)?,
-        })
+        entry::open(&self.0.sealer.load(), credential, generation, value)
     }
 
-    /// Runs one backend operation within the timeout, recording its metrics, its
-    /// span and the store's health. A store only this process uses gets no span (its
-    /// operations take nanoseconds), nor does the health probe's `ping` (every few
-    /// seconds outside any request; `ipproxy_store_up` tells its story).
+    /// Runs one writing operation, or fails at once while the store is degraded and
+    /// no write probe is due: a store that refuses writes is not asked again and again.
+    async fn run_write<T>(
+        &self,
+        op: &'static str,
+        operation: BoxFuture<'_, Result<T, BackendError>>,
+    ) -> Result<T, StoreDown> {
+        // An unreachable store is still tried, as a read would be: its answer ends
+        // the outage.
+        let held_back = {
+            let health = self.lock_health();
+            health.state() == StoreState::Degraded
+                && !health.write_probe_due(tokio::time::Instant::now())
+        };
+        if held_back {
+            return Err(StoreDown);
+        }
+        self.run_op(op, true, operation).await
+    }
+
+    /// Runs one reading operation.
     async fn run<T>(
         &self,
         op: &'static str,
         operation: BoxFuture<'_, Result<T, BackendError>>,
     ) -> Result<T, StoreDown> {
-        let span = if self.0.shared && op != "ping" {
+        self.run_op(op, false, operation).await
+    }
+
+    /// Runs one backend operation within the timeout, recording its metrics, its
+    /// span and the store's health. A store only this process uses gets no span (its
+    /// operations take nanoseconds), nor do the health probe's `ping` and
+    /// `probe_write` (every few seconds outside any request; `ipproxy_store_up` and
+    /// `ipproxy_store_degraded` tell their story).
+    async fn run_op<T>(
+        &self,
+        op: &'static str,
+        write: bool,
+        operation: BoxFuture<'_, Result<T, BackendError>>,
+    ) -> Result<T, StoreDown> {
+        let span = if self.0.shared && op != "ping" && op != "probe_write" {
             trace::store_span(self.0.kind, op)
         } else {
             tracing::Span::none()
@@ -623,70 +454,46 @@ impl Store {
         let took = started.elapsed();
         let (result, failure) = match outcome {
             Ok(Ok(value)) => (Ok(value), None),
-            Ok(Err(error)) => (Err(StoreDown), Some(("error", error.0))),
+            Ok(Err(error)) => {
+                let label = match error.failure {
+                    Failure::Unreachable => "error",
+                    Failure::Refused => "refused",
+                };
+                (Err(StoreDown), Some((label, error.failure, error.message)))
+            }
             Err(_elapsed) => (
                 Err(StoreDown),
                 Some((
                     "timeout",
+                    Failure::Unreachable,
                     format!("no answer within {:?}", self.0.settings.timeout),
                 )),
             ),
         };
         if self.0.shared {
-            let label = failure.as_ref().map_or("ok", |(label, _)| label);
+            let label = failure.as_ref().map_or("ok", |(label, _, _)| label);
             telemetry::store_operation(op, label, took);
             trace::record_store(&span, label);
         }
-        self.note_health(failure.map(|(_, why)| why));
+        let failure = failure.map(|(_, failure, why)| (failure, why));
+        let change = self.lock_health().note(
+            write,
+            failure,
+            tokio::time::Instant::now(),
+            rand::random::<f64>(),
+        );
+        if change == Change::Recovered {
+            self.0.recovered.send_modify(|count| *count += 1);
+        }
         result
     }
 
-    fn note_health(&self, failure: Option<String>) {
-        let mut health = self.lock_health();
-        match failure {
-            Some(why) => {
-                if health.up {
-                    tracing::warn!(
-                        store = self.0.kind,
-                        cause = %why,
-                        "token store unreachable: this replica carries on alone"
-                    );
-                    telemetry::store_up(false);
-                }
-                health.up = false;
-                health.last_error = Some(why);
-            }
-            None if !health.up => {
-                tracing::info!(
-                    store = self.0.kind,
-                    "token store reachable again: converging on the shared token"
-                );
-                telemetry::store_up(true);
-                health.up = true;
-                drop(health);
-                self.0.recovered.send_modify(|count| *count += 1);
-            }
-            None => {}
-        }
-    }
-
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, StoreHealth> {
         self.0
             .health
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
-fn from_unix_ms(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ impl RedisBackend {
             None => redis::Client::open(url),
             Some(path) => {
                 let root_cert = std::fs::read(path).map_err(|error| {
-                    BackendError(format!("store.ca_file {}: {error}", path.display()))
+                    BackendError::unreachable(format!("store.ca_file {}: {error}", path.display()))
                 })?;
                 redis::Client::build_with_tls(
                     url,
@@ -104,7 +104,7 @@ impl RedisBackend {
                 )
             }
         }
-        .map_err(|error| BackendError(describe(&error)))?;
+        .map_err(|error| backend_error(&error))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
@@ -112,7 +112,7 @@ impl RedisBackend {
             .set_max_delay(Duration::from_secs(2));
         let connection = client
             .get_connection_manager_lazy(config)
-            .map_err(|error| BackendError(describe(&error)))?;
+            .map_err(|error| backend_error(&error))?;
         Ok(Self {
             connection,
             set_if_generation: Script::new(SET_IF_GENERATION),
@@ -127,8 +127,23 @@ impl RedisBackend {
         let done: i64 = invocation
             .invoke_async(&mut connection)
             .await
-            .map_err(|error| BackendError(describe(&error)))?;
+            .map_err(|error| backend_error(&error))?;
         Ok(done == 1)
+    }
+}
+
+/// A Redis error as the store sees it: an error answer (`OOM`, `READONLY`,
+/// `NOPERM`, …) means Redis is there but refuses; anything else (I/O, a dropped
+/// connection, a server still loading or without its master) counts as unreachable.
+fn backend_error(error: &redis::RedisError) -> BackendError {
+    /// Error answers that mean "not available just now", as an outage does.
+    const TRANSIENT: [&str; 4] = ["LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"];
+    let message = describe(error);
+    match error.code() {
+        Some(code) if !error.is_io_error() && !TRANSIENT.contains(&code) => {
+            BackendError::refused(message)
+        }
+        _ => BackendError::unreachable(message),
     }
 }
 
@@ -161,7 +176,7 @@ impl Backend for RedisBackend {
                 .arg(key)
                 .query_async(&mut connection)
                 .await
-                .map_err(|error| BackendError(describe(&error)))
+                .map_err(|error| backend_error(&error))
         }
         .boxed()
     }
@@ -182,7 +197,7 @@ impl Backend for RedisBackend {
                 .arg(millis(ttl))
                 .query_async(&mut connection)
                 .await
-                .map_err(|error| BackendError(describe(&error)))?;
+                .map_err(|error| backend_error(&error))?;
             Ok(reply.is_some())
         }
         .boxed()
@@ -260,7 +275,7 @@ impl Backend for RedisBackend {
                 .query_async::<String>(&mut connection)
                 .await
                 .map(|_| ())
-                .map_err(|error| BackendError(describe(&error)))
+                .map_err(|error| backend_error(&error))
         }
         .boxed()
     }

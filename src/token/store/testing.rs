@@ -1,10 +1,11 @@
 //! Test helpers shared by the store's and the credential's tests.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::{Backend, BackendError, Sealer, Store, StoreSettings};
+use super::{Backend, BackendError, MemoryBackend, Sealer, Store, StoreSettings};
 
 /// A shared Redis store whose backend is [`Down`], not yet known to be: it shows as
 /// up until an operation fails.
@@ -23,7 +24,7 @@ pub fn down_store() -> Store {
 pub struct Down;
 
 fn refused<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, BackendError>> {
-    Box::pin(async { Err(BackendError("connection refused".into())) })
+    Box::pin(async { Err(BackendError::unreachable("connection refused")) })
 }
 
 impl Backend for Down {
@@ -64,5 +65,88 @@ impl Backend for Down {
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         refused()
+    }
+}
+
+/// A backend that answers reads but refuses every write, as a Redis over
+/// `maxmemory` with `noeviction` does, until [`RefusingWrites::accept_writes`];
+/// it counts every operation it is asked for.
+#[derive(Debug, Default)]
+pub struct RefusingWrites {
+    inner: MemoryBackend,
+    accepting: AtomicBool,
+    operations: AtomicU64,
+}
+
+impl RefusingWrites {
+    pub fn accept_writes(&self) {
+        self.accepting.store(true, Ordering::SeqCst);
+    }
+
+    pub fn operations(&self) -> u64 {
+        self.operations.load(Ordering::SeqCst)
+    }
+
+    fn count(&self) {
+        self.operations.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn write<'a, T: Send + 'a>(
+        &'a self,
+        write: BoxFuture<'a, Result<T, BackendError>>,
+    ) -> BoxFuture<'a, Result<T, BackendError>> {
+        self.count();
+        if self.accepting.load(Ordering::SeqCst) {
+            write
+        } else {
+            Box::pin(async {
+                Err(BackendError::refused(
+                    "OOM command not allowed when used memory > 'maxmemory'",
+                ))
+            })
+        }
+    }
+}
+
+impl Backend for RefusingWrites {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        self.count();
+        self.inner.get(key)
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.write(self.inner.set_if_absent(key, value, ttl))
+    }
+    fn set_if_generation<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.write(self.inner.set_if_generation(key, expected, value, ttl))
+    }
+    fn delete_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.write(self.inner.delete_if_equal(key, value))
+    }
+    fn expire_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.write(self.inner.expire_if_equal(key, value, ttl))
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.count();
+        self.inner.ping()
     }
 }

@@ -1,8 +1,13 @@
 //! The entry codec and the store's compare-and-set rules, over the in-process
 //! backend (the same `Store` code runs over Redis; `tests/fleet.rs` covers that).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::ExposeSecret;
+
 use super::testing::down_store;
 use super::*;
+use crate::token::schedule::RefreshReason;
 
 const KEY_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const KEY_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
@@ -30,7 +35,7 @@ fn stored(generation: u64, token: &str, now: SystemTime) -> StoredToken {
 
 /// Wall-clock instants the codec keeps exactly: whole milliseconds.
 fn now_ms() -> SystemTime {
-    from_unix_ms(unix_ms(SystemTime::now()))
+    SystemTime::UNIX_EPOCH + Duration::from_millis(entry::unix_ms(SystemTime::now()))
 }
 
 fn raw(backend: &MemoryBackend, key: &str) -> Vec<u8> {
