@@ -492,3 +492,66 @@ async fn the_log_line_names_the_caller_and_the_outcome_never_the_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_keyed_request_is_counted_once_by_its_result_and_unkeyed_ones_not_at_all() {
+    let sim = Sim::default().await;
+    sim.sim.set_latency(Duration::from_millis(300));
+    let (closed, _socket) = closed_port();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("ipproxy.toml");
+    // The send's answer (`{"refid": ...}`) fits 200 bytes; the echo of another path
+    // (method, path, headers, digest) does not.
+    let toml = format!(
+        "[idempotency]\nmax_response = \"200\"\n\n\
+         [[route]]\nname = \"down\"\nprefix = \"/_rest/v4/app/sms/down/\"\nidempotency = true\n\
+         upstream = \"http://{closed}\"\n\n{}",
+        routes_toml(None)
+    );
+    std::fs::write(&config, toml).expect("config");
+    let mut all = sim.vars();
+    all.extend(vars(&[("IPPROXY_CONFIG", &config.display().to_string())]));
+    let proxy = ChildProxy::start(&all).await;
+    let url = proxy.url(SEND);
+
+    let body = sms("counted");
+    let burst = join_all((0..8).map(|_| post(&url, Some("count-1"), &body))).await;
+    let in_progress = burst.iter().filter(|answer| answer.status == 409).count();
+    let replayed = burst.iter().filter(|answer| answer.replayed).count();
+    assert_eq!(in_progress + replayed + 1, burst.len());
+    assert!(post(&url, Some("count-1"), &sms("counted")).await.replayed);
+    let mismatch = post(&url, Some("count-1"), &sms("other text")).await;
+    assert_eq!(mismatch.status, 422);
+    let echo = proxy.url("/_rest/v4/app/sms/echo");
+    assert_eq!(post(&echo, Some("large-1"), "{}").await.status, 200);
+    let not_kept = post(&echo, Some("large-1"), "{}").await;
+    assert_eq!(
+        not_kept.error.as_deref(),
+        Some("idempotency_answer_not_kept")
+    );
+    let down = post(&proxy.url("/_rest/v4/app/sms/down/x"), Some("k"), "{}").await;
+    assert_eq!(down.status, 502);
+    for _ in 0..3 {
+        post(&url, None, &sms("unkeyed")).await;
+    }
+
+    let metrics = scrape(&client(), &proxy.admin_url("/metrics")).await;
+    let count = |result: &str| sum(&metrics, "ipproxy_idempotency_total", &[("result", result)]);
+    assert_eq!(count("first"), 2.0, "{metrics}");
+    assert_eq!(count("replayed"), (replayed + 1) as f64);
+    assert_eq!(count("in_progress"), in_progress as f64);
+    assert_eq!(count("mismatch"), 1.0);
+    assert_eq!(count("not_kept"), 1.0);
+    assert_eq!(count("released"), 1.0);
+    assert_eq!(count("store_down"), 0.0);
+    assert_eq!(
+        sum(&metrics, "ipproxy_idempotency_total", &[]),
+        (burst.len() + 5) as f64,
+        "one result per keyed request, none for the three without a key"
+    );
+    assert_eq!(
+        sum(&metrics, "ipproxy_idempotency_entries", &[]),
+        2.0,
+        "the sent key and the unkept one; the released one is gone"
+    );
+}

@@ -58,7 +58,8 @@ pub use tee::KeptBody;
 const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(30);
 
 /// What became of a keyed request: the `idempotency` field of its log line and the
-/// `result` label of `ipproxy_idempotency_total`.
+/// `result` label of `ipproxy_idempotency_total` (one per keyed request; a request
+/// that found the shared store down is also counted `store_down`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Label {
     /// Claimed and forwarded.
@@ -69,12 +70,14 @@ pub enum Label {
     InProgress,
     /// `422 idempotency_key_mismatch`.
     Mismatch,
-    /// `409 idempotency_answer_not_kept`.
+    /// `409 idempotency_answer_not_kept`: a repeat of a key whose answer was too large
+    /// to keep.
     NotKept,
     /// Claimed, but it never left the proxy: the key was released.
     Released,
-    /// `503 idempotency_unavailable`.
-    Unavailable,
+    /// `503 idempotency_unavailable`: the shared store is down and
+    /// `on_store_down = "reject"`.
+    StoreDown,
 }
 
 impl Label {
@@ -86,7 +89,7 @@ impl Label {
             Self::Mismatch => "mismatch",
             Self::NotKept => "not_kept",
             Self::Released => "released",
-            Self::Unavailable => "unavailable",
+            Self::StoreDown => "store_down",
         }
     }
 }
@@ -180,7 +183,10 @@ impl Idempotency {
             Ok(claim) => claim,
             Err(refused) => {
                 let label = refused.label();
-                telemetry::idempotency_counted(&route.name, label.as_str());
+                // A refusal for a down store was counted `store_down` already.
+                if label != Label::StoreDown {
+                    telemetry::idempotency_counted(&route.name, label.as_str());
+                }
                 let answer = match refused {
                     Met::Kept(answer) => OwnAnswer::Kept(answer.replay(&exchange.request_id, true)),
                     Met::Refused(error, _) => OwnAnswer::Error(error),
@@ -188,7 +194,7 @@ impl Idempotency {
                 return (Err(answer), Some(label));
             }
         };
-        telemetry::idempotency_counted(&route.name, Label::First.as_str());
+        let route_name = Arc::clone(&route.name);
         let max_response = self.0.max_response;
         let exchange_task = async move {
             let Exchange {
@@ -226,14 +232,16 @@ impl Idempotency {
         };
         // Dropping the handle (the client left) does not cancel the task.
         let task = tokio::spawn(exchange_task.instrument(tracing::Span::current()));
-        match task.await {
-            Ok(Ok(forwarded)) => (Ok(forwarded), Some(Label::First)),
-            Ok(Err((answer, label))) => (Err(answer), Some(label)),
+        let (result, label) = match task.await {
+            Ok(Ok(forwarded)) => (Ok(forwarded), Label::First),
+            Ok(Err((answer, label))) => (Err(answer), label),
             Err(_panicked) => (
                 Err(OwnAnswer::Error(ProxyError::UpstreamUnreachable)),
-                Some(Label::First),
+                Label::First,
             ),
-        }
+        };
+        telemetry::idempotency_counted(&route_name, label.as_str());
+        (result, Some(label))
     }
 
     /// Claims `scope`, or says what holds it.
@@ -249,16 +257,14 @@ impl Idempotency {
             match redis::claim(store, &scope, &marker, inner.in_flight_ttl).await {
                 Ok(claim) => {
                     self.store_is_up();
-                    return self
-                        .shared_claim(store, route, scope, fingerprint, claim)
-                        .await;
+                    return self.shared_claim(route, scope, fingerprint, claim).await;
                 }
                 Err(_down) => {
                     self.store_is_down(route);
                     if inner.on_store_down == OnStoreDown::Reject {
                         return Err(Met::Refused(
                             ProxyError::IdempotencyUnavailable,
-                            Label::Unavailable,
+                            Label::StoreDown,
                         ));
                     }
                 }
@@ -276,7 +282,6 @@ impl Idempotency {
     /// the store was down is answered the same way now, and the store learns it.
     async fn shared_claim(
         &self,
-        store: &Store,
         route: &Arc<str>,
         scope: Scope,
         fingerprint: Fingerprint,
@@ -300,7 +305,6 @@ impl Idempotency {
             }
             SharedClaim::Taken(Some(record)) => Err(Met::of(&record, &fingerprint)),
             SharedClaim::Taken(None) => {
-                let _ = store;
                 tracing::error!(
                     route = &**route,
                     "an idempotency record in the shared store does not open (another key, \
@@ -431,7 +435,6 @@ impl Claim {
         let Some(held) = self.held.take() else {
             return;
         };
-        telemetry::idempotency_counted(&held.route, Label::Released.as_str());
         let inner = &held.handle.0;
         match &held.place {
             Place::Local(token) => inner.local.release(&held.scope, *token),
@@ -448,7 +451,11 @@ impl Claim {
 impl Held {
     async fn keep(self, answer: Option<Answer>) {
         if answer.is_none() {
-            telemetry::idempotency_counted(&self.route, Label::NotKept.as_str());
+            tracing::info!(
+                route = &*self.route,
+                "idempotency: an answer was not kept (larger than idempotency.max_response); \
+                 its key is done, and a repeat is answered 409"
+            );
         }
         let record = Record::Done {
             fingerprint: self.fingerprint,

@@ -52,7 +52,7 @@ impl Store {
         for _ in 0..CLAIM_ATTEMPTS {
             let backend = self.0.backend.load_full();
             if self
-                .run("idem_claim", backend.set_if_absent(&key, &sealed, ttl))
+                .run_write("idem_claim", backend.set_if_absent(&key, &sealed, ttl))
                 .await?
             {
                 return Ok(AnswerClaim::Held(SealedAnswer(sealed)));
@@ -77,7 +77,7 @@ impl Store {
         let key = self.answer_key(scope);
         let sealed = self.seal_answer(scope, record);
         let backend = self.0.backend.load_full();
-        self.run(
+        self.run_write(
             "idem_settle",
             backend.set_if_equal(&key, &held.0, &sealed, ttl),
         )
@@ -88,7 +88,7 @@ impl Store {
     pub async fn release_answer(&self, scope: &str, held: &SealedAnswer) -> Result<(), StoreDown> {
         let key = self.answer_key(scope);
         let backend = self.0.backend.load_full();
-        self.run("idem_release", backend.delete_if_equal(&key, &held.0))
+        self.run_write("idem_release", backend.delete_if_equal(&key, &held.0))
             .await
             .map(|_| ())
     }
