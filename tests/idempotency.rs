@@ -555,3 +555,75 @@ async fn every_keyed_request_is_counted_once_by_its_result_and_unkeyed_ones_not_
         "the sent key and the unkept one; the released one is gone"
     );
 }
+
+/// Repeats a keyed send while it is in flight (409, as `Retry-After` invites), for at
+/// most 15 s; the first answer that is not a 409.
+async fn until_answered(url: &str, key: &str, body: &str) -> Answer {
+    for _ in 0..150 {
+        let answer = post(url, Some(key), body).await;
+        if answer.status != 409 {
+            return answer;
+        }
+        assert_eq!(answer.error.as_deref(), Some("idempotency_in_progress"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("still in progress after 15 s");
+}
+
+#[tokio::test]
+async fn clients_that_give_up_and_repeat_on_both_replicas_send_each_message_once() {
+    let sim = Sim::default().await;
+    // Every send is counted at once and answered after 1 s; clients give up at 200 ms.
+    sim.sim.set_answer_delay(Duration::from_secs(1));
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let all = replica_vars(&sim, dir.path(), &redis, &[]);
+    let a = ChildProxy::start(&all).await;
+    let b = ChildProxy::start(&all).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .expect("client");
+    let messages: Vec<(String, String)> = (0..4)
+        .map(|index| (format!("msg-key-{index}"), sms(&format!("message {index}"))))
+        .collect();
+
+    // 1. Each message once to replica A, abandoned by its client mid-request.
+    for (key, body) in &messages {
+        let gave_up = impatient
+            .post(a.url(SEND))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.clone())
+            .send()
+            .await;
+        assert!(gave_up.is_err(), "the client times out first");
+    }
+    // 2. Two more times each, at once, on A and on B, until answered.
+    let repeats = join_all(messages.iter().flat_map(|(key, body)| {
+        [a.url(SEND), b.url(SEND)]
+            .map(|url| async move { (key, until_answered(&url, key, body).await) })
+    }))
+    .await;
+    for (key, answer) in &repeats {
+        assert_eq!(answer.status, 202, "{key}: {}", answer.body);
+        assert!(
+            answer.replayed,
+            "{key}: the abandoned first send is the answer"
+        );
+        let same_key = repeats.iter().filter(|(other, _)| other == key);
+        assert!(
+            same_key
+                .into_iter()
+                .all(|(_, other)| other.body == answer.body)
+        );
+    }
+    for index in 0..4 {
+        assert_eq!(
+            sim.sends_of(&format!("message {index}")),
+            1,
+            "message {index}"
+        );
+    }
+}
