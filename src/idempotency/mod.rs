@@ -13,6 +13,7 @@
 //! replica that died mid-request blocks its key for a bounded time only.
 //!
 //! - `key`: the header, the scope, the fingerprint.
+//! - `claim`: a held claim, and how it is settled (kept, or released).
 //! - `record`: what a scope holds, and its encoding for the shared store.
 //! - `memory`: this replica's bounded records (the default, and the fallback).
 //! - `redis`: records in the fleet's shared store.
@@ -21,6 +22,7 @@
 //! Must not: log or count a key, a caller's key, or a kept answer; cost anything for
 //! a request without the header (the pipeline only calls in for keyed requests).
 
+mod claim;
 mod key;
 mod memory;
 mod record;
@@ -43,7 +45,9 @@ use crate::proxy::{self, Limits, OutboundBody, Outcome, UpstreamClient};
 use crate::request_id::RequestId;
 use crate::route::Route;
 use crate::telemetry;
-use crate::token::store::{SealedAnswer, Store};
+use crate::token::store::Store;
+pub use claim::Claim;
+use claim::Place;
 use key::{Fingerprint, Scope};
 pub use key::{HEADER, IdempotencyKey, applies, key_of};
 use memory::{LocalClaim, MemoryLedger};
@@ -325,15 +329,7 @@ impl Idempotency {
         fingerprint: Fingerprint,
         place: Place,
     ) -> Claim {
-        Claim {
-            held: Some(Held {
-                handle: self.clone(),
-                route: Arc::clone(route),
-                scope,
-                fingerprint,
-                place,
-            }),
-        }
+        Claim::new(self.clone(), Arc::clone(route), scope, fingerprint, place)
     }
 
     fn store_is_down(&self, route: &str) {
@@ -387,119 +383,6 @@ impl Met {
         match self {
             Self::Kept(_) => Label::Replayed,
             Self::Refused(_, label) => *label,
-        }
-    }
-}
-
-/// Where a claim is held.
-#[derive(Debug)]
-enum Place {
-    Local(u64),
-    Shared(SealedAnswer),
-}
-
-/// A held claim on a key. Settled by [`keep`](Self::keep) or
-/// [`release`](Self::release); one dropped unsettled (a panic) marks its key done
-/// without an answer, since its request may have been sent.
-#[derive(Debug)]
-pub struct Claim {
-    held: Option<Held>,
-}
-
-#[derive(Debug)]
-struct Held {
-    handle: Idempotency,
-    route: Arc<str>,
-    scope: Scope,
-    fingerprint: Fingerprint,
-    place: Place,
-}
-
-impl Claim {
-    /// Keeps `answer` as the key's answer for `idempotency.ttl`; `None`: the key is
-    /// done without a kept answer.
-    pub async fn keep(mut self, answer: Option<Answer>) {
-        if let Some(held) = self.held.take() {
-            held.keep(answer).await;
-        }
-    }
-
-    async fn settle(mut self, record: Record) {
-        if let Some(held) = self.held.take() {
-            held.settle(record).await;
-        }
-    }
-
-    /// Gives the key up: its request never left the proxy.
-    pub async fn release(mut self) {
-        let Some(held) = self.held.take() else {
-            return;
-        };
-        let inner = &held.handle.0;
-        match &held.place {
-            Place::Local(token) => inner.local.release(&held.scope, *token),
-            Place::Shared(sealed) => {
-                let store = inner.shared.as_ref().expect("a shared claim has a store");
-                if redis::release(store, &held.scope, sealed).await.is_err() {
-                    held.handle.store_is_down(&held.route);
-                }
-            }
-        }
-    }
-}
-
-impl Held {
-    async fn keep(self, answer: Option<Answer>) {
-        if answer.is_none() {
-            tracing::info!(
-                route = &*self.route,
-                "idempotency: an answer was not kept (larger than idempotency.max_response); \
-                 its key is done, and a repeat is answered 409"
-            );
-        }
-        let record = Record::Done {
-            fingerprint: self.fingerprint,
-            answer: answer.map(Arc::new),
-        };
-        self.settle(record).await;
-    }
-
-    async fn settle(self, record: Record) {
-        let inner = &self.handle.0;
-        let settled = match &self.place {
-            Place::Local(token) => {
-                inner
-                    .local
-                    .settle(&self.scope, *token, record.clone(), inner.ttl)
-            }
-            Place::Shared(sealed) => {
-                let store = inner.shared.as_ref().expect("a shared claim has a store");
-                match redis::settle(store, &self.scope, sealed, &record, inner.ttl).await {
-                    Ok(settled) => settled,
-                    Err(_down) => {
-                        self.handle.store_is_down(&self.route);
-                        false
-                    }
-                }
-            }
-        };
-        if !settled {
-            // The claim expired (or the store is down): this replica at least keeps
-            // the answer; repeats that reach another replica may be sent again.
-            tracing::warn!(
-                route = &*self.route,
-                "idempotency: a claim expired before its answer was kept; kept in this \
-                 replica's memory only"
-            );
-            inner.local.put(self.scope, record, inner.ttl);
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            tee::spawn(held.keep(None));
         }
     }
 }

@@ -211,9 +211,13 @@ impl Pipeline {
                     route: Arc::clone(route),
                     request_id: request_id.clone(),
                 };
-                let (result, label) = self
-                    .idempotency
-                    .forward_once(exchange, request, &notes.caller, &key)
+                // Boxed: its state (the whole body, the claim) would otherwise make
+                // every request's future larger, keyed or not.
+                let (result, label) =
+                    Box::pin(
+                        self.idempotency
+                            .forward_once(exchange, request, &notes.caller, &key),
+                    )
                     .await;
                 notes.idempotency = label;
                 return match result {
