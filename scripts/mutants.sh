@@ -52,9 +52,9 @@ pass2() {
 }
 
 if [ "${PASS:-2}" != 1 ]; then
-    pass2 request "src/proxy/mod.rs src/proxy/body.rs src/proxy/headers.rs src/proxy/outbound.rs src/error.rs src/access/**" \
+    pass2 request "src/proxy/forward.rs src/proxy/body.rs src/proxy/headers.rs src/proxy/outbound.rs src/error.rs src/access/**" \
         "proxy hostile security tls"
-    pass2 pipeline "src/proxy/pipeline.rs" "operations rotation proxy hostile"
+    pass2 pipeline "src/pipeline.rs" "operations rotation proxy hostile"
     pass2 pool "src/proxy/pool/**" "pool tls proxy egress"
     pass2 egress "src/proxy/egress.rs" "egress"
     pass2 store "src/token/store/**" "fleet"

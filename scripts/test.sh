@@ -3,15 +3,17 @@
 # sockets, property tests), then one summary line added up from cargo's own results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The tests start real servers: redis-server (the token store, tests/fleet.rs) and
-# tinyproxy (the egress proxy, tests/egress.rs). Without them those tests fail with a
-# message saying so, so a failed install does not stop the run here.
+# The tests start real servers: redis-server (the token store, tests/fleet.rs),
+# tinyproxy (the egress proxy, tests/egress.rs) and prometheus (the alert rules,
+# tests/prometheus.rs). Without them those tests fail with a message saying so, so a
+# failed install does not stop the run here.
 install_packages() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "missing for the tests: ${missing[*]}; installing"
     if [ "$(id -u)" -eq 0 ]; then

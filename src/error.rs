@@ -13,6 +13,19 @@ use serde::Serialize;
 
 use crate::request_id::{self, RequestId};
 
+/// `error` and its sources, joined with `": "` ("client error (Connect): tcp connect
+/// error: Connection refused"): the one way a chain of causes is written out.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Everything the proxy itself may answer instead of an upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

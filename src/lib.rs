@@ -1,16 +1,17 @@
 //! ipproxy: a sidecar reverse proxy that holds IntelePeer credentials so that internal
 //! apps don't have to.
 //!
-//! Module map (data flows one way: `server` → `proxy::pipeline` → `access` → `route`
-//! → `proxy` → `token` → `token::store`; see docs/DESIGN.md "The parts"):
+//! Module map (data flows one way: `server` → `pipeline` → `access` → `route` →
+//! `proxy` → `token` → `token::store`; see docs/DESIGN.md "The parts"):
 //!
 //! - [`config`]: the TOML file and the variables → a validated [`config::Config`] of
 //!   domain types.
-//! - [`server`]: listeners, one runtime per CPU, the accept loop; [`serve`] wires it all.
-//! - [`connection`]: per-connection bounds on slow and silent clients.
-//! - [`shutdown`]: signals and the stages of a drain.
-//! - [`proxy`]: the request pipeline, forwarding (header rules, replay buffer, the one
-//!   retry on 401), the one outbound client stack and the egress `CONNECT` tunnel.
+//! - [`server`]: listeners, one runtime per CPU, the accept loop, per-connection bounds
+//!   on slow and silent clients; [`serve`] wires it all.
+//! - [`shutdown`]: signals and the drain.
+//! - [`pipeline`]: the order of a request's checks, the in-flight count, the log line.
+//! - [`proxy`]: forwarding (header rules, replay buffer, the one retry on 401), the one
+//!   outbound client stack and the egress `CONNECT` tunnel.
 //! - [`access`]: inbound client keys, the path form, the allowlist, refused methods.
 //! - [`route`]: longest-prefix route table → target, credential, token header.
 //! - [`idempotency`]: `Idempotency-Key` on routes that ask for it: claims, kept
@@ -28,10 +29,10 @@
 pub mod access;
 pub mod admin;
 pub mod config;
-pub mod connection;
 pub mod error;
 pub mod hop_by_hop;
 pub mod idempotency;
+pub mod pipeline;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;

@@ -272,7 +272,7 @@ fn healthcheck(url: &str) -> ExitCode {
             client
                 .get(uri)
                 .await
-                .map_err(|error| anyhow::anyhow!("{}", describe_client_error(&error)))
+                .map_err(|error| anyhow::anyhow!("{}", ipproxy::error::chain(&error)))
         };
         tokio::time::timeout(HEALTHCHECK_TIMEOUT, request)
             .await
@@ -293,19 +293,6 @@ fn healthcheck(url: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// hyper's client error with its causes ("client error (Connect): tcp connect error:
-/// Connection refused").
-fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -10,16 +10,14 @@
 //! their contents.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::access::ClientKeys;
-use crate::config::{CredentialSource, RedisStoreConfig, SecretSource, StoreConfig};
-use crate::secret::SecretFile;
+use crate::config::{CredentialSource, SecretSource};
 use crate::task::BackgroundTask;
 use crate::telemetry;
 use crate::token::Registry;
-use crate::token::store::{self, Store};
+use crate::token::store::Store;
 
 /// How often watched files are looked at (their metadata; the content only when it
 /// changed): well within the 5 s in which a rotated file must take effect.
@@ -34,11 +32,8 @@ pub struct Reloader {
     /// Session credentials' password files (for the `SIGHUP` log line).
     password_files: Vec<PathBuf>,
     keys: Option<ClientKeys>,
+    /// Re-reads its own key file and `url_file`.
     store: Store,
-    store_files: Option<RedisStoreConfig>,
-    /// The store's `url_file`, when the URL comes from one (its content at start-up
-    /// is its first value).
-    store_url: Option<Arc<SecretFile>>,
 }
 
 impl Reloader {
@@ -62,27 +57,12 @@ impl Reloader {
                 _ => {}
             }
         }
-        let store_files = match &config.store {
-            StoreConfig::Redis(redis) => Some(redis.clone()),
-            StoreConfig::Memory => None,
-        };
-        let store_url = store_files.as_ref().and_then(|redis| match &redis.url {
-            SecretSource::File(path) => {
-                let file = SecretFile::new(path.clone());
-                // Remember the value the store was built with.
-                let _ = file.current();
-                Some(Arc::new(file))
-            }
-            SecretSource::Inline(_) => None,
-        });
         Self {
             credentials,
             token_files,
             password_files,
             keys,
             store,
-            store_files,
-            store_url,
         }
     }
 
@@ -107,50 +87,14 @@ impl Reloader {
             keys.reload();
             read.push(keys.path().display().to_string());
         }
-        if let Some(redis) = &self.store_files {
-            match store::read_sealer(&redis.key_file) {
-                Ok(sealer) => self.store.replace_keys(sealer),
-                Err(error) => tracing::error!(
-                    cause = %error,
-                    "keeping the token store's previous keys"
-                ),
-            }
-            read.push(redis.key_file.display().to_string());
-            if let Some(url_file) = &self.store_url {
-                read.push(url_file.path().display().to_string());
-                self.reconnect_if_changed(redis, url_file);
-            }
-        }
+        read.extend(
+            self.store
+                .reload()
+                .iter()
+                .map(|path| path.display().to_string()),
+        );
         tracing::info!(files = ?read, "SIGHUP: secret files re-read");
         telemetry::secret_files_reloaded("sighup");
-    }
-
-    /// A changed `store.url_file`: the store reconnects to the new URL (operations
-    /// under way finish on the old connection).
-    fn reconnect_if_changed(&self, redis: &RedisStoreConfig, url_file: &SecretFile) {
-        let current = match url_file.current() {
-            Ok(current) => current,
-            Err(error) => {
-                tracing::error!(cause = %error, "keeping the token store's connection");
-                return;
-            }
-        };
-        if !current.changed {
-            return;
-        }
-        match store::redis_backend(redis, current.secret) {
-            Ok(backend) => {
-                self.store.replace_backend(backend);
-                tracing::info!(
-                    file = %url_file.path().display(),
-                    "store.url_file changed: the token store reconnects to the new URL"
-                );
-            }
-            Err(error) => tracing::error!(
-                cause = %error,
-                "the new store URL is not usable: keeping the token store's connection"
-            ),
-        }
     }
 
     /// Watches every `token_file` and the `access.keys_file`; a change takes effect

@@ -176,6 +176,15 @@ impl Secret {
             Self::File(file) => file.current(),
         }
     }
+
+    /// Reads a file now: whether its value changed since the last read (an inline
+    /// value never changes).
+    pub fn reread(&self) -> Result<bool, SecretFileError> {
+        match self {
+            Self::Inline(_) => Ok(false),
+            Self::File(file) => file.current().map(|current| current.changed),
+        }
+    }
 }
 
 #[cfg(test)]

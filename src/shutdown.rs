@@ -4,10 +4,13 @@
 //! drain; a second one exits at once. The drain has two
 //! stages (see [`Stage`]): open connections keep being answered (`503 shutting_down`
 //! with `Connection: close`) until nothing is in flight, then they close. The
-//! [`ShutdownFlag`] is what readiness and the pipeline read.
+//! [`ShutdownFlag`] is what readiness and the pipeline read; [`Stages::drain`] runs the
+//! sequence.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -36,6 +39,63 @@ pub enum Stage {
     Serving,
     Draining,
     Closing,
+}
+
+/// How long the admin listener may take to close once the proxy has drained.
+const ADMIN_CLOSE: Duration = Duration::from_secs(1);
+
+/// The stages of the two listeners, set by the drain.
+#[derive(Debug)]
+pub struct Stages {
+    proxy: watch::Sender<Stage>,
+    admin: watch::Sender<Stage>,
+}
+
+impl Stages {
+    /// Both listeners `Serving`; the receivers go to the proxy's workers and to the
+    /// admin listener.
+    pub fn new() -> (Self, watch::Receiver<Stage>, watch::Receiver<Stage>) {
+        let (proxy, proxy_stage) = watch::channel(Stage::Serving);
+        let (admin, admin_stage) = watch::channel(Stage::Serving);
+        (Self { proxy, admin }, proxy_stage, admin_stage)
+    }
+
+    /// The drain: readiness turns 503 at once (`flag`); the proxy listener stops
+    /// accepting while open connections stay open, so a request arriving on one is
+    /// answered `503 shutting_down` + `Connection: close` instead of meeting a closed
+    /// socket; once nothing is in flight (`in_flight_done`), connections close (idle
+    /// ones at once, busy ones after their response) until `workers_closed`; then the
+    /// admin listener closes. The proxy's stages share one `grace` deadline.
+    pub async fn drain(
+        self,
+        flag: &ShutdownFlag,
+        grace: Duration,
+        in_flight_done: impl Future<Output = ()>,
+        workers_closed: impl Future,
+        admin_closed: impl Future,
+    ) {
+        let deadline = tokio::time::Instant::now() + grace;
+        flag.start();
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: readiness is 503, draining in-flight requests"
+        );
+        let _ = self.proxy.send(Stage::Draining);
+        let drained_in_time = tokio::time::timeout_at(deadline, in_flight_done)
+            .await
+            .is_ok();
+        let _ = self.proxy.send(Stage::Closing);
+        let closed_in_time = tokio::time::timeout_at(deadline, workers_closed)
+            .await
+            .is_ok();
+        if drained_in_time && closed_in_time {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!("shutdown_grace elapsed with requests still in flight");
+        }
+        let _ = self.admin.send(Stage::Closing);
+        let _ = tokio::time::timeout(ADMIN_CLOSE, admin_closed).await;
+    }
 }
 
 /// Resolves once `stage` is at `wanted` or later (or its sender is gone).

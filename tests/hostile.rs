@@ -414,7 +414,7 @@ async fn a_thousand_distinct_methods_grow_neither_the_metrics_nor_the_memory() {
             ("IPPROXY_ACCESS__KEYS_FILE", &keys),
             // One 60 KB request line per request would only measure the log writer;
             // the "listening" line (another target) is still needed.
-            ("RUST_LOG", "info,ipproxy::proxy::pipeline=warn"),
+            ("RUST_LOG", "info,ipproxy::pipeline=warn"),
         ],
     )
     .await;

@@ -20,6 +20,7 @@
 //! It must not start anything (no sockets, no token fetches): loading is pure apart
 //! from reading the files the configuration names.
 
+pub mod defaults;
 mod egress;
 mod env;
 mod idempotency;

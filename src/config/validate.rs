@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::defaults::*;
 use super::parse;
 use super::raw::{
     RawAccess, RawAllow, RawConfig, RawCredential, RawKind, RawLog, RawLogFormat, RawRoute,
@@ -24,29 +25,9 @@ use super::{
 };
 use crate::secret;
 
-pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
-const DEFAULT_REPLAY_LIMIT: u64 = 1024 * 1024;
-const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// Far beyond what one process has sockets for; keeps the permit count within what
 /// the semaphore (and a shutdown that waits for every permit) can hold.
 const MAX_CONCURRENCY_LIMIT: u64 = 1_000_000;
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-pub(super) const DEFAULT_UPSTREAM_URL: &str = "https://api.intelepeer.com";
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub(super) const DEFAULT_AUTH_URL: &str = "https://customer.intelepeer.com/_rest/v4/authenticate";
-const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60 * 60);
-const DEFAULT_MIN_REAUTH_INTERVAL: Duration = Duration::from_secs(30);
-const DEFAULT_STORE_PREFIX: &str = "ipproxy";
-const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
-const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
-const DEFAULT_HEADER: &str = "authorization";
-const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// Keys that only a session credential has.
 const SESSION_ONLY_KEYS: &[&str] = &[

@@ -39,11 +39,11 @@ use tracing::Instrument as _;
 
 use crate::access::Caller;
 use crate::config::{IdempotencyConfig, OnStoreDown};
-use crate::connection::ClientBody;
 use crate::error::ProxyError;
 use crate::proxy::{self, Limits, OutboundBody, Outcome, UpstreamClient};
 use crate::request_id::RequestId;
 use crate::route::Route;
+use crate::server::connection::ClientBody;
 use crate::telemetry;
 use crate::token::store::Store;
 pub use claim::Claim;

@@ -20,10 +20,10 @@ use futures_util::{StreamExt, stream};
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Either, Full};
 
-#[cfg(doc)]
-use crate::connection::ClientBody;
-use crate::connection::ClientBodyError;
 use crate::error::ProxyError;
+#[cfg(doc)]
+use crate::server::connection::ClientBody;
+use crate::server::connection::ClientBodyError;
 
 /// How long the rest of an over-limit body is read and dropped.
 const DISCARD_TIME: Duration = Duration::from_secs(5);

@@ -103,10 +103,9 @@ impl Service<Uri> for EgressConnector {
             let target = tunnel_target(&target)
                 .ok_or_else(|| fail("was not used: the target has no host".to_owned()))?;
             let setup = async {
-                let stream = tcp
-                    .oneshot(proxy_uri)
-                    .await
-                    .map_err(|error| format!("could not be reached: {}", error_chain(&error)))?;
+                let stream = tcp.oneshot(proxy_uri).await.map_err(|error| {
+                    format!("could not be reached: {}", crate::error::chain(&error))
+                })?;
                 open_tunnel(
                     stream.into_inner(),
                     &target,
@@ -331,18 +330,6 @@ fn tunnel_target(target: &Uri) -> Option<String> {
         }
     });
     Some(format!("{host}:{port}"))
-}
-
-/// `error` and its sources, joined with `": "`.
-pub(super) fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A connection through the egress proxy could not be set up. The text names the

@@ -25,9 +25,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use url::Url;
 
-use super::egress::{EgressConnector, EgressError, error_chain};
+use super::egress::{EgressConnector, EgressError};
 use super::pool::{IDLE_TIMEOUT, PoolSettings, UpstreamClient};
 use crate::config::UpstreamConfig;
+use crate::error;
 use crate::token::{LoginAnswer, LoginTransport, LoginTransportError};
 
 /// TLS over the egress connector, for the login client.
@@ -188,7 +189,7 @@ impl LoginTransport for LoginClient {
                     } else {
                         LoginTransportError::Unreachable(format!(
                             "the answer's body could not be read: {}",
-                            error_chain(error.as_ref())
+                            error::chain(error.as_ref())
                         ))
                     }
                 })?
@@ -226,7 +227,7 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
         "request failed"
     };
     match std::error::Error::source(error) {
-        Some(cause) => format!("{category}: {}", error_chain(cause)),
+        Some(cause) => format!("{category}: {}", error::chain(cause)),
         None => category.to_owned(),
     }
 }

@@ -24,8 +24,8 @@ use tracing::Instrument as _;
 use super::clock::{Clock, Random};
 use super::readiness::{CredentialStatus, Health};
 use super::schedule::{self, RefreshReason};
-use super::slot::{FormatId, Origin, Slot, Token, TokenGeneration};
-use super::source::{AuthError, TokenSource};
+use super::slot::{FetchedFrom, FormatId, Slot, Token, TokenGeneration};
+use super::source::{AuthError, SourceKind, TokenSource};
 use super::store::Store;
 use crate::config::HeaderFormat;
 use crate::task::BackgroundTask;
@@ -46,7 +46,7 @@ pub struct Settings {
 
 /// Everything a credential is made of.
 #[derive(Debug)]
-pub struct Parts {
+pub struct CredentialParts {
     pub name: String,
     pub settings: Settings,
     /// The header formats of the routes using this credential; a [`Lease`] for a
@@ -105,16 +105,16 @@ struct Inner {
     slot: Slot,
     /// One lock for the flight and its gates, so that "is a fetch in flight, may one
     /// start" is decided in one step.
-    state: Mutex<State>,
+    state: Mutex<CredentialState>,
     /// Wakes the refresh loop when a token was stored out of band.
     changed: Notify,
     /// The runtime flights run on (the one that started the credential), so that a
     /// fetch outlives the request or worker that asked for it.
-    home: OnceLock<Handle>,
+    runtime: OnceLock<Handle>,
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct CredentialState {
     flight: Option<Flight>,
     health: Health,
     /// No 401-caused login before this instant: this process made one, or the fleet's
@@ -129,11 +129,11 @@ struct State {
 /// kept the current token (the fleet already agreed with it).
 struct Obtained {
     token: Arc<Token>,
-    origin: Option<Origin>,
+    origin: Option<FetchedFrom>,
 }
 
 impl Credential {
-    pub fn new(parts: Parts) -> Self {
+    pub fn new(parts: CredentialParts) -> Self {
         Self {
             inner: Arc::new(Inner {
                 name: parts.name,
@@ -144,9 +144,9 @@ impl Credential {
                 clock: parts.clock,
                 random: parts.random,
                 slot: Slot::default(),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(CredentialState::default()),
                 changed: Notify::new(),
-                home: OnceLock::new(),
+                runtime: OnceLock::new(),
             }),
         }
     }
@@ -156,13 +156,13 @@ impl Credential {
     }
 
     pub fn is_static(&self) -> bool {
-        self.inner.source.kind() == "static"
+        self.inner.source.kind() == SourceKind::Static
     }
 
     /// Starts the first fetch now (so requests that arrive before it wait for this very
     /// fetch) and, for a session credential, the loop that keeps the token fresh.
     pub fn start(&self) -> BackgroundTask {
-        let _ = self.inner.home.set(Handle::current());
+        let _ = self.inner.runtime.set(Handle::current());
         let _first = self.join_or_start(RefreshReason::Startup);
         let this = self.clone();
         if self.is_static() {
@@ -296,7 +296,7 @@ impl Credential {
         self.inner.slot.with(|token| {
             CredentialStatus::new(
                 self.name(),
-                self.inner.source.kind(),
+                self.inner.source.kind().as_str(),
                 token,
                 &state.health,
                 self.inner.clock.now(),
@@ -320,7 +320,7 @@ impl Credential {
         }
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, State> {
+    fn lock_state(&self) -> MutexGuard<'_, CredentialState> {
         // A panic while holding this lock cannot leave the state inconsistent: every
         // field holds a complete value at all times.
         self.inner
@@ -340,13 +340,13 @@ impl Credential {
 
     /// Starts a fetch in its own task, so it completes (and stores its token) even if
     /// every waiter goes away.
-    fn start_flight(&self, state: &mut State, reason: RefreshReason) -> Flight {
+    fn start_flight(&self, state: &mut CredentialState, reason: RefreshReason) -> Flight {
         let this = self.clone();
         // A child of the span that asked (the request whose 401 caused it), if any.
         let span = trace::refresh_span(self.name(), reason.as_str());
         let fetch = async move { this.run_flight(reason).await }.instrument(span);
-        let task = match self.inner.home.get() {
-            Some(home) => home.spawn(fetch),
+        let task = match self.inner.runtime.get() {
+            Some(runtime) => runtime.spawn(fetch),
             None => tokio::spawn(fetch),
         };
         let flight = async move {
@@ -371,7 +371,7 @@ impl Credential {
                     self.lock_state().health.succeeded(self.inner.clock.wall());
                     self.record_stored(&token, origin, reason, took);
                 }
-                (Ok(token), origin.map_or("kept", Origin::as_str))
+                (Ok(token), origin.map_or("kept", FetchedFrom::as_str))
             }
             Err(RefreshError::Auth(error)) => {
                 self.record_failure(&error, reason, took);

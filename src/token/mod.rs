@@ -22,12 +22,14 @@ mod slot;
 mod source;
 pub mod store;
 
-pub use credential::{Credential, Lease, Parts, RefreshError, Settings, TokenUnavailable};
+pub use credential::{
+    Credential, CredentialParts, Lease, RefreshError, Settings, TokenUnavailable,
+};
 pub use readiness::CredentialStatus;
 pub use registry::{Registry, RouteToken};
 pub use schedule::RefreshReason;
 pub use slot::{FormatId, Token, TokenGeneration};
 pub use source::{
     AuthError, LoginAnswer, LoginTransport, LoginTransportError, SessionLogin, StaticSource,
-    TokenSource, retry_after,
+    TokenSource,
 };

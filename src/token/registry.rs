@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::clock::{SystemClock, ThreadRandom};
-use super::credential::{Parts, Settings};
+use super::credential::{CredentialParts, Settings};
 use super::source::{LoginTransport, SessionLogin, StaticSource, TokenSource};
 use super::store::Store;
 use super::{Credential, CredentialStatus, FormatId};
@@ -60,7 +60,7 @@ impl Registry {
             .into_iter()
             .map(|(name, formats)| {
                 let credential = &config.credentials[name];
-                let parts = Parts {
+                let parts = CredentialParts {
                     name: name.to_owned(),
                     settings: Settings {
                         token_ttl: credential.token_ttl,

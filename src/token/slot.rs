@@ -25,14 +25,14 @@ pub struct FormatId(pub(super) usize);
 
 /// Where a stored token came from: the `source` label of the refresh metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum FetchedFrom {
     /// This process fetched it (a login, or a static token read).
     Login,
     /// Adopted from the shared store: another replica logged in.
     Store,
 }
 
-impl Origin {
+impl FetchedFrom {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{StatusCode, header};
+use http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -20,10 +20,29 @@ use crate::secret::{Secret, SecretFileError};
 /// Largest auth response read: a token response is tiny.
 const MAX_AUTH_RESPONSE: usize = 64 * 1024;
 
+/// What kind of source a credential has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// Logs in with a username and password; the token expires and is refreshed.
+    #[default]
+    Session,
+    /// A long-standing token given to the proxy: never refreshed, never shared.
+    Static,
+}
+
+impl SourceKind {
+    /// `session` or `static`, as `/readyz` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Static => "static",
+        }
+    }
+}
+
 /// Where a credential's token comes from.
 pub trait TokenSource: Send + Sync + fmt::Debug {
-    /// `session` or `static`, as `/readyz` shows it.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> SourceKind;
 
     /// Fetches a token: logs in, or reads the static token.
     fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>>;
@@ -146,8 +165,8 @@ struct LoginResponse {
 }
 
 impl TokenSource for SessionLogin {
-    fn kind(&self) -> &'static str {
-        "session"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Session
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
@@ -161,10 +180,7 @@ impl TokenSource for SessionLogin {
     }
 
     fn reread(&self) -> Result<bool, SecretFileError> {
-        match &self.password {
-            Secret::Inline(_) => Ok(false),
-            Secret::File(file) => file.current().map(|current| current.changed),
-        }
+        self.password.reread()
     }
 }
 
@@ -209,8 +225,8 @@ impl SessionLogin {
 pub struct StaticSource(pub Secret);
 
 impl TokenSource for StaticSource {
-    fn kind(&self) -> &'static str {
-        "static"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Static
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<SecretString, AuthError>> {
@@ -223,21 +239,8 @@ impl TokenSource for StaticSource {
     }
 
     fn reread(&self) -> Result<bool, SecretFileError> {
-        match &self.0 {
-            Secret::Inline(_) => Ok(false),
-            Secret::File(file) => file.current().map(|current| current.changed),
-        }
+        self.0.reread()
     }
-}
-
-/// The `Retry-After` of an answer in its delta-seconds form (the only form the auth
-/// endpoints are seen to send).
-pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    headers
-        .get(header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -383,26 +386,13 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_read_in_delta_seconds_only() {
-        let headers = |value: &'static str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static(value));
-            headers
-        };
-        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(&headers(" 12 ")), Some(Duration::from_secs(12)));
-        assert_eq!(retry_after(&headers("Wed, 21 Oct 2026 07:28:00 GMT")), None);
-        assert_eq!(retry_after(&http::HeaderMap::new()), None);
-    }
-
-    #[test]
     fn each_source_and_failure_has_its_label() {
         assert_eq!(
             login(std::sync::Arc::new(SilentTransport)).kind(),
-            "session"
+            SourceKind::Session
         );
         let fixed = StaticSource(Secret::Inline(SecretString::from("tok")));
-        assert_eq!(fixed.kind(), "static");
+        assert_eq!(fixed.kind(), SourceKind::Static);
         for (error, kind) in [
             (AuthError::BadCredentials, "bad_credentials"),
             (AuthError::Unreachable("down".to_owned()), "unreachable"),
@@ -428,7 +418,7 @@ mod tests {
             source.reread().expect("readable");
             assert!(
                 !source.reread().expect("readable"),
-                "{}: unchanged",
+                "{:?}: unchanged",
                 source.kind()
             );
         }
@@ -436,12 +426,12 @@ mod tests {
         for source in sources {
             assert!(
                 source.reread().expect("readable"),
-                "{}: changed",
+                "{:?}: changed",
                 source.kind()
             );
             assert!(
                 !source.reread().expect("readable"),
-                "{}: once",
+                "{:?}: once",
                 source.kind()
             );
         }

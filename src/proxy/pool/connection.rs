@@ -50,7 +50,7 @@ impl Origin {
 
 /// What a connection needs to find its way back to its idle list.
 #[derive(Debug, Clone)]
-pub(super) struct Home {
+pub(super) struct PoolKey {
     pub client: ClientId,
     pub origin: Origin,
     pub settings: PoolSettings,
@@ -67,9 +67,9 @@ pub(super) enum Opened {
 pub(super) async fn open(
     egress: &EgressConnector,
     tls: &Arc<rustls::ClientConfig>,
-    home: Home,
+    home: PoolKey,
 ) -> Result<Opened, SendError> {
-    let Home { origin, .. } = &home;
+    let PoolKey { origin, .. } = &home;
     let target = Uri::from_parts({
         let mut parts = Parts::default();
         parts.scheme = Some(origin.scheme.clone());
@@ -96,7 +96,7 @@ pub(super) async fn open(
         (Stream::Plain(tcp), false)
     };
     let received = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Counted {
+    let io = TokioIo::new(CountingStream {
         stream,
         received: Arc::clone(&received),
     });
@@ -160,10 +160,10 @@ pub(super) struct Http1 {
     sender: http1::SendRequest<UpstreamBody>,
     /// `None` once the driver has finished: the connection is closed. Boxed (hyper's
     /// state and buffers, ~800 bytes) so that checkout and return move a small value.
-    driver: Option<Box<http1::Connection<TokioIo<Counted>, UpstreamBody>>>,
+    driver: Option<Box<http1::Connection<TokioIo<CountingStream>, UpstreamBody>>>,
     /// Bytes read from the upstream on this connection so far.
     received: Arc<AtomicU64>,
-    pub home: Home,
+    pub home: PoolKey,
 }
 
 impl std::fmt::Debug for Http1 {
@@ -285,7 +285,7 @@ impl Http1 {
 #[derive(Clone)]
 pub(super) struct Http2 {
     sender: http2::SendRequest<UpstreamBody>,
-    pub home: Home,
+    pub home: PoolKey,
 }
 
 impl std::fmt::Debug for Http2 {
@@ -328,7 +328,7 @@ impl Http2 {
 
 /// The byte stream under hyper: plain TCP or TLS over it, counting what it reads so
 /// that a failed exchange can tell whether any of the response had arrived.
-pub(super) struct Counted {
+pub(super) struct CountingStream {
     stream: Stream,
     received: Arc<AtomicU64>,
 }
@@ -338,7 +338,7 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl AsyncRead for Counted {
+impl AsyncRead for CountingStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -361,7 +361,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl AsyncWrite for CountingStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

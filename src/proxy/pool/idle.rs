@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::ClientId;
 use super::PoolSettings;
-use super::connection::{Home, Http1, Http2};
+use super::connection::{Http1, Http2, PoolKey};
 
 thread_local! {
     static IDLE: RefCell<Lists> = const { RefCell::new(Lists::new()) };
@@ -146,7 +146,7 @@ struct Lists {
 
 /// The idle connections of one client to one origin.
 struct List {
-    home: Home,
+    home: PoolKey,
     /// Oldest first: checked out from the back (the warmest connection, so that the
     /// least used ones reach their idle time and close), expired from the front.
     /// At most `home.settings.max_idle`.
@@ -207,7 +207,7 @@ impl Lists {
             .find(|list| list.home.client == client && list.home.origin.matches(scheme, authority))
     }
 
-    fn list_for(&mut self, home: &Home) -> &mut List {
+    fn list_for(&mut self, home: &PoolKey) -> &mut List {
         let found = self.lists.iter().position(|list| {
             list.home.client == home.client
                 && list

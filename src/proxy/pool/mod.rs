@@ -36,8 +36,9 @@ use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
 
 use super::body::UpstreamBody;
-use super::egress::{EgressConnector, EgressError, error_chain};
-use connection::{Failure, Home, Opened, Origin};
+use super::egress::{EgressConnector, EgressError};
+use crate::error;
+use connection::{Failure, Opened, Origin, PoolKey};
 use idle::Pooled;
 pub use response::ResponseBody;
 
@@ -193,12 +194,12 @@ impl UpstreamClient {
         }
     }
 
-    fn home_for(&self, request: &Request<UpstreamBody>) -> Result<Home, SendError> {
+    fn home_for(&self, request: &Request<UpstreamBody>) -> Result<PoolKey, SendError> {
         let uri = request.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::NoOrigin);
         };
-        Ok(Home {
+        Ok(PoolKey {
             client: self.id,
             origin: Origin {
                 scheme: scheme.clone(),
@@ -275,9 +276,9 @@ impl fmt::Display for SendError {
         match self {
             Self::Connect(error) => match EgressError::find(error.as_ref()) {
                 Some(egress) => write!(f, "{egress}"),
-                None => write!(f, "connection failed: {}", error_chain(error.as_ref())),
+                None => write!(f, "connection failed: {}", error::chain(error.as_ref())),
             },
-            Self::Request(error) => write!(f, "request failed: {}", error_chain(error)),
+            Self::Request(error) => write!(f, "request failed: {}", error::chain(error)),
             Self::NoOrigin => f.write_str("the upstream request has no absolute URI"),
         }
     }

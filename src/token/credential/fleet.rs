@@ -17,7 +17,7 @@ use super::{Credential, Obtained, RefreshError};
 use crate::task::BackgroundTask;
 use crate::telemetry::trace;
 use crate::token::schedule::{self, RefreshReason, TokenTimes};
-use crate::token::slot::{self, Minted, Origin, Token};
+use crate::token::slot::{self, FetchedFrom, Minted, Token};
 use crate::token::source::AuthError;
 use crate::token::store::{Entry, LockLease, StoredToken, WAIT_POLL};
 
@@ -296,7 +296,7 @@ impl Credential {
             .ok()?;
         Some(Obtained {
             token: Arc::new(token),
-            origin: Some(Origin::Store),
+            origin: Some(FetchedFrom::Store),
         })
     }
 
@@ -374,7 +374,7 @@ impl Credential {
         });
         let obtained = Obtained {
             token: Arc::new(token),
-            origin: Some(Origin::Login),
+            origin: Some(FetchedFrom::Login),
         };
         Ok((obtained, stored))
     }

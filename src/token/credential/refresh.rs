@@ -9,14 +9,14 @@ use tokio::time::Instant;
 use super::Credential;
 use crate::telemetry;
 use crate::token::schedule::{self, RefreshReason};
-use crate::token::slot::{Origin, Token};
+use crate::token::slot::{FetchedFrom, Token};
 use crate::token::source::AuthError;
 
 impl Credential {
     pub(super) fn record_stored(
         &self,
         token: &Token,
-        origin: Origin,
+        origin: FetchedFrom,
         reason: RefreshReason,
         took: Duration,
     ) {

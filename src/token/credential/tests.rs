@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::refresh::RESYNC_CONFIRM;
 use super::*;
 use crate::secret::SecretFileError;
-use crate::token::clock::{FollowingClock, SeededRandom};
+use crate::token::clock::testing::{FollowingClock, SeededRandom};
 use crate::token::store::testing::{Down, RefusingWrites, down_store};
 use crate::token::store::{
     Backend, MemoryBackend, Sealer, StoreSettings, StoreState, StoredToken, WAIT_POLL,
@@ -36,7 +36,7 @@ struct Fake {
     fetches: AtomicU64,
     failure: Mutex<Option<AuthError>>,
     delay: Mutex<Duration>,
-    kind: &'static str,
+    kind: SourceKind,
     clock: Mutex<Option<FollowingClock>>,
     /// Issue tokens that are not JWTs (their lifetime is `token_ttl`).
     opaque: bool,
@@ -78,7 +78,7 @@ fn jwt(issued: u64, issuer: u64, id: u64) -> String {
 struct Handle(Arc<Fake>);
 
 impl TokenSource for Handle {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> SourceKind {
         self.0.kind
     }
 
@@ -92,7 +92,7 @@ impl TokenSource for Handle {
             if let Some(failure) = self.0.failure.lock().expect("lock").clone() {
                 return Err(failure);
             }
-            if self.0.kind == "static" || self.0.opaque {
+            if self.0.kind == SourceKind::Static || self.0.opaque {
                 return Ok(SecretString::from(format!("opaque-{}-{id}", self.0.issuer)));
             }
             let clock = self.0.clock.lock().expect("lock").expect("a clock");
@@ -147,13 +147,13 @@ fn replica(store: Store, seed: u64) -> Replica {
 fn replica_with(store: Store, seed: u64, settings: Settings, opaque: bool) -> Replica {
     let clock = FollowingClock::starting_at(start_wall());
     let source = Arc::new(Fake {
-        kind: "session",
+        kind: SourceKind::Session,
         clock: Mutex::new(Some(clock)),
         opaque,
         issuer: seed,
         ..Fake::default()
     });
-    let credential = Credential::new(Parts {
+    let credential = Credential::new(CredentialParts {
         name: "default".to_owned(),
         settings,
         formats: vec![HeaderFormat::default()],
@@ -236,10 +236,10 @@ async fn a_401_on_an_older_generation_retries_with_the_current_token() {
 /// A static credential (a token from a file) named `cpaas`.
 fn static_credential(store: Store) -> (Credential, Arc<Fake>) {
     let source = Arc::new(Fake {
-        kind: "static",
+        kind: SourceKind::Static,
         ..Fake::default()
     });
-    let credential = Credential::new(Parts {
+    let credential = Credential::new(CredentialParts {
         name: "cpaas".to_owned(),
         settings: settings(),
         formats: vec![HeaderFormat::default()],

@@ -13,6 +13,7 @@
 mod answers;
 mod backend;
 mod entry;
+mod files;
 mod health;
 mod memory;
 mod redis;
@@ -24,44 +25,21 @@ use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
-use secrecy::SecretString;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::{RedisStoreConfig, SecretSource, StoreConfig};
+use crate::config::{StoreConfig, defaults};
 use crate::task::BackgroundTask;
 use crate::telemetry::{self, trace};
 pub use answers::{AnswerClaim, SealedAnswer};
 pub use backend::{Backend, BackendError};
 pub use entry::{Entry, StoredToken, generation_of};
+use files::StoreFiles;
 use health::{Change, StoreHealth};
 pub use health::{Failure, StoreState};
 pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
 pub use seal::Sealer;
-
-/// A Redis backend for `redis` at `url` (the configured one, or a re-read
-/// `url_file`).
-pub fn redis_backend(
-    redis: &RedisStoreConfig,
-    url: SecretString,
-) -> Result<Box<dyn Backend>, StoreConfigError> {
-    let backend = RedisBackend::connect_lazily(&RedisSettings {
-        url,
-        ca_file: redis.ca_file.clone(),
-        timeout: redis.timeout,
-    })
-    .map_err(|error| StoreConfigError::Url(error.message))?;
-    Ok(Box::new(backend))
-}
-
-/// The keys of a store key file.
-pub fn read_sealer(path: &std::path::Path) -> Result<Sealer, StoreConfigError> {
-    let text = crate::secret::read_text(path, crate::secret::MAX_SECRET_FILE)
-        .map_err(|error| StoreConfigError::KeyFile(error.to_string()))?;
-    Sealer::from_key_lines(&text)
-        .map_err(|error| StoreConfigError::KeyFile(format!("{}: {error}", path.display())))
-}
 
 /// How often a shared store is pinged, so that an outage (and its end) is noticed
 /// while no token operation needs the store.
@@ -106,9 +84,9 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            prefix: "ipproxy".to_owned(),
-            timeout: Duration::from_millis(500),
-            lock_ttl: Duration::from_secs(10),
+            prefix: defaults::DEFAULT_STORE_PREFIX.to_owned(),
+            timeout: defaults::DEFAULT_STORE_TIMEOUT,
+            lock_ttl: defaults::DEFAULT_LOCK_TTL,
         }
     }
 }
@@ -142,6 +120,8 @@ struct Inner {
     probe_key: String,
     /// Counts recoveries from an outage; credentials converge when it moves.
     recovered: watch::Sender<u64>,
+    /// The key file and URL a Redis store re-reads on SIGHUP.
+    files: Option<StoreFiles>,
 }
 
 /// The configured store cannot be used. Names the key, never a secret.
@@ -161,24 +141,20 @@ impl Store {
         let StoreConfig::Redis(redis) = config else {
             return Ok(Self::memory());
         };
-        let sealer = read_sealer(&redis.key_file)?;
-        let url = match &redis.url {
-            SecretSource::Inline(url) => url.clone(),
-            SecretSource::File(path) => crate::secret::read_secret(path)
-                .map_err(|error| StoreConfigError::UrlFile(error.to_string()))?,
-        };
-        let backend = redis_backend(redis, url)?;
+        let (files, sealer, backend) = StoreFiles::open(redis)?;
         telemetry::store_state(true, false);
-        Ok(Self::new(
+        let settings = StoreSettings {
+            prefix: redis.prefix.clone(),
+            timeout: redis.timeout,
+            lock_ttl: redis.lock_ttl,
+        };
+        Ok(Self::build(
             "redis",
             true,
             backend,
             sealer,
-            StoreSettings {
-                prefix: redis.prefix.clone(),
-                timeout: redis.timeout,
-                lock_ttl: redis.lock_ttl,
-            },
+            settings,
+            Some(files),
         ))
     }
 
@@ -201,6 +177,17 @@ impl Store {
         sealer: Sealer,
         settings: StoreSettings,
     ) -> Self {
+        Self::build(kind, shared, backend, sealer, settings, None)
+    }
+
+    fn build(
+        kind: &'static str,
+        shared: bool,
+        backend: Box<dyn Backend>,
+        sealer: Sealer,
+        settings: StoreSettings,
+        files: Option<StoreFiles>,
+    ) -> Self {
         Self(Arc::new(Inner {
             kind,
             shared,
@@ -214,6 +201,7 @@ impl Store {
             settings,
             health: Mutex::new(StoreHealth::new(kind, shared)),
             recovered: watch::Sender::new(0),
+            files,
         }))
     }
 
@@ -262,6 +250,23 @@ impl Store {
     /// Changes (a new count) each time the store comes back after an outage.
     pub fn recoveries(&self) -> watch::Receiver<u64> {
         self.0.recovered.subscribe()
+    }
+
+    /// SIGHUP: re-reads the key file (new keys, or the old ones kept when it cannot be
+    /// read) and the `url_file` (reconnects when it changed); returns the files read,
+    /// none for the memory store.
+    pub fn reload(&self) -> Vec<std::path::PathBuf> {
+        let Some(files) = &self.0.files else {
+            return Vec::new();
+        };
+        let reloaded = files.reload();
+        if let Some(sealer) = reloaded.sealer {
+            self.replace_keys(sealer);
+        }
+        if let Some(backend) = reloaded.backend {
+            self.replace_backend(backend);
+        }
+        reloaded.read
     }
 
     /// Replaces the connection (a changed `url_file`); operations already under way

@@ -15,13 +15,13 @@ use tokio::net::{TcpListener, TcpStream};
 use super::super::super::body::UpstreamBody;
 use super::super::super::egress::EgressConnector;
 use super::super::{ClientId, PoolSettings};
-use super::{Home, Http1, Http2, Opened, Origin, open};
+use super::{Http1, Http2, Opened, Origin, PoolKey, open};
 use crate::config::EgressConfig;
 
 /// A loopback origin of its own client: every connection it accepts is kept open.
 pub struct Upstream {
     listener: TcpListener,
-    pub home: Home,
+    pub home: PoolKey,
     peers: Vec<TcpStream>,
 }
 
@@ -29,7 +29,7 @@ impl Upstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
-        let home = Home {
+        let home = PoolKey {
             client: ClientId::next(),
             origin: Origin {
                 scheme: Scheme::HTTP,

@@ -19,9 +19,9 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (ours.expect("connected"), theirs.expect("accepted").0)
 }
 
-fn counted(stream: Stream) -> (Counted, Arc<AtomicU64>) {
+fn counted(stream: Stream) -> (CountingStream, Arc<AtomicU64>) {
     let received = Arc::new(AtomicU64::new(0));
-    let counted = Counted {
+    let counted = CountingStream {
         stream,
         received: Arc::clone(&received),
     };

@@ -45,7 +45,7 @@ pub struct ClientLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
     /// Nothing is overdue.
-    Fine,
+    InTime,
     /// A request body stalled: its reader has been told (it answers `408`); the
     /// connection should close once that answer is out.
     BodyStalled,
@@ -60,13 +60,13 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct ConnectionWatch {
     limits: ClientLimits,
-    state: Mutex<State>,
+    state: Mutex<Requests>,
 }
 
 #[derive(Debug)]
-struct State {
+struct Requests {
     /// Requests of this connection, by slot; ended slots are reused.
-    slots: Vec<Slot>,
+    slots: Vec<RequestEntry>,
     free: Vec<usize>,
     /// Requests in progress.
     live: usize,
@@ -75,7 +75,7 @@ struct State {
 }
 
 #[derive(Debug, Default)]
-struct Slot {
+struct RequestEntry {
     /// Tells a request from an earlier one in the same slot: a request body can
     /// outlive its request (the 413 path reads the rest in the background).
     generation: u32,
@@ -96,7 +96,7 @@ impl ConnectionWatch {
     pub fn new(limits: ClientLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
-            state: Mutex::new(State {
+            state: Mutex::new(Requests {
                 slots: Vec::new(),
                 free: Vec::new(),
                 live: 0,
@@ -114,7 +114,7 @@ impl ConnectionWatch {
             .min(self.limits.client_timeout)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Requests> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -123,7 +123,7 @@ impl ConnectionWatch {
     pub fn begin(self: &Arc<Self>) -> RequestSlot {
         let mut state = self.lock();
         let index = state.free.pop().unwrap_or_else(|| {
-            state.slots.push(Slot::default());
+            state.slots.push(RequestEntry::default());
             state.slots.len() - 1
         });
         state.live += 1;
@@ -145,7 +145,7 @@ impl ConnectionWatch {
     pub fn check(&self, now: Instant) -> (Verdict, Instant) {
         let limits = self.limits;
         let mut next = now + self.check_interval();
-        let mut verdict = Verdict::Fine;
+        let mut verdict = Verdict::InTime;
         let mut readers = Vec::new();
         let mut state = self.lock();
         if state.live == 0 {
@@ -187,7 +187,7 @@ impl ConnectionWatch {
     fn with_slot<T>(
         &self,
         handle: &RequestHandle,
-        update: impl FnOnce(&mut Slot) -> T,
+        update: impl FnOnce(&mut RequestEntry) -> T,
     ) -> Option<T> {
         let mut state = self.lock();
         let slot = state.slots.get_mut(handle.index)?;
@@ -202,9 +202,9 @@ impl ConnectionWatch {
         if !slot.live || slot.generation != handle.generation {
             return;
         }
-        *slot = Slot {
+        *slot = RequestEntry {
             generation: slot.generation.wrapping_add(1),
-            ..Slot::default()
+            ..RequestEntry::default()
         };
         state.free.push(handle.index);
         state.live -= 1;
@@ -414,14 +414,14 @@ mod tests {
         let watch = ConnectionWatch::new(LIMITS);
         let accepted = Instant::now();
         let (verdict, next) = watch.check(accepted);
-        assert_eq!(verdict, Verdict::Fine);
+        assert_eq!(verdict, Verdict::InTime);
         assert_eq!(
             next,
             accepted + LIMITS.client_timeout,
             "checks at least this often"
         );
         let (verdict, next) = watch.check(accepted + Duration::from_secs(8));
-        assert_eq!(verdict, Verdict::Fine);
+        assert_eq!(verdict, Verdict::InTime);
         assert_eq!(
             next,
             accepted + LIMITS.header_read_timeout,
@@ -440,12 +440,15 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(
             watch.check(Instant::now()).0,
-            Verdict::Fine,
+            Verdict::InTime,
             "waiting on nobody"
         );
         drop(slot);
         let ended = Instant::now();
-        assert_eq!(watch.check(ended + Duration::from_secs(9)).0, Verdict::Fine);
+        assert_eq!(
+            watch.check(ended + Duration::from_secs(9)).0,
+            Verdict::InTime
+        );
         assert_eq!(
             watch.check(ended + LIMITS.header_read_timeout).0,
             Verdict::Idle
@@ -460,7 +463,7 @@ mod tests {
         let start = Instant::now();
         watch.with_slot(&handle, |slot| slot.response_wait = Some(start));
         let (verdict, next) = watch.check(start + Duration::from_secs(1));
-        assert_eq!(verdict, Verdict::Fine);
+        assert_eq!(verdict, Verdict::InTime);
         assert_eq!(next, start + LIMITS.client_timeout);
         assert!(!handle.stalled());
         assert_eq!(watch.check(next).0, Verdict::ResponseStalled);

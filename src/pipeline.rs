@@ -19,13 +19,13 @@ use http_body_util::Either;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
-use super::{Limits, Outcome, UpstreamClient};
 use crate::access::{self, Access, Caller};
-use crate::connection::{ClientBody, RequestHandle};
 use crate::error::ProxyError;
 use crate::idempotency::{self, Exchange, Idempotency, KeptBody, OwnAnswer};
+use crate::proxy::{self, Limits, Outcome, UpstreamClient};
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteTable};
+use crate::server::connection::{ClientBody, RequestHandle};
 use crate::shutdown::ShutdownFlag;
 use crate::telemetry::{self, RouteMetrics, trace};
 
@@ -232,7 +232,7 @@ impl Pipeline {
                 };
             }
         }
-        match super::forward(client, &self.limits, route, request, request_id).await {
+        match proxy::forward(client, &self.limits, route, request, request_id).await {
             Ok((response, outcome)) => {
                 let response = response.map(|body| Sending {
                     body: KeptBody::plain(body),

@@ -1,12 +1,7 @@
-//! Listeners, worker runtimes and the accept loop; [`serve`] wires the parts together
-//! and runs the shutdown stages.
-//!
-//! [`serve`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0`
-//! and run everything in process; [`run`] adds what a process needs (binding, signals).
+//! A proxy worker (its thread, runtime and accept loop) and the loop that serves one
+//! accepted connection within the bounds of [`ClientLimits`].
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,17 +15,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use crate::access::{Access, AccessError};
-use crate::config::Config;
-use crate::connection::{ClientBody, ClientLimits, ConnectionWatch, Verdict, WatchedBody};
-use crate::proxy::{self, ClientError, Limits, Pipeline};
-use crate::reload::Reloader;
-use crate::route::RouteTable;
-use crate::shutdown::{self, ShutdownFlag, Stage, reached};
-use crate::task::BackgroundTask;
-use crate::telemetry;
-use crate::token::Registry;
-use crate::token::store::{Store, StoreConfigError};
+use super::ServeError;
+use super::connection::{ClientBody, ClientLimits, ConnectionWatch, Verdict, WatchedBody};
+use crate::pipeline::Pipeline;
+use crate::proxy;
+use crate::shutdown::{Stage, reached};
 
 /// Largest request head (request line + headers) a client may send, in bytes.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -43,174 +32,8 @@ const MAX_H2_STREAMS: u32 = 100;
 /// HTTP/1 head already under way) before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The two bound listeners.
-#[derive(Debug)]
-pub struct Listeners {
-    pub proxy: TcpListener,
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `server.listen` and `server.admin_listen`.
-    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
-        let bind = |addr: SocketAddr, key: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { key, addr, source })
-        };
-        Ok(Self {
-            proxy: bind(config.server.listen, "server.listen").await?,
-            admin: bind(config.server.admin_listen, "server.admin_listen").await?,
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("{key} {addr}: cannot listen: {source}")]
-    Bind {
-        key: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error("cannot start a proxy worker: {0}")]
-    Worker(std::io::Error),
-    #[error(transparent)]
-    Store(#[from] StoreConfigError),
-}
-
-impl ServeError {
-    /// The configuration names something unusable (a keys file, a CA file): exit 2
-    /// like any other configuration error.
-    pub fn is_configuration(&self) -> bool {
-        matches!(
-            self,
-            Self::Access(_) | Self::Client(ClientError::CaFile { .. }) | Self::Store(_)
-        )
-    }
-}
-
-/// Binds the listeners, serves until SIGTERM or SIGINT, drains, returns.
-pub async fn run(config: Config) -> Result<(), ServeError> {
-    let listeners = Listeners::bind(&config).await?;
-    serve(config, listeners, shutdown::shutdown_signal()).await
-}
-
-/// Serves the proxy and admin listeners until `shutdown` resolves, then: readiness
-/// turns 503 at once, the proxy listener closes, in-flight requests finish (up to
-/// `shutdown_grace`), and the function returns.
-pub async fn serve(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    for warning in &config.warnings {
-        tracing::warn!(key = warning.key, "configuration: {}", warning.message);
-    }
-    // Installed before the first request so that no early metric is lost.
-    let metrics = telemetry::metrics_handle();
-    let _metrics_upkeep = telemetry::start_upkeep();
-    let login = proxy::build_login_client(&config.upstream)?;
-    let store = Store::from_config(&config.store)?;
-    let _store_probe = store.start_probe();
-    let (credentials, route_tokens) = Registry::build(&config, &login, &store);
-    let flag = ShutdownFlag::default();
-    let pipeline = Arc::new(Pipeline::new(
-        RouteTable::build(&config, route_tokens),
-        Access::new(&config.access)?,
-        Limits::from_config(&config),
-        config.server.max_concurrency,
-        flag.clone(),
-        crate::idempotency::Idempotency::new(
-            &config.idempotency,
-            config.server.request_timeout,
-            &store,
-        ),
-    ));
-    let _refreshers = credentials.start();
-    let reloader = Reloader::new(
-        &config,
-        credentials.clone(),
-        pipeline.access().keys().cloned(),
-        store.clone(),
-    );
-    let _file_watch = reloader.watch_files();
-    let _sighup = BackgroundTask::spawn(shutdown::on_sighup(move || reloader.reload_all()));
-    let admin_app = crate::admin::router(crate::admin::Handles {
-        credentials,
-        store,
-        shutdown: flag.clone(),
-        metrics,
-    });
-
-    let (proxy_stage, proxy_stage_rx) = watch::channel(Stage::Serving);
-    let (admin_stage, admin_stage_rx) = watch::channel(Stage::Serving);
-    let limits = ClientLimits {
-        header_read_timeout: config.server.header_read_timeout,
-        client_timeout: config.server.client_timeout,
-    };
-    let workers = worker_count();
-    tracing::info!(
-        proxy = %local_addr(&listeners.proxy),
-        admin = %local_addr(&listeners.admin),
-        routes = config.routes.len(),
-        workers,
-        "listening"
-    );
-    let proxy_listener = listeners.proxy.into_std().map_err(ServeError::Worker)?;
-    let mut drained = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let worker = Worker {
-            pipeline: Arc::clone(&pipeline),
-            client: proxy::build_client(&config.upstream)?,
-        };
-        let socket = proxy_listener.try_clone().map_err(ServeError::Worker)?;
-        drained.push(worker.start(index, socket, proxy_stage_rx.clone(), limits)?);
-    }
-    // Only the workers' copies remain: when they stop accepting, the port closes.
-    drop(proxy_listener);
-    let admin_task = tokio::spawn(accept_loop(
-        listeners.admin,
-        admin_app,
-        admin_stage_rx,
-        limits,
-    ));
-
-    shutdown.await;
-    let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
-    flag.start();
-    tracing::info!(
-        grace_ms = config.server.shutdown_grace.as_millis() as u64,
-        "shutting down: readiness is 503, draining in-flight requests"
-    );
-    // Draining: no new connections; open ones stay open, so that a request arriving
-    // on one is answered `503 shutting_down` + `Connection: close` instead of meeting
-    // a closed socket. It ends when every in-flight request has finished, which
-    // taking every permit waits for.
-    let _ = proxy_stage.send(Stage::Draining);
-    let drained_in_time = tokio::time::timeout_at(deadline, pipeline.idle())
-        .await
-        .is_ok();
-    // Closing: idle connections close now, busy ones after their response.
-    let _ = proxy_stage.send(Stage::Closing);
-    let closed = futures_util::future::join_all(drained);
-    let closed_in_time = tokio::time::timeout_at(deadline, closed).await.is_ok();
-    if drained_in_time && closed_in_time {
-        tracing::info!("drained");
-    } else {
-        tracing::warn!("shutdown_grace elapsed with requests still in flight");
-    }
-    let _ = admin_stage.send(Stage::Closing);
-    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
-    Ok(())
-}
-
 /// One proxy worker per CPU the process may use (cgroup quotas included).
-fn worker_count() -> usize {
+pub(super) fn worker_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
@@ -219,14 +42,14 @@ fn worker_count() -> usize {
 /// nginx worker process. A connection, its requests and their upstream connections
 /// stay on one thread: no work stealing, no cross-thread wake-ups on the hot path.
 /// Token state, limits and metrics are shared (atomics and `ArcSwap`).
-struct Worker {
-    pipeline: Arc<Pipeline>,
-    client: proxy::UpstreamClient,
+pub(super) struct Worker {
+    pub(super) pipeline: Arc<Pipeline>,
+    pub(super) client: proxy::UpstreamClient,
 }
 
 impl Worker {
     /// Starts the worker's thread; the receiver resolves when it has drained.
-    fn start(
+    pub(super) fn start(
         self,
         index: usize,
         socket: std::net::TcpListener,
@@ -260,17 +83,11 @@ impl Worker {
     }
 }
 
-fn local_addr(listener: &TcpListener) -> String {
-    listener
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
-}
-
 /// Accepts connections until the stage is `Draining`; keeps serving the open ones
 /// until it is `Closing`, then closes each gracefully (hyper closes idle keep-alive
 /// connections and sends `Connection: close` on the last response of busy ones) and
 /// waits for them to finish.
-async fn accept_loop<S, B>(
+pub(super) async fn accept_loop<S, B>(
     listener: TcpListener,
     app: S,
     mut stage: watch::Receiver<Stage>,
@@ -381,7 +198,7 @@ async fn serve_connection<S, B>(
                 let (verdict, next) = watch.check(now);
                 check_at = next;
                 match verdict {
-                    Verdict::Fine => closing_idle = None,
+                    Verdict::InTime => closing_idle = None,
                     Verdict::BodyStalled => connection.as_mut().graceful_shutdown(),
                     Verdict::Idle => match closing_idle {
                         None => {
