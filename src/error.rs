@@ -88,6 +88,18 @@ pub enum ProxyError {
     /// a web page must not be able to make the proxy log in.
     #[error("refused: the request comes from another site's page (Origin or Sec-Fetch-Site)")]
     CrossSite,
+    /// A request with this `Idempotency-Key` is still in flight.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInProgress,
+    /// The key was used, but its answer was too large to keep for repeats.
+    #[error("this Idempotency-Key was used and its answer was too large to keep")]
+    IdempotencyAnswerNotKept,
+    /// The key was used for another method, path, query or body.
+    #[error("this Idempotency-Key was used for another method, path, query or body")]
+    IdempotencyKeyMismatch,
+    /// The shared store is unreachable and `idempotency.on_store_down = "reject"`.
+    #[error("idempotent requests cannot be served: the shared store is unreachable")]
+    IdempotencyUnavailable,
 }
 
 #[derive(Serialize)]
@@ -97,7 +109,8 @@ struct ErrorBody<'a> {
     request_id: &'a str,
 }
 
-/// `Retry-After` sent with `503 overloaded` and `503 shutting_down`.
+/// `Retry-After` sent with `503 overloaded`, `503 shutting_down` and
+/// `409 idempotency_in_progress`.
 const SHORT_RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
@@ -132,6 +145,14 @@ impl ProxyError {
             Self::UnknownCredential(_) => (StatusCode::NOT_FOUND, "unknown_credential"),
             Self::RefreshFailed { .. } => (StatusCode::BAD_GATEWAY, "refresh_failed"),
             Self::CrossSite => (StatusCode::FORBIDDEN, "cross_site_refused"),
+            Self::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_in_progress"),
+            Self::IdempotencyAnswerNotKept => (StatusCode::CONFLICT, "idempotency_answer_not_kept"),
+            Self::IdempotencyKeyMismatch => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch")
+            }
+            Self::IdempotencyUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "idempotency_unavailable")
+            }
         }
     }
 
@@ -161,7 +182,7 @@ impl ProxyError {
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, ALLOW);
             }
-            Self::Overloaded => {
+            Self::Overloaded | Self::IdempotencyInProgress => {
                 headers.insert(header::RETRY_AFTER, SHORT_RETRY_AFTER);
             }
             Self::ShuttingDown => {

@@ -14,6 +14,8 @@
 //!   outbound client stack and the egress `CONNECT` tunnel.
 //! - [`access`]: inbound client keys, the path form, the allowlist, refused methods.
 //! - [`route`]: longest-prefix route table → target, credential, token header.
+//! - [`idempotency`]: `Idempotency-Key` on routes that ask for it: claims, kept
+//!   answers (in memory, or in the shared store), replays.
 //! - [`token`]: one shared token per credential (`ArcSwap`), the single flight and its
 //!   gates, the fleet protocol over the token store (`memory`, `redis`).
 //! - [`admin`]: `/healthz`, `/readyz`, `/refresh`, `/metrics`, given narrow handles.
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod hop_by_hop;
+pub mod idempotency;
 pub mod pipeline;
 pub mod proxy;
 pub mod reload;

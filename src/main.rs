@@ -61,8 +61,14 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         numbers: Vec<String>,
     },
-    /// Read a client key on stdin; print the SHA-256 hex line for access.keys_file.
-    HashKey,
+    /// Read a client key on stdin; print its line for access.keys_file: the SHA-256
+    /// hex, then the caller's name when given (`<hex> <name>`).
+    HashKey {
+        /// The caller's name: in the request log line, and the owner of its
+        /// idempotency keys (1 to 64 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Exit 0 when the admin /healthz answers 200 (for container HEALTHCHECK).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
@@ -99,7 +105,7 @@ fn main() -> ExitCode {
                 ..SimConfig::default()
             },
         ),
-        Command::HashKey => hash_key(),
+        Command::HashKey { name } => hash_key(name.as_deref()),
         Command::Healthcheck { url } => healthcheck(&url),
     }
 }
@@ -223,7 +229,16 @@ fn sim(listen: SocketAddr, sim_config: SimConfig) -> ExitCode {
     }))
 }
 
-fn hash_key() -> ExitCode {
+fn hash_key(name: Option<&str>) -> ExitCode {
+    if let Some(name) = name
+        && !ipproxy::access::is_caller_name(name)
+    {
+        eprintln!(
+            "ipproxy: --name must be 1 to 64 characters of A-Z a-z 0-9 . _ - (it goes in log \
+             lines as it is)"
+        );
+        return ExitCode::from(2);
+    }
     let mut key = String::new();
     if let Err(error) = std::io::stdin().read_to_string(&mut key) {
         eprintln!("ipproxy: cannot read the key from stdin: {error}");
@@ -234,7 +249,11 @@ fn hash_key() -> ExitCode {
         eprintln!("ipproxy: the key on stdin is empty");
         return ExitCode::from(2);
     }
-    println!("{}", hex::encode(Sha256::digest(key.as_bytes())));
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    match name {
+        Some(name) => println!("{digest} {name}"),
+        None => println!("{digest}"),
+    }
     ExitCode::SUCCESS
 }
 

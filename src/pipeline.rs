@@ -19,9 +19,10 @@ use http_body_util::Either;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
-use crate::access::{self, Access};
+use crate::access::{self, Access, Caller};
 use crate::error::ProxyError;
-use crate::proxy::{self, Limits, Outcome, ResponseBody, UpstreamClient};
+use crate::idempotency::{self, Exchange, Idempotency, KeptBody, OwnAnswer};
+use crate::proxy::{self, Limits, Outcome, UpstreamClient};
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteTable};
 use crate::server::connection::{ClientBody, RequestHandle};
@@ -41,19 +42,32 @@ pub struct Pipeline {
     inflight: Arc<Semaphore>,
     max_concurrency: usize,
     shutdown: ShutdownFlag,
+    /// Kept answers of routes with `idempotency = true`.
+    idempotency: Idempotency,
+}
+
+/// What the log line says besides the request and its answer: learnt on the way.
+#[derive(Debug, Default)]
+struct Notes {
+    caller: Caller,
+    /// Set for requests with an `Idempotency-Key` on an idempotent route.
+    idempotency: Option<idempotency::Label>,
 }
 
 /// A request the pipeline refused, and the route it had reached (for the log line
 /// and the metrics), if any.
 struct Refusal<'a> {
-    error: ProxyError,
+    answer: OwnAnswer,
     route: Option<&'a Route>,
 }
 
 impl From<ProxyError> for Refusal<'_> {
     /// A refusal before routing.
     fn from(error: ProxyError) -> Self {
-        Self { error, route: None }
+        Self {
+            answer: OwnAnswer::Error(error),
+            route: None,
+        }
     }
 }
 
@@ -64,6 +78,7 @@ impl Pipeline {
         limits: Limits,
         max_concurrency: usize,
         shutdown: ShutdownFlag,
+        idempotency: Idempotency,
     ) -> Self {
         Self {
             routes,
@@ -72,6 +87,7 @@ impl Pipeline {
             inflight: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
             shutdown,
+            idempotency,
         }
     }
 
@@ -114,13 +130,17 @@ impl Pipeline {
             // only made when that line is written.
             uri: tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone()),
             connection: request.body().handle().clone(),
+            notes: Notes::default(),
         };
-        let forwarded = self.admit_and_forward(client, request, &record.request_id);
+        let mut notes = Notes::default();
+        let forwarded = self.admit_and_forward(client, request, &record.request_id, &mut notes);
         let forwarded = if record.span.is_none() {
             forwarded.await
         } else {
             forwarded.instrument(record.span.clone()).await
         };
+        let mut record = record;
+        record.notes = notes;
         match forwarded {
             Ok((response, route, outcome)) => {
                 let status = response.status();
@@ -142,10 +162,11 @@ impl Pipeline {
                 })
             }
             Err(refusal) => {
-                let response = refusal
-                    .error
-                    .into_response_for(&record.request_id)
-                    .map(Either::Right);
+                let response = match refusal.answer {
+                    OwnAnswer::Error(error) => error.into_response_for(&record.request_id),
+                    OwnAnswer::Kept(response) => response,
+                }
+                .map(Either::Right);
                 let (name, metrics) = match refusal.route {
                     Some(route) => (&*route.name, &route.metrics),
                     None => ("-", RouteMetrics::unrouted()),
@@ -162,6 +183,7 @@ impl Pipeline {
         client: &UpstreamClient,
         request: http::Request<ClientBody>,
         request_id: &RequestId,
+        notes: &mut Notes,
     ) -> Result<(http::Response<Sending>, &'a Route, Outcome), Refusal<'a>> {
         if self.shutdown.is_set() {
             return Err(ProxyError::ShuttingDown.into());
@@ -170,7 +192,7 @@ impl Pipeline {
         // listed hosts or load. Then browsers (a foreign Host, a web page), before
         // any slot or token is taken. Then the method, before a slot is taken or the
         // allowlist consulted: CONNECT and TRACE never go anywhere.
-        self.access.check_key(request.headers())?;
+        notes.caller = self.access.check_key(request.headers())?;
         self.access
             .check_browser(request.uri(), request.headers())?;
         access::check_method(request.method())?;
@@ -179,13 +201,51 @@ impl Pipeline {
         access::check_path(path)?;
         self.access.check_allowed(request.method(), path)?;
         let route = self.routes.find(path).ok_or(ProxyError::NoRoute)?;
+        // Only a keyed POST or PATCH on an idempotent route goes the idempotent way;
+        // everything else pays one boolean and, on such a route, one header lookup.
+        if route.idempotency && idempotency::applies(request.method()) {
+            let key = idempotency::key_of(request.headers()).map_err(|error| Refusal {
+                answer: OwnAnswer::Error(error),
+                route: Some(route),
+            })?;
+            if let Some(key) = key {
+                let exchange = Exchange {
+                    client: client.clone(),
+                    limits: self.limits.clone(),
+                    route: Arc::clone(route),
+                    request_id: request_id.clone(),
+                };
+                // Boxed: its state (the whole body, the claim) would otherwise make
+                // every request's future larger, keyed or not.
+                let (result, label) =
+                    Box::pin(
+                        self.idempotency
+                            .forward_once(exchange, request, &notes.caller, &key),
+                    )
+                    .await;
+                notes.idempotency = label;
+                return match result {
+                    Ok((response, outcome)) => {
+                        let response = response.map(|body| Sending { body, in_flight });
+                        Ok((response, route, outcome))
+                    }
+                    Err(answer) => Err(Refusal {
+                        answer,
+                        route: Some(route),
+                    }),
+                };
+            }
+        }
         match proxy::forward(client, &self.limits, route, request, request_id).await {
             Ok((response, outcome)) => {
-                let response = response.map(|body| Sending { body, in_flight });
+                let response = response.map(|body| Sending {
+                    body: KeptBody::plain(body),
+                    in_flight,
+                });
                 Ok((response, route, outcome))
             }
             Err(error) => Err(Refusal {
-                error,
+                answer: OwnAnswer::Error(error),
                 route: Some(route),
             }),
         }
@@ -221,7 +281,7 @@ impl Drop for InFlight {
 /// An upstream response body and its request's [`InFlight`] count, before the log
 /// line is attached.
 struct Sending {
-    body: ResponseBody,
+    body: KeptBody,
     in_flight: InFlight,
 }
 
@@ -237,6 +297,7 @@ struct RequestRecord {
     uri: Option<Uri>,
     /// Says whether the request was abandoned for stalling (logged `408`).
     connection: RequestHandle,
+    notes: Notes,
 }
 
 impl RequestRecord {
@@ -271,6 +332,8 @@ impl RequestRecord {
             duration_ms = duration.as_secs_f64() * 1000.0,
             retried,
             outcome = upstream_aborted.then_some(UPSTREAM_ABORTED),
+            caller = self.notes.caller.name(),
+            idempotency = self.notes.idempotency.map(idempotency::Label::as_str),
             "request"
         );
     }
@@ -300,7 +363,7 @@ const UPSTREAM_ABORTED: &str = "upstream_aborted";
 /// line, both released when the body has been sent or dropped.
 #[derive(Debug)]
 pub struct Guarded {
-    body: ResponseBody,
+    body: KeptBody,
     log: Option<PendingLog>,
     _in_flight: InFlight,
 }

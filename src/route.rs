@@ -28,6 +28,8 @@ pub struct Route {
     /// Which of the credential's prebuilt header values this route sends.
     pub format: FormatId,
     pub strip_prefix: bool,
+    /// `Idempotency-Key` is honoured on POST and PATCH.
+    pub idempotency: bool,
     pub metrics: RouteMetrics,
 }
 
@@ -90,29 +92,33 @@ impl Route {
     }
 }
 
-/// All routes, longest prefix first.
+/// All routes, longest prefix first; shared, so that an idempotent request's upstream
+/// exchange can finish on its own task when its client leaves.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
 }
 
 impl RouteTable {
     /// Resolves the configured routes; `tokens` holds each route's token handle, in
     /// the order of `config.routes` (as `token::Registry::build` returns them).
     pub fn build(config: &Config, tokens: Vec<RouteToken>) -> Self {
-        let mut routes: Vec<Route> = config
+        let mut routes: Vec<Arc<Route>> = config
             .routes
             .iter()
             .zip(tokens)
-            .map(|(route, token)| Route {
-                name: Arc::from(route.name.as_str()),
-                prefix: route.prefix.clone(),
-                target: route.upstream.clone(),
-                credential: token.credential,
-                header: token.header,
-                format: token.format,
-                strip_prefix: route.strip_prefix,
-                metrics: RouteMetrics::new(&route.name),
+            .map(|(route, token)| {
+                Arc::new(Route {
+                    name: Arc::from(route.name.as_str()),
+                    prefix: route.prefix.clone(),
+                    target: route.upstream.clone(),
+                    credential: token.credential,
+                    header: token.header,
+                    format: token.format,
+                    strip_prefix: route.strip_prefix,
+                    idempotency: route.idempotency,
+                    metrics: RouteMetrics::new(&route.name),
+                })
             })
             .collect();
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
@@ -120,7 +126,7 @@ impl RouteTable {
     }
 
     /// The route with the longest prefix matching `path` on segment boundaries.
-    pub fn find(&self, path: &str) -> Option<&Route> {
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|route| route.prefix.matches(path))
     }
 }
@@ -144,7 +150,7 @@ mod tests {
         let login = crate::proxy::build_login_client(&config.upstream).expect("login client");
         let (_registry, tokens) = Registry::build(&config, &login, &store);
         let mut table = RouteTable::build(&config, tokens);
-        let mut route = table.routes.remove(0);
+        let mut route = Arc::try_unwrap(table.routes.remove(0)).expect("one owner");
         route.target = UpstreamTarget::parse(upstream).expect("test upstream");
         route.prefix = RoutePrefix::parse(prefix).expect("test prefix");
         route.strip_prefix = strip_prefix;

@@ -175,6 +175,59 @@ async fn malformed_keys_file_stops_the_start_naming_the_line_not_its_content() {
     assert!(!message.contains(raw_key_pasted_by_mistake), "{message}");
 }
 
+/// `ipproxy hash-key [--name NAME]` with `key` on stdin: its exit status and output.
+fn hash_key(key: &str, name: Option<&str>) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ipproxy"));
+    command.arg("hash-key");
+    if let Some(name) = name {
+        command.args(["--name", name]);
+    }
+    let mut child = command
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ipproxy hash-key");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(key.as_bytes())
+        .expect("write the key");
+    let output = child.wait_with_output().expect("hash-key ends");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn hash_key_prints_the_keys_file_line_with_or_without_a_name() {
+    let (ok, named, _) = hash_key(KEY, Some("billing"));
+    assert!(ok);
+    assert_eq!(named, format!("{} billing\n", digest_line(KEY).trim_end()));
+    let (ok, unnamed, _) = hash_key(OTHER_KEY, None);
+    assert!(ok);
+    assert_eq!(unnamed, digest_line(OTHER_KEY));
+    for bad in ["two words", "name\u{1b}[31m", ""] {
+        let (ok, out, err) = hash_key(KEY, Some(bad));
+        assert!(!ok && out.is_empty(), "{bad:?}");
+        assert!(err.contains("--name"), "{err}");
+    }
+
+    // Both lines, as printed, make a keys file the proxy takes.
+    let sim = Sim::default().await;
+    let (_dir, keys) = keys_file(&format!("{named}{unnamed}"));
+    let proxy = proxy_with_keys(&sim, &keys).await;
+    for key in [KEY, OTHER_KEY] {
+        let response = get_with_key(&proxy, ECHO_PATH, Some(key)).await;
+        assert_eq!(response.status(), 200, "{key}");
+    }
+}
+
 // --- allowlist and crafted paths ---
 
 const ALLOW_TOML: &str = r#"

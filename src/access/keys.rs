@@ -1,6 +1,9 @@
-//! Inbound client keys: `access.keys_file` holds SHA-256 hex digests of client keys; a
-//! client sends `Proxy-Authorization: Bearer <key>`. The presented key is hashed and
-//! compared with every stored digest in constant time. The file is re-read when it
+//! Inbound client keys: `access.keys_file` holds SHA-256 hex digests of client keys,
+//! one caller a line, each optionally followed by a space and the caller's name
+//! (`<hex> billing`); a client sends `Proxy-Authorization: Bearer <key>`. The
+//! presented key is hashed and compared with every stored digest in constant time;
+//! the matched line is the request's [`Caller`] (its name in the log line, its
+//! identity for idempotency keys). The file is re-read when it
 //! changes and on `SIGHUP` (rotation without a restart, see `reload`); the digest
 //! set sits in an `ArcSwap`, so the request path takes no lock.
 //!
@@ -13,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
+use subtle::{Choice, ConditionallySelectable as _, ConstantTimeEq};
 
 use super::AccessError;
 use crate::error::ProxyError;
@@ -45,20 +48,86 @@ impl std::fmt::Debug for KeyDigest {
     }
 }
 
-/// The digests currently accepted.
+/// Longest caller name: a label in a log line, not a place for text.
+const MAX_CALLER_NAME: usize = 64;
+
+/// Who sent a request: the `keys_file` line its key matched, or, without a keys file,
+/// everyone (the one caller `-`). Cheap to clone (a reference count for a name).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The line's name, when it has one.
+    name: Option<Arc<str>>,
+    /// The line's digest; `None` without a keys file.
+    digest: Option<KeyDigest>,
+}
+
+impl Caller {
+    /// The name for the log line: the line's name, or `-`.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("-")
+    }
+
+    /// What tells this caller apart from every other, for scoping idempotency keys:
+    /// the name when the line has one (so a rotated key keeps its caller's answers),
+    /// otherwise the line's digest; empty for the one caller without a keys file.
+    pub fn identity(&self) -> (&[u8], &[u8]) {
+        match (&self.name, &self.digest) {
+            (Some(name), _) => (b"name", name.as_bytes()),
+            (None, Some(digest)) => (b"digest", &digest.0),
+            (None, None) => (b"anyone", b""),
+        }
+    }
+
+    /// A named caller (for tests of the crate).
+    #[cfg(test)]
+    pub(crate) fn named(name: &str) -> Self {
+        Self {
+            name: Some(Arc::from(name)),
+            digest: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Caller({})", self.name())
+    }
+}
+
+/// One line of the keys file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyLine {
+    digest: KeyDigest,
+    name: Option<Arc<str>>,
+}
+
+/// The lines currently accepted.
 #[derive(Debug, PartialEq, Eq)]
-struct KeySet(Vec<KeyDigest>);
+struct KeySet(Vec<KeyLine>);
 
 impl KeySet {
     /// Hashes `key` and compares it with every digest in constant time, without
-    /// stopping at the first match, so the time taken says nothing about the set.
-    fn contains_key(&self, key: &[u8]) -> bool {
+    /// stopping at the first match, so the time taken says nothing about the set;
+    /// the caller of the (last) matching line.
+    fn caller_of(&self, key: &[u8]) -> Option<Caller> {
         let presented: [u8; 32] = Sha256::digest(key).into();
         let mut found = Choice::from(0);
-        for stored in &self.0 {
-            found |= stored.0.ct_eq(&presented);
+        // One more than the matching line's index; 0: none.
+        let mut matched = 0u32;
+        for (index, stored) in self.0.iter().enumerate() {
+            let equal = stored.digest.0.ct_eq(&presented);
+            found |= equal;
+            let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            matched.conditional_assign(&position, equal);
         }
-        found.into()
+        if !bool::from(found) {
+            return None;
+        }
+        let line = self.0.get(matched as usize - 1)?;
+        Some(Caller {
+            name: line.name.clone(),
+            digest: Some(line.digest),
+        })
     }
 
     fn is_empty(&self) -> bool {
@@ -100,8 +169,9 @@ impl ClientKeys {
         &self.0.path
     }
 
-    /// Missing, repeated, malformed or unknown key → `407`.
-    pub(super) fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+    /// The caller whose key the request carries. Missing, repeated, malformed or
+    /// unknown key → `407`.
+    pub(super) fn check(&self, headers: &HeaderMap) -> Result<Caller, ProxyError> {
         let mut values = headers.get_all(header::PROXY_AUTHORIZATION).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return Err(ProxyError::ProxyAuthRequired);
@@ -109,11 +179,11 @@ impl ClientKeys {
         let Some(key) = bearer_key(value.as_bytes()) else {
             return Err(ProxyError::ProxyAuthRequired);
         };
-        if self.0.digests.load().contains_key(key) {
-            Ok(())
-        } else {
-            Err(ProxyError::ProxyAuthRequired)
-        }
+        self.0
+            .digests
+            .load()
+            .caller_of(key)
+            .ok_or(ProxyError::ProxyAuthRequired)
     }
 
     /// Reads the file again and takes its digests when they changed; returns whether
@@ -166,25 +236,48 @@ fn read_digests(path: &Path) -> Result<KeySet, AccessError> {
     parse_digests(path, &text)
 }
 
-/// One digest a line (64 hex digits, either case, surrounding white space ignored);
-/// blank lines and lines starting with `#` are skipped.
+/// One caller a line: 64 hex digits (either case), then optionally white space and a
+/// name of 1 to 64 characters of `A-Z a-z 0-9 . _ -`; surrounding white space is
+/// ignored, blank lines and lines starting with `#` are skipped.
 fn parse_digests(path: &Path, content: &str) -> Result<KeySet, AccessError> {
-    let mut digests = Vec::new();
+    let mut lines = Vec::new();
     for (index, line) in content.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let malformed = || AccessError::Malformed {
+            path: path.display().to_string(),
+            line: index + 1,
+        };
+        let (hex_digits, name) = match line.split_once([' ', '\t']) {
+            Some((hex_digits, name)) => (hex_digits, Some(name.trim())),
+            None => (line, None),
+        };
         let mut digest = [0u8; 32];
-        if hex::decode_to_slice(line, &mut digest).is_err() {
-            return Err(AccessError::Malformed {
-                path: path.display().to_string(),
-                line: index + 1,
-            });
+        if hex::decode_to_slice(hex_digits, &mut digest).is_err() {
+            return Err(malformed());
         }
-        digests.push(KeyDigest(digest));
+        if let Some(name) = name
+            && !is_caller_name(name)
+        {
+            return Err(malformed());
+        }
+        lines.push(KeyLine {
+            digest: KeyDigest(digest),
+            name: name.map(Arc::from),
+        });
     }
-    Ok(KeySet(digests))
+    Ok(KeySet(lines))
+}
+
+/// Whether `name` may name a caller in `access.keys_file`: it goes in a log line as
+/// it is, so it cannot forge one.
+pub fn is_caller_name(name: &str) -> bool {
+    (1..=MAX_CALLER_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -250,6 +343,49 @@ mod tests {
             !check(&[&format!("Bearer {digest}")]),
             "the digest is not a key"
         );
+    }
+
+    #[test]
+    fn a_line_may_name_its_caller_and_unnamed_lines_keep_working() {
+        let content = format!(
+            "{} billing\n{}\t  ops-team.eu_1 \n{}\n",
+            digest_line(KEY),
+            digest_line("second-key"),
+            digest_line("third-key")
+        );
+        let (_dir, _path, access) = keys_access(&content);
+        let access = access.expect("valid keys file");
+        let caller = |key: &str| {
+            access
+                .check_key(&with_authorization(&[&format!("Bearer {key}")]))
+                .expect("a known key")
+        };
+        assert_eq!(caller(KEY).name(), "billing");
+        assert_eq!(caller("second-key").name(), "ops-team.eu_1");
+        assert_eq!(caller("third-key").name(), "-");
+        assert_ne!(
+            caller("third-key").identity(),
+            Caller::default().identity(),
+            "an unnamed line is still its own caller"
+        );
+        assert_ne!(caller(KEY).identity(), caller("second-key").identity());
+        assert!(
+            access
+                .check_key(&with_authorization(&["Bearer nobody"]))
+                .is_err()
+        );
+        for bad in [
+            format!("{} two words", digest_line(KEY)),
+            format!("{} {}", digest_line(KEY), "n".repeat(65)),
+            format!("{} caller\u{1b}[31m", digest_line(KEY)),
+            format!("{} name=\"x\"", digest_line(KEY)),
+        ] {
+            let (_dir, _path, access) = keys_access(&bad);
+            assert!(
+                matches!(access, Err(AccessError::Malformed { line: 1, .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::error::ProxyError;
 use allow::Allowlist;
 use browser::BrowserOrigins;
 use host::OwnHosts;
-pub use keys::ClientKeys;
+pub use keys::{Caller, ClientKeys, is_caller_name};
 pub use method::check_method;
 pub use path::check_path;
 
@@ -75,10 +75,11 @@ impl Access {
     }
 
     /// Checks the client key in `Proxy-Authorization: Bearer <key>` when keys are
-    /// configured. Missing, repeated, malformed or unknown → `407`.
-    pub fn check_key(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+    /// configured, and says whose it is. Missing, repeated, malformed or unknown →
+    /// `407`. Without keys, every client is the one caller `-`.
+    pub fn check_key(&self, headers: &HeaderMap) -> Result<Caller, ProxyError> {
         match &self.keys {
-            None => Ok(()),
+            None => Ok(Caller::default()),
             Some(keys) => keys.check(headers),
         }
     }
@@ -106,7 +107,8 @@ pub enum AccessError {
     File(String),
     #[error(
         "access.keys_file {path} line {line}: not a SHA-256 digest (64 hex digits, one a \
-         line; `ipproxy hash-key` makes one from a key)"
+         line) optionally followed by a space and a name of 1 to 64 characters of \
+         A-Z a-z 0-9 . _ - (`ipproxy hash-key [--name NAME]` makes the line from a key)"
     )]
     Malformed { path: String, line: usize },
     #[error("access.keys_file {path}: holds no key digest, so no client could get in")]

@@ -82,6 +82,15 @@ pub(super) const SECTION_KEYS: &[(&str, &[(&str, EnvKind)])] = &[
         ],
     ),
     (
+        "idempotency",
+        &[
+            ("ttl", EnvKind::Text),
+            ("max_response", EnvKind::Text),
+            ("max_entries", EnvKind::Integer),
+            ("on_store_down", EnvKind::Text),
+        ],
+    ),
+    (
         "tracing",
         &[
             ("otlp_endpoint", EnvKind::Text),

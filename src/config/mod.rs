@@ -25,6 +25,7 @@ mod browser;
 pub mod defaults;
 mod egress;
 mod env;
+mod idempotency;
 mod parse;
 mod raw;
 mod render;
@@ -48,6 +49,7 @@ use url::Url;
 
 pub use browser::{AllowedHost, AllowedOrigin};
 pub use egress::{EgressConfig, EgressProxy, NoProxyList};
+pub use idempotency::{IdempotencyConfig, OnStoreDown};
 pub use trace::{OtlpEndpoint, TracingConfig};
 
 /// The variable naming the configuration file when no `--config` is given.
@@ -74,6 +76,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[store]`: where tokens live.
     pub store: StoreConfig,
+    /// `[idempotency]`: kept answers for `Idempotency-Key` requests.
+    pub idempotency: IdempotencyConfig,
     /// `[tracing]`: where OpenTelemetry spans go (off by default).
     pub tracing: TracingConfig,
     /// Keys that were ignored (they belong to the other kind of credential): `run`
@@ -356,6 +360,8 @@ pub struct RouteConfig {
     pub format: Option<HeaderFormat>,
     /// Remove `prefix` from the path before forwarding.
     pub strip_prefix: bool,
+    /// Honour `Idempotency-Key` on POST and PATCH.
+    pub idempotency: bool,
 }
 
 /// `[access]`: who may call the proxy, and which paths.

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub access: RawAccess,
     pub log: RawLog,
     pub store: RawStore,
+    pub idempotency: RawIdempotency,
     pub tracing: RawTracing,
 }
 
@@ -93,6 +94,7 @@ pub(super) struct RawRoute {
     pub header: Option<String>,
     pub format: Option<String>,
     pub strip_prefix: Option<bool>,
+    pub idempotency: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +159,22 @@ pub(super) struct RawStore {
     pub prefix: Option<String>,
     pub timeout: Option<String>,
     pub lock_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawIdempotency {
+    pub ttl: Option<String>,
+    pub max_response: Option<RawSize>,
+    pub max_entries: Option<u64>,
+    pub on_store_down: Option<RawStoreDown>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawStoreDown {
+    Local,
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -367,6 +385,7 @@ pub(super) fn deserialize(
             "access" => raw.access = reader.read(value, key),
             "log" => raw.log = reader.read(value, key),
             "store" => raw.store = reader.read(value, key),
+            "idempotency" => raw.idempotency = reader.read(value, key),
             "tracing" => raw.tracing = reader.read(value, key),
             _ => reader
                 .problems

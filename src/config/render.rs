@@ -30,7 +30,16 @@ struct View {
     access: AccessView,
     log: LogView,
     store: StoreView,
+    idempotency: IdempotencyView,
     tracing: TracingView,
+}
+
+#[derive(Serialize)]
+struct IdempotencyView {
+    ttl: String,
+    max_response: String,
+    max_entries: usize,
+    on_store_down: &'static str,
 }
 
 #[derive(Serialize)]
@@ -121,6 +130,7 @@ struct RouteView {
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<String>,
     strip_prefix: bool,
+    idempotency: bool,
 }
 
 #[derive(Serialize)]
@@ -196,6 +206,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
                 header: route.header.as_ref().map(ToString::to_string),
                 format: route.format.as_ref().map(ToString::to_string),
                 strip_prefix: route.strip_prefix,
+                idempotency: route.idempotency,
             })
             .collect(),
         access: AccessView {
@@ -226,6 +237,12 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             level: config.log.level.clone(),
         },
         store: store_view(&config.store),
+        idempotency: IdempotencyView {
+            ttl: duration(config.idempotency.ttl),
+            max_response: size(config.idempotency.max_response),
+            max_entries: config.idempotency.max_entries,
+            on_store_down: config.idempotency.on_store_down.as_str(),
+        },
         tracing: TracingView {
             otlp_endpoint: config
                 .tracing

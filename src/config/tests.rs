@@ -850,6 +850,70 @@ fn route_defaults_name_upstream_credential_and_strip_prefix() {
 }
 
 #[test]
+fn idempotency_is_off_by_default_and_its_section_is_read_from_file_and_variables() {
+    let toml = with_auth(
+        "[idempotency]\nttl = \"1h\"\nmax_response = \"64KiB\"\n\
+         [[route]]\nprefix = \"/sms/\"\nidempotency = true\n[[route]]\nprefix = \"/\"\n",
+    );
+    let config = expect_ok(load_toml(
+        &toml,
+        &[
+            ("IPPROXY_IDEMPOTENCY__MAX_ENTRIES", "500"),
+            ("IPPROXY_IDEMPOTENCY__ON_STORE_DOWN", "reject"),
+        ],
+    ));
+    let idempotent = |prefix: &str| {
+        config
+            .routes
+            .iter()
+            .find(|route| route.prefix.as_str() == prefix)
+            .expect("route")
+            .idempotency
+    };
+    assert!(idempotent("/sms/") && !idempotent("/"));
+    assert_eq!(
+        config.idempotency,
+        IdempotencyConfig {
+            ttl: Duration::from_secs(3600),
+            max_response: 64 * 1024,
+            max_entries: 500,
+            on_store_down: OnStoreDown::Reject,
+        }
+    );
+    let defaults = expect_ok(load_toml(&with_auth(""), &[]));
+    assert_eq!(defaults.idempotency, IdempotencyConfig::default());
+    assert!(!defaults.routes[0].idempotency);
+}
+
+#[test]
+fn bad_idempotency_values_are_each_named() {
+    for (key, value) in [
+        ("IPPROXY_IDEMPOTENCY__TTL", "0s"),
+        ("IPPROXY_IDEMPOTENCY__TTL", "soon"),
+        ("IPPROXY_IDEMPOTENCY__MAX_RESPONSE", "65MiB"),
+        ("IPPROXY_IDEMPOTENCY__MAX_RESPONSE", "lots"),
+        ("IPPROXY_IDEMPOTENCY__MAX_ENTRIES", "0"),
+        ("IPPROXY_IDEMPOTENCY__MAX_ENTRIES", "10000001"),
+        ("IPPROXY_IDEMPOTENCY__ON_STORE_DOWN", "ignore"),
+    ] {
+        let name = key
+            .strip_prefix("IPPROXY_")
+            .expect("prefix")
+            .replace("__", ".")
+            .to_lowercase();
+        let error = expect_problem(load_toml(&with_auth(""), &[(key, value)]), &name);
+        assert_eq!(error.problems().len(), 1, "{key}={value}: {error}");
+    }
+    expect_problem(
+        load_toml(
+            &with_auth("[[route]]\nprefix = \"/\"\nidempotency = \"yes\"\n"),
+            &[],
+        ),
+        "route[0].idempotency",
+    );
+}
+
+#[test]
 fn route_overrides_are_kept() {
     let toml = with_auth(
         "[[route]]\nname = \"my\"\nprefix = \"/my/\"\nupstream = \"https://customer.intelepeer.com\"\nheader = \"X-Token\"\nformat = \"{token}\"\nstrip_prefix = true\n",
@@ -1322,6 +1386,9 @@ fn intelepeer_example_config_loads_with_a_route_per_api_family() {
         Some("atmosphere-api.intelepeer.com")
     );
     assert_eq!(route("/rest/v1/").credential, "cpaas");
+    assert!(route("/_rest/v4/app/sms/").idempotency);
+    assert!(!route("/_rest/v4/my/").idempotency);
+    assert_eq!(config.idempotency, IdempotencyConfig::default());
 }
 
 // --- the variable table agrees with the file's structs ---

@@ -109,6 +109,7 @@ pub(super) fn validate(
     let log = check.log(raw.log);
     let store = check.store(raw.store);
     let tracing = super::trace::resolve(raw.tracing, standard_vars, check.problems);
+    let idempotency = super::idempotency::resolve(raw.idempotency, check.problems);
     Config {
         server,
         upstream,
@@ -117,6 +118,7 @@ pub(super) fn validate(
         access,
         log,
         store,
+        idempotency,
         tracing,
         warnings: Vec::new(),
     }
@@ -510,6 +512,7 @@ impl Checker<'_> {
                 header: None,
                 format: None,
                 strip_prefix: false,
+                idempotency: false,
             }];
         }
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
@@ -577,6 +580,7 @@ impl Checker<'_> {
                 header,
                 format,
                 strip_prefix: route.strip_prefix.unwrap_or(false),
+                idempotency: route.idempotency.unwrap_or(false),
             });
         }
         routes

@@ -124,6 +124,14 @@ impl OutboundBody {
         }
     }
 
+    /// The whole body, when it was read to its end.
+    pub fn buffered(&self) -> Option<&Bytes> {
+        match self {
+            Self::Replayable(bytes) => Some(bytes),
+            Self::Streaming { .. } => None,
+        }
+    }
+
     pub fn is_replayable(&self) -> bool {
         matches!(self, Self::Replayable(_))
     }

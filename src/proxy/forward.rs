@@ -55,17 +55,52 @@ pub async fn forward(
     request_id: &RequestId,
 ) -> Result<(http::Response<ResponseBody>, Outcome), ProxyError> {
     let (parts, body) = request.into_parts();
-    let uri = upstream_uri(route, &parts.uri)?;
-    let mut body =
+    let body =
         OutboundBody::prepare(body, &parts.headers, limits.replay_limit, limits.max_body).await?;
+    forward_prepared(client, limits, route, &parts, body, request_id)
+        .await
+        .map_err(|failed| failed.error)
+}
+
+/// A forwarded request that got no upstream answer, and whether it may have reached
+/// the upstream (an idempotency key is released only when it cannot have).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    /// False when nothing was sent: no token, no connection (connect refused, the
+    /// egress tunnel failed, TLS), a target that cannot be forwarded.
+    pub may_have_left: bool,
+}
+
+impl Failed {
+    fn before_sending(error: ProxyError) -> Self {
+        Self {
+            error,
+            may_have_left: false,
+        }
+    }
+}
+
+/// [`forward`] with the body already read (or streaming).
+pub async fn forward_prepared(
+    client: &UpstreamClient,
+    limits: &Limits,
+    route: &Route,
+    parts: &http::request::Parts,
+    mut body: OutboundBody,
+    request_id: &RequestId,
+) -> Result<(http::Response<ResponseBody>, Outcome), Failed> {
+    let uri = upstream_uri(route, &parts.uri).map_err(Failed::before_sending)?;
 
     let credential = &route.credential;
     let lease = credential
         .lease(route.format, limits.request_timeout)
         .await
-        .map_err(|unavailable| ProxyError::TokenUnavailable {
-            credential: unavailable.credential,
-            retry_after: unavailable.retry_after,
+        .map_err(|unavailable| {
+            Failed::before_sending(ProxyError::TokenUnavailable {
+                credential: unavailable.credential,
+                retry_after: unavailable.retry_after,
+            })
         })?;
 
     // Headers are built for each attempt (again if the pool must send it again on a
@@ -108,7 +143,15 @@ pub async fn forward(
 
     let first = send(lease.header, body.attempt(), uri, 1).await;
     let response = match first {
-        Err(error) => return Err(body.cut_off(limits).unwrap_or(error)),
+        Err(failed) => {
+            return Err(match body.cut_off(limits) {
+                Some(error) => Failed {
+                    error,
+                    may_have_left: true,
+                },
+                None => failed,
+            });
+        }
         Ok(response) => response,
     };
     if response.status() != StatusCode::UNAUTHORIZED || !body.is_replayable() {
@@ -129,7 +172,8 @@ pub async fn forward(
         ));
     };
     drop(response);
-    let uri = upstream_uri(route, &parts.uri)?;
+    // The first attempt was refused (401): only the second can have had an effect.
+    let uri = upstream_uri(route, &parts.uri).map_err(Failed::before_sending)?;
     let second = send(fresh.header, body.attempt(), uri, 2).await?;
     Ok((
         into_client_response(second, request_id),
@@ -152,7 +196,7 @@ async fn attempt(
     again: impl FnOnce(UpstreamBody) -> Option<Request<UpstreamBody>>,
     timeout: Duration,
     span: tracing::Span,
-) -> Result<http::Response<ResponseBody>, ProxyError> {
+) -> Result<http::Response<ResponseBody>, Failed> {
     match tokio::time::timeout(timeout, client.send(request, again)).await {
         Ok(Ok(response)) => {
             trace::record_upstream(&span, Ok(response.status()));
@@ -160,23 +204,33 @@ async fn attempt(
         }
         Ok(Err(error)) => {
             tracing::debug!(cause = %error, connect = error.is_connect(), "upstream request failed");
-            match error.egress() {
+            let may_have_left = !error.is_connect();
+            let error = match error.egress() {
                 Some(egress) => {
                     trace::record_upstream(&span, Err("egress_unreachable"));
-                    Err(ProxyError::EgressUnreachable {
+                    ProxyError::EgressUnreachable {
                         proxy: egress.proxy.clone(),
                         reason: egress.reason.clone(),
-                    })
+                    }
                 }
                 None => {
                     trace::record_upstream(&span, Err("unreachable"));
-                    Err(ProxyError::UpstreamUnreachable)
+                    ProxyError::UpstreamUnreachable
                 }
-            }
+            };
+            Err(Failed {
+                error,
+                may_have_left,
+            })
         }
         Err(_elapsed) => {
             trace::record_upstream(&span, Err("timeout"));
-            Err(ProxyError::UpstreamTimeout(timeout))
+            // Possibly during the connect, but possibly after the request was
+            // written: counted as sent.
+            Err(Failed {
+                error: ProxyError::UpstreamTimeout(timeout),
+                may_have_left: true,
+            })
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod headers;
 mod outbound;
 pub mod pool;
 
-pub use body::UpstreamBody;
-pub use forward::{Limits, Outcome, forward};
+pub use body::{OutboundBody, UpstreamBody};
+pub use forward::{Failed, Limits, Outcome, forward, forward_prepared};
 pub use outbound::{ClientError, build_client, build_client_with, build_login_client};
 pub use pool::{ResponseBody, UpstreamClient};

@@ -114,6 +114,11 @@ pub async fn serve(
         Limits::from_config(&config),
         config.server.max_concurrency,
         flag.clone(),
+        crate::idempotency::Idempotency::new(
+            &config.idempotency,
+            config.server.request_timeout,
+            &store,
+        ),
     ));
     let _refreshers = credentials.start();
     let reloader = Reloader::new(

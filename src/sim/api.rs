@@ -96,15 +96,7 @@ async fn token_checked(state: &State, request: Request) -> Response {
 #[derive(serde::Deserialize)]
 struct SmsSend {
     from: String,
-    #[expect(
-        dead_code,
-        reason = "required by the schema; the simulator sends nothing"
-    )]
     to: String,
-    #[expect(
-        dead_code,
-        reason = "required by the schema; the simulator sends nothing"
-    )]
     text: String,
 }
 
@@ -127,6 +119,11 @@ async fn send_sms(state: &State, body: Body) -> Response {
             .rejected_content
             .fetch_add(1, Ordering::Relaxed);
         return unauthorized();
+    }
+    state.lock_sends().count(&sms.from, &sms.to, &sms.text);
+    let delay = state.answer_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay.min(MAX_INJECTED_DELAY)).await;
     }
     let refid = format!("SM{}", hex::encode(rand::random::<[u8; 16]>()));
     (

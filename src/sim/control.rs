@@ -7,6 +7,10 @@
 //! - `POST /__sim/revoke` → revoke every token issued so far
 //! - `PUT  /__sim/auth-mode` with an [`AuthMode`] (`"down"`, `{"slow": 1500}`)
 //! - `PUT  /__sim/latency` with `{"ms": N}`
+//! - `PUT  /__sim/answer-delay` with `{"ms": N}` (an SMS send is counted, then its
+//!   answer waits)
+//! - `GET  /__sim/sends` → SMS sends per `(from, to, text)`:
+//!   `[{"from": ..., "to": ..., "text": ..., "count": N}]`
 //! - `PUT  /__sim/token-ttl` with `{"secs": N}` or `{"ms": N}`
 //! - `PUT  /__sim/numbers` with `["+15550001111", ...]` (the account's numbers; `[]`
 //!   accepts any `from`)
@@ -33,6 +37,8 @@ pub(super) fn router() -> Router<Simulator> {
         .route("/revoke", post(revoke))
         .route("/auth-mode", put(set_auth_mode))
         .route("/latency", put(set_latency))
+        .route("/answer-delay", put(set_answer_delay))
+        .route("/sends", get(sends))
         .route("/token-ttl", put(set_token_ttl))
         .route("/numbers", put(set_numbers))
         .fallback(not_found)
@@ -76,6 +82,20 @@ async fn set_latency(State(sim): State<Simulator>, body: Bytes) -> Response {
         }
         Err(err) => bad_body(&err),
     }
+}
+
+async fn set_answer_delay(State(sim): State<Simulator>, body: Bytes) -> Response {
+    match parse::<LatencyBody>(&body) {
+        Ok(LatencyBody { ms }) => {
+            sim.set_answer_delay(Duration::from_millis(ms));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => bad_body(&err),
+    }
+}
+
+async fn sends(State(sim): State<Simulator>) -> Response {
+    axum::Json(sim.sends()).into_response()
 }
 
 /// `{"secs": N}` or `{"ms": N}`, exactly one of them.

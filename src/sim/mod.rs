@@ -28,7 +28,7 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -197,6 +197,8 @@ impl Simulator {
                 static_tokens: static_tokens.into_iter().collect(),
                 token_ttl_nanos: AtomicU64::new(duration_to_nanos(token_ttl)),
                 latency_nanos: AtomicU64::new(0),
+                answer_delay_nanos: AtomicU64::new(0),
+                sends: Mutex::new(SendCounts::default()),
                 held: tokio::sync::watch::Sender::new(false),
                 auth_mode: Mutex::new(AuthMode::Ok),
                 tokens: RwLock::new(TokenStore::default()),
@@ -241,6 +243,19 @@ impl Simulator {
         self.state
             .latency_nanos
             .store(duration_to_nanos(latency), Ordering::Relaxed);
+    }
+
+    /// Delay between counting an SMS send and answering it (at most ten minutes).
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.state
+            .answer_delay_nanos
+            .store(duration_to_nanos(delay), Ordering::Relaxed);
+    }
+
+    /// Every accepted SMS send since start or the last reset, per `(from, to, text)`,
+    /// in first-seen order.
+    pub fn sends(&self) -> Vec<SendCount> {
+        self.state.lock_sends().list()
     }
 
     /// While `true`, every response on a token-checked path waits (after the token
@@ -295,6 +310,7 @@ impl Simulator {
     /// Set every counter back to zero.
     pub fn reset_counters(&self) {
         self.state.counters.reset();
+        *self.state.lock_sends() = SendCounts::default();
     }
 }
 
@@ -310,6 +326,11 @@ struct State {
     /// Atomics rather than a lock: read on every request.
     token_ttl_nanos: AtomicU64,
     latency_nanos: AtomicU64,
+    /// Added after an SMS send is counted, before its answer: a send whose answer is
+    /// late (the proxy's timeout after the send).
+    answer_delay_nanos: AtomicU64,
+    /// SMS sends per `(from, to, text)`.
+    sends: Mutex<SendCounts>,
     /// The [`Simulator::hold_api`] gate.
     held: tokio::sync::watch::Sender<bool>,
     /// Read only by the auth endpoints, so a mutex is plenty.
@@ -351,6 +372,14 @@ impl State {
             .auth_mode
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_sends(&self) -> std::sync::MutexGuard<'_, SendCounts> {
+        self.sends.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn answer_delay(&self) -> Duration {
+        Duration::from_nanos(self.answer_delay_nanos.load(Ordering::Relaxed))
     }
 
     fn latency(&self) -> Duration {
@@ -428,6 +457,49 @@ impl State {
         }
         let token_id = self.read_tokens().check(token, Instant::now())?;
         Ok(Caller { scheme, token_id })
+    }
+}
+
+/// How many times one SMS was sent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SendCount {
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    pub count: u64,
+}
+
+/// Distinct SMS tracked: a test or a user's integration run sends far fewer; beyond
+/// it, sends are counted in `untracked` only, so memory stays bounded.
+const MAX_TRACKED_SENDS: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct SendCounts {
+    index: HashMap<(String, String, String), usize>,
+    counts: Vec<SendCount>,
+    untracked: u64,
+}
+
+impl SendCounts {
+    fn count(&mut self, from: &str, to: &str, text: &str) {
+        let key = (from.to_owned(), to.to_owned(), text.to_owned());
+        if let Some(&at) = self.index.get(&key) {
+            self.counts[at].count += 1;
+        } else if self.counts.len() < MAX_TRACKED_SENDS {
+            self.index.insert(key, self.counts.len());
+            self.counts.push(SendCount {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                text: text.to_owned(),
+                count: 1,
+            });
+        } else {
+            self.untracked += 1;
+        }
+    }
+
+    fn list(&self) -> Vec<SendCount> {
+        self.counts.clone()
     }
 }
 

@@ -611,6 +611,85 @@ async fn control_paths_drive_the_switches_without_a_token() {
 }
 
 #[tokio::test]
+async fn sms_sends_are_counted_per_from_to_and_text_on_the_control_path() {
+    let running = start(SimConfig::default()).await;
+    let authorization = format!("Bearer {}", running.login().await);
+    let send = |from: &str, text: &str| {
+        running
+            .client
+            .post(running.url("/_rest/v4/app/sms/send"))
+            .header("authorization", &authorization)
+            .json(&json!({"from": from, "to": "+15550002", "text": text}))
+            .send()
+    };
+    for (from, text) in [("+1", "a"), ("+1", "a"), ("+1", "b"), ("+3", "a")] {
+        let response = send(from, text).await.expect("request");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    // A refused send (bad body) is not a send.
+    let bad = running
+        .client
+        .post(running.url("/_rest/v4/app/sms/send"))
+        .header("authorization", &authorization)
+        .body("not json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let sends = |running: &Running| {
+        let request = running.client.get(running.url("/__sim/sends")).send();
+        async move {
+            request
+                .await
+                .expect("request")
+                .json::<Vec<SendCount>>()
+                .await
+                .expect("sends JSON")
+        }
+    };
+    let count = |from: &str, text: &str, count: u64| SendCount {
+        from: from.to_owned(),
+        to: "+15550002".to_owned(),
+        text: text.to_owned(),
+        count,
+    };
+    assert_eq!(
+        sends(&running).await,
+        vec![
+            count("+1", "a", 2),
+            count("+1", "b", 1),
+            count("+3", "a", 1)
+        ]
+    );
+
+    // A send whose answer is late is counted before it answers.
+    let delay = running
+        .client
+        .put(running.url("/__sim/answer-delay"))
+        .body(r#"{"ms": 200}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(delay.status(), StatusCode::NO_CONTENT);
+    let started = Instant::now();
+    assert_eq!(
+        send("+1", "late").await.expect("request").status(),
+        StatusCode::ACCEPTED
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(sends(&running).await.contains(&count("+1", "late", 1)));
+
+    let reset = running
+        .client
+        .post(running.url("/__sim/reset"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    assert!(sends(&running).await.is_empty());
+}
+
+#[tokio::test]
 async fn serve_returns_once_shutdown_resolves() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -318,6 +318,18 @@ fn unix_seconds(time: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// One idempotent request's outcome on `route` (`result` is one of docs/DESIGN.md's
+/// fixed words). Only requests that carry an `Idempotency-Key` get here.
+pub fn idempotency_counted(route: &str, result: &'static str) {
+    counter!("ipproxy_idempotency_total", "route" => route.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// Keys held in this replica's memory store.
+pub fn idempotency_entries(count: usize) {
+    gauge!("ipproxy_idempotency_entries").set(count as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

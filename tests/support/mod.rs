@@ -58,6 +58,16 @@ impl Sim {
         self.sim.counters()
     }
 
+    /// How many times an SMS with `text` was sent (whatever its numbers).
+    pub fn sends_of(&self, text: &str) -> u64 {
+        self.sim
+            .sends()
+            .iter()
+            .filter(|send| send.text == text)
+            .map(|send| send.count)
+            .sum()
+    }
+
     /// Variables that point the default credential and upstream at this simulator.
     pub fn vars(&self) -> Vec<(String, String)> {
         let defaults = SimConfig::default();

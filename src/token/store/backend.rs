@@ -44,6 +44,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<bool, BackendError>>;
     /// A round trip (`PING`).
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Replaces the value of `key` with `value` and `ttl` when it is `expected`
+    /// (idempotency: a claim's marker becomes its answer only for its holder). A
+    /// backend without it refuses, as if it were down.
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let _ = (key, expected, value, ttl);
+        Box::pin(async { Err(BackendError::refused("set_if_equal is not supported")) })
+    }
 }
 
 /// A backend shared by several stores (replicas in one process, in tests).
@@ -85,6 +98,15 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).ping()
+    }
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        (**self).set_if_equal(key, expected, value, ttl)
     }
 }
 

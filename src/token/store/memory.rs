@@ -109,4 +109,20 @@ impl Backend for MemoryBackend {
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Self::ready(())
     }
+
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Self::ready(self.with(|entries| match entries.get_mut(key) {
+            Some(entry) if entry.0 == expected => {
+                *entry = (value.to_vec(), Instant::now() + ttl);
+                true
+            }
+            _ => false,
+        }))
+    }
 }

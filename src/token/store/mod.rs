@@ -10,6 +10,7 @@
 //!
 //! Must not: log or count a token, a key or a lock value.
 
+mod answers;
 mod backend;
 mod entry;
 mod files;
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use crate::config::{StoreConfig, defaults};
 use crate::task::BackgroundTask;
 use crate::telemetry::{self, trace};
+pub use answers::{AnswerClaim, SealedAnswer};
 pub use backend::{Backend, BackendError};
 pub use entry::{Entry, StoredToken, generation_of};
 use files::StoreFiles;

@@ -48,6 +48,16 @@ end
 return 0
 ";
 
+/// Replaces a value only for the holder of the value it expects (an idempotency
+/// claim becoming its answer).
+const SET_IF_EQUAL: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -66,6 +76,7 @@ pub struct RedisBackend {
     set_if_generation: Script,
     delete_if_equal: Script,
     expire_if_equal: Script,
+    set_if_equal: Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -107,6 +118,7 @@ impl RedisBackend {
             set_if_generation: Script::new(SET_IF_GENERATION),
             delete_if_equal: Script::new(DELETE_IF_EQUAL),
             expire_if_equal: Script::new(EXPIRE_IF_EQUAL),
+            set_if_equal: Script::new(SET_IF_EQUAL),
         })
     }
 
@@ -232,6 +244,25 @@ impl Backend for RedisBackend {
         async move {
             let mut invocation = self.expire_if_equal.prepare_invoke();
             invocation.key(key).arg(value).arg(millis(ttl));
+            self.flag(invocation).await
+        }
+        .boxed()
+    }
+
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        async move {
+            let mut invocation = self.set_if_equal.prepare_invoke();
+            invocation
+                .key(key)
+                .arg(expected)
+                .arg(value)
+                .arg(millis(ttl));
             self.flag(invocation).await
         }
         .boxed()
