@@ -75,6 +75,8 @@ async fn token_checked(state: &State, request: Request) -> Response {
     if !latency.is_zero() {
         tokio::time::sleep(latency.min(MAX_INJECTED_DELAY)).await;
     }
+    let mut gate = state.held.subscribe();
+    let _ = tokio::time::timeout(MAX_INJECTED_DELAY, gate.wait_for(|held| !held)).await;
     let method = request.method();
     let path = request.uri().path();
     if method == Method::POST && path == SMS_SEND_PATH {

@@ -13,7 +13,8 @@
 //!   a missing, unknown, revoked or expired token;
 //! - `POST /_rest/v4/app/sms/send`, `GET /_rest/v4/sim/ping`,
 //!   `GET /_rest/v4/sim/bytes/{n}`, and an echo of anything else;
-//! - switches for tests (auth failure modes, added latency, token TTL, revocation) and
+//! - switches for tests (auth failure modes, added latency, a gate that holds API
+//!   responses, token TTL, revocation) and
 //!   counters, both as methods on [`Simulator`] and under the control prefix `/__sim/`,
 //!   which the real IntelePeer does not have and which needs no token.
 //!
@@ -196,6 +197,7 @@ impl Simulator {
                 static_tokens: static_tokens.into_iter().collect(),
                 token_ttl_nanos: AtomicU64::new(duration_to_nanos(token_ttl)),
                 latency_nanos: AtomicU64::new(0),
+                held: tokio::sync::watch::Sender::new(false),
                 auth_mode: Mutex::new(AuthMode::Ok),
                 tokens: RwLock::new(TokenStore::default()),
                 counters: CounterCells::default(),
@@ -239,6 +241,14 @@ impl Simulator {
         self.state
             .latency_nanos
             .store(duration_to_nanos(latency), Ordering::Relaxed);
+    }
+
+    /// While `true`, every response on a token-checked path waits (after the token
+    /// check and the latency) until this is set back to `false`, at most ten minutes:
+    /// a gate for tests that must observe requests in flight for as long as they need,
+    /// whatever the machine's load. Requests already waiting are released at once.
+    pub fn hold_api(&self, held: bool) {
+        self.state.held.send_replace(held);
     }
 
     /// Lifetime of tokens issued from now on; tokens already issued keep theirs.
@@ -300,6 +310,8 @@ struct State {
     /// Atomics rather than a lock: read on every request.
     token_ttl_nanos: AtomicU64,
     latency_nanos: AtomicU64,
+    /// The [`Simulator::hold_api`] gate.
+    held: tokio::sync::watch::Sender<bool>,
     /// Read only by the auth endpoints, so a mutex is plenty.
     auth_mode: Mutex<AuthMode>,
     /// Never held across an await; a read lock on every API request.

@@ -3,10 +3,8 @@
 //! tested with `tokio::time::pause` and a seeded generator.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 /// The clocks a credential reads.
@@ -46,50 +44,62 @@ impl Random for ThreadRandom {
     }
 }
 
-/// A wall clock that moves with tokio's (possibly paused) clock from a fixed start,
-/// for tests: `wall()` is `start_wall + (now - start)`.
-#[derive(Debug, Clone, Copy)]
-pub struct FollowingClock {
-    start: Instant,
-    start_wall: SystemTime,
-}
+/// Test clocks and chance: compiled into tests only.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
 
-impl FollowingClock {
-    /// A clock whose wall time starts at `start_wall` now.
-    pub fn starting_at(start_wall: SystemTime) -> Self {
-        Self {
-            start: Instant::now(),
-            start_wall,
+    use rand::{Rng, SeedableRng};
+    use tokio::time::Instant;
+
+    use super::{Clock, Random};
+
+    /// A wall clock that moves with tokio's (possibly paused) clock from a fixed start,
+    /// for tests: `wall()` is `start_wall + (now - start)`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct FollowingClock {
+        start: Instant,
+        start_wall: SystemTime,
+    }
+
+    impl FollowingClock {
+        /// A clock whose wall time starts at `start_wall` now.
+        pub fn starting_at(start_wall: SystemTime) -> Self {
+            Self {
+                start: Instant::now(),
+                start_wall,
+            }
         }
     }
-}
 
-impl Clock for FollowingClock {
-    fn now(&self) -> Instant {
-        Instant::now()
+    impl Clock for FollowingClock {
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+
+        fn wall(&self) -> SystemTime {
+            self.start_wall + self.start.elapsed()
+        }
     }
 
-    fn wall(&self) -> SystemTime {
-        self.start_wall + self.start.elapsed()
+    /// A seeded generator, for repeatable jitter in tests.
+    #[derive(Debug)]
+    pub struct SeededRandom(Mutex<rand::rngs::StdRng>);
+
+    impl SeededRandom {
+        pub fn new(seed: u64) -> Self {
+            Self(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
+        }
     }
-}
 
-/// A seeded generator, for repeatable jitter in tests.
-#[derive(Debug)]
-pub struct SeededRandom(Mutex<rand::rngs::StdRng>);
-
-impl SeededRandom {
-    pub fn new(seed: u64) -> Self {
-        Self(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
-    }
-}
-
-impl Random for SeededRandom {
-    fn unit(&self) -> f64 {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .random()
+    impl Random for SeededRandom {
+        fn unit(&self) -> f64 {
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .random()
+        }
     }
 }
 
@@ -97,6 +107,7 @@ impl Random for SeededRandom {
 mod tests {
     use std::time::Duration;
 
+    use super::testing::{FollowingClock, SeededRandom};
     use super::*;
 
     /// `count` draws of `random`, each checked to lie in `[0, 1)`.

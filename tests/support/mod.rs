@@ -157,6 +157,11 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// How long an "eventually" waits for something that normally takes a moment: long,
+/// because a deadline costs nothing when things go right and a busy machine (other
+/// builds, `stress-ng`) can stall a process for seconds.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
 /// Waits until `condition` holds, checking every 20 ms, at most `limit`. Returns
 /// whether it held. For conditions that are driven by time passing (a token's
 /// refresh time), not a stand-in for an awaitable event.

@@ -25,7 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::refresh::RESYNC_CONFIRM;
 use super::*;
 use crate::secret::SecretFileError;
-use crate::token::clock::{FollowingClock, SeededRandom};
+use crate::token::clock::testing::{FollowingClock, SeededRandom};
 use crate::token::store::testing::{Down, RefusingWrites, down_store};
 use crate::token::store::{
     Backend, MemoryBackend, Sealer, StoreSettings, StoreState, StoredToken, WAIT_POLL,
