@@ -7,6 +7,8 @@ QUIET_LOAD=${QUIET_LOAD:-0.5}
 # Before each repetition: how long to wait for other people's builds to finish.
 BUILD_WAIT=${BUILD_WAIT:-600}
 WORKERS=${WORKERS:-$(nproc)}
+# A command prefix for the proxies and the upstream (run.sh: taskset to one CPU).
+ON_PROXY=${ON_PROXY:-}
 
 # ---- processes: every one we start is recorded here and stopped by PID -----------
 PIDS=()
@@ -125,7 +127,7 @@ start_nginx() {
     fill "$template" "$dir/nginx.conf" "DIR=$dir" "WORKERS=$WORKERS" "TOKEN=$TOKEN" "$@"
     sed -e "s|$TOKEN|<token>|g" "$dir/nginx.conf" >"$OUT/$name.conf"
     nginx -p "$dir" -c "$dir/nginx.conf" -t -q
-    nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$OUT/$name.log" 2>&1 &
+    $ON_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$OUT/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
@@ -140,6 +142,18 @@ cpu_ticks() {
         total=$((total + fields[11] + fields[12]))   # fields 14 and 15 of stat
     done
     echo "$total"
+}
+# "utime stime" in clock ticks, each summed over the given PIDs.
+cpu_split() {
+    local user=0 sys=0 pid stat rest
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat")
+        rest=${stat##*) }
+        read -r -a fields <<<"$rest"
+        user=$((user + fields[11]))
+        sys=$((sys + fields[12]))
+    done
+    echo "$user $sys"
 }
 # Sum of a /proc/PID/status field (kB) over the given PIDs.
 status_kib() {

@@ -3,12 +3,15 @@
 # (separate target dir, same LTO settings), the simulator as upstream (in TLS mode
 # behind the nginx that terminates TLS, as in run.sh), wrk driving
 # GET /_rest/v4/sim/ping, `perf record -g` (cpu-clock: this VM has no hardware
-# counters) on the ipproxy process only.
+# counters) on the ipproxy process only. Pinned as run.sh pins (PIN=1): ipproxy and the
+# upstream on CPU 0, wrk on CPU 1.
 #
 # Usage: bench/profile.sh
 # Knobs (env): PROFILE_SECONDS (10), PROFILE_CONNS (64), PROFILE_MODE (plain | tls),
 #              PROF_TARGET (target/prof), SKIP_BUILD=1, PROFILE_NO_SCRAPE=1 (no metrics
-#              recorder), QUIET=0 (do not wait for a quiet machine).
+#              recorder), QUIET=0 (do not wait for a quiet machine), PIN (1),
+#              PROXY_BIN (profile this binary instead: a release binary keeps its
+#              symbols, so a flat profile needs no separate build).
 # Output: bench/results/profile-<stamp>/{perf.data,report-*.txt,folded-top.txt}
 set -euo pipefail
 
@@ -22,21 +25,29 @@ OUT="$BENCH/results/profile-$(date -u +%Y%m%dT%H%M%SZ)-$MODE-c$CONNS"
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/ipproxy-profile.XXXXXX)
 chmod 755 "$WORK"
+if [[ "${PIN:-1}" == 1 ]]; then
+    ON_PROXY="taskset -c 0"
+    ON_LOAD="taskset -c 1"
+    WORKERS=1
+else
+    ON_PROXY=""
+    ON_LOAD=""
+fi
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
 
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+if [[ "${SKIP_BUILD:-0}" != 1 && -z "${PROXY_BIN:-}" ]]; then
     (cd "$ROOT" && CARGO_TARGET_DIR="$PROF_TARGET" CARGO_PROFILE_RELEASE_STRIP=false \
         CARGO_PROFILE_RELEASE_DEBUG=line-tables-only RUSTFLAGS="-C force-frame-pointers=yes" \
         timeout 3600 cargo build --release --bin ipproxy)
 fi
-BIN="$PROF_TARGET/release/ipproxy"
+BIN=${PROXY_BIN:-$PROF_TARGET/release/ipproxy}
 
 wait_quiet
 echo "load at start: $(cat /proc/loadavg)" >"$OUT/load.txt"
 
 SIM="127.0.0.1:$(free_port)"
-RUST_LOG=warn "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
+RUST_LOG=warn $ON_PROXY "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
 PIDS+=("$!")
 wait_for simulator "http://$SIM/__sim/counters"
 TOKEN=unused
@@ -57,14 +68,14 @@ env -u RUST_LOG -u HTTPS_PROXY -u https_proxy -u http_proxy \
     IPPROXY_SERVER__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" IPPROXY_SERVER__MAX_CONCURRENCY=4096 \
     IPPROXY_UPSTREAM__URL="$UPSTREAM" IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
     IPPROXY_AUTH__USERNAME=demo IPPROXY_AUTH__PASSWORD=demo-password IPPROXY_LOG__LEVEL=warn \
-    "${EXTRA[@]}" "$BIN" run >"$OUT/ipproxy.log" 2>&1 &
+    "${EXTRA[@]}" $ON_PROXY "$BIN" run >"$OUT/ipproxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS+=("$PROXY_PID")
 wait_for ipproxy "http://127.0.0.1:$ADMIN_PORT/readyz"
 # Install the metrics recorder the way production does: by scraping (see run.sh).
 [[ "${PROFILE_NO_SCRAPE:-0}" == 1 ]] || curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics"
 
-timeout $((SECONDS_TO_PROFILE + 30)) wrk -t1 -c"$CONNS" -d"$((SECONDS_TO_PROFILE + 3))s" \
+timeout $((SECONDS_TO_PROFILE + 30)) $ON_LOAD wrk -t1 -c"$CONNS" -d"$((SECONDS_TO_PROFILE + 3))s" \
     --latency "http://127.0.0.1:$PROXY_PORT/_rest/v4/sim/ping" >"$OUT/wrk.txt" 2>&1 &
 WRK_PID=$!
 PIDS+=("$WRK_PID")

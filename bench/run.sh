@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# ipproxy against nginx and the direct upstream, side by side, on loopback, with the
-# upstream over plain HTTP and over HTTPS.
+# ipproxy against nginx, the floor proxy (bench/floor.rs: the thinnest hyper proxy) and
+# the direct upstream, side by side, on loopback, with the upstream over plain HTTP and
+# over HTTPS.
 #
-# Builds the release binary, starts the simulator (the origin), an HTTPS front for it
-# (nginx terminating TLS with a test certificate), and per mode an ipproxy (log level
-# warn) and an nginx doing the same job with a fixed token; plus, in plain mode, a second
-# ipproxy at log level info (only to show the logging cost). Drives them with wrk,
-# targets interleaved within every repetition; writes raw results and a markdown
-# summary under bench/results/.
+# Builds the release binary and the floor, starts the simulator (the origin), an HTTPS
+# front for it (nginx terminating TLS with a test certificate), and per mode an ipproxy
+# (log level warn), an nginx doing the same job with a fixed token (upstream keepalive
+# above the connection count) and a floor proxy; plus, in plain mode, a second ipproxy
+# at log level info (only to show the logging cost). Drives them with wrk, targets
+# interleaved within every repetition; records user and system CPU per request of every
+# target and of the upstream; writes raw results and a markdown summary under
+# bench/results/.
+#
+# The default shape is a sidecar's (PIN=1): every proxy and the upstream share CPU
+# PROXY_CPU (0) through taskset, one worker each (ipproxy's worker count follows its
+# CPU affinity; nginx worker_processes 1), and wrk runs alone on LOAD_CPU (1).
+# PIN=0 lets everything float over all cores (nginx worker_processes = nproc).
 #
 # Usage: bench/run.sh                  full run (5 repetitions x 6 s per cell, ~20 min)
 #        QUICK=1 bench/run.sh          smoke run (1 x 2 s)
 # Knobs (env): REPS, DURATION (s), MODES ("plain tls"), CONNS ("1 64 256"),
 #              BODY_CONNS (16), BODIES=0 (skip the 1 MiB POST and 10 MiB download cells),
 #              WRK_THREADS (1), SKIP_BUILD=1, PROXY_BIN (a binary to measure instead),
-#              WORKERS (nginx worker_processes; default nproc, as ipproxy's workers),
+#              FLOOR_BIN (a floor binary to use), BEFORE_BIN (a second ipproxy binary,
+#              measured in the same run as target "before": before/after comparisons), PIN (1), PROXY_CPU (0), LOAD_CPU (1),
+#              WORKERS (nginx worker_processes; default 1 pinned, else nproc, as
+#              ipproxy's workers),
 #              QUIET=0 (do not wait for a quiet machine), QUIET_WAIT (s, 1200),
-#              QUIET_LOAD (0.5).
+#              QUIET_LOAD (0.5), INFO=0 (no ipproxy at log level info).
 # Needs: cargo, nginx, wrk, curl, openssl, python3 (see bench/README.md).
 set -euo pipefail
 
@@ -54,17 +65,37 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/ipproxy-bench.XXXXXX)
 chmod 755 "$WORK"
 
+PIN=${PIN:-1}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+if [[ "$PIN" == 1 ]]; then
+    command -v taskset >/dev/null || { echo "bench: taskset not found (PIN=0 to run unpinned)" >&2; exit 2; }
+    ON_PROXY="taskset -c $PROXY_CPU"
+    ON_LOAD="taskset -c $LOAD_CPU"
+    WORKERS=${WORKERS:-1}
+else
+    ON_PROXY=""
+    ON_LOAD=""
+fi
+
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
 
 # ---- build ----------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${PROXY_BIN:-$TARGET_DIR/release/ipproxy}
-if [[ "${SKIP_BUILD:-0}" != 1 && -z "${PROXY_BIN:-}" ]]; then
-    echo "bench: building release (cargo build --release)"
-    (cd "$ROOT" && timeout 3600 cargo build --release --bin ipproxy)
+FLOOR=${FLOOR_BIN:-$TARGET_DIR/release/examples/floor}
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    echo "bench: building release (cargo build --release --bin ipproxy --example floor)"
+    if [[ -z "${PROXY_BIN:-}" ]]; then
+        (cd "$ROOT" && timeout 3600 cargo build --release --locked --bin ipproxy)
+    fi
+    if [[ -z "${FLOOR_BIN:-}" ]]; then
+        (cd "$ROOT" && timeout 3600 cargo build --release --locked --example floor)
+    fi
 fi
 [[ -x "$BIN" ]] || { echo "bench: $BIN missing" >&2; exit 1; }
+[[ -x "$FLOOR" ]] || { echo "bench: $FLOOR missing" >&2; exit 1; }
 
 wait_quiet
 LOAD_AT_START=$(cat /proc/loadavg)
@@ -73,7 +104,7 @@ SIM_PORT=$(free_port)
 SIM="127.0.0.1:$SIM_PORT"
 
 # ---- simulator (the origin) --------------------------------------------------------
-RUST_LOG=warn "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
+RUST_LOG=warn $ON_PROXY "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
 SIM_PID=$!
 PIDS+=("$SIM_PID")
 wait_for simulator "http://$SIM/__sim/counters"
@@ -95,7 +126,18 @@ start_ipproxy() {
         IPPROXY_AUTH__USERNAME=demo \
         IPPROXY_AUTH__PASSWORD=demo-password \
         IPPROXY_LOG__LEVEL="$level" \
-        "$@" "$BIN" run >"$log" 2>&1 &
+        "$@" $ON_PROXY "$BIN" run >"$log" 2>&1 &
+    PIDS+=("$!")
+    LAST_PID=$!
+}
+
+# The floor proxy: LISTEN UPSTREAM(host:port) HOST [CA_FILE SERVER_NAME].
+start_floor() {
+    local listen=$1 upstream=$2 host=$3 ca=${4:-} name=${5:-}
+    local tls=()
+    [[ -n "$ca" ]] && tls=(FLOOR_CA_FILE="$ca" FLOOR_SERVER_NAME="$name")
+    env FLOOR_LISTEN="127.0.0.1:$listen" FLOOR_UPSTREAM="$upstream" FLOOR_HOST="$host" \
+        FLOOR_TOKEN="$TOKEN" "${tls[@]}" $ON_PROXY "$FLOOR" >"$OUT/floor-$listen.log" 2>&1 &
     PIDS+=("$!")
     LAST_PID=$!
 }
@@ -153,7 +195,27 @@ for mode in $MODES; do
     URL[$mode/ipproxy]="http://127.0.0.1:$port"
     HEADER[$mode/ipproxy]=""
     ADMIN[$mode/ipproxy]=$admin
-    if [[ $mode == plain ]]; then
+    port=$(free_port)
+    if [[ $mode == tls ]]; then
+        start_floor "$port" "127.0.0.1:$tls_port" "localhost:$tls_port" "$pki/ca.pem" localhost
+    else
+        start_floor "$port" "$SIM" "$SIM"
+    fi
+    PROXY_PID[$mode/floor]=$LAST_PID
+    URL[$mode/floor]="http://127.0.0.1:$port"
+    HEADER[$mode/floor]=""
+    if [[ -n "${BEFORE_BIN:-}" ]]; then
+        port=$(free_port)
+        admin=$(free_port)
+        ca=()
+        [[ $mode == tls ]] && ca=(IPPROXY_UPSTREAM__CA_FILE="$pki/ca.pem")
+        BIN=$BEFORE_BIN start_ipproxy "$port" "$admin" warn "$OUT/before-$mode.log" "$upstream_url" "${ca[@]}"
+        PROXY_PID[$mode/before]=$LAST_PID
+        URL[$mode/before]="http://127.0.0.1:$port"
+        HEADER[$mode/before]=""
+        ADMIN[$mode/before]=$admin
+    fi
+    if [[ $mode == plain && "${INFO:-1}" == 1 ]]; then
         port=$(free_port)
         admin=$(free_port)
         start_ipproxy "$port" "$admin" info "$INFO_LOG" "$upstream_url"
@@ -233,6 +295,7 @@ json.dump({
     "openssl": out("openssl", "version"),
     "rustc": out("rustc", "-V"), "commit": out("git", "-C", "$ROOT", "rev-parse", "--short", "HEAD"),
     "binary": "$BIN",
+    "pinned": $PIN, "proxy_cpu": "$PROXY_CPU", "load_cpu": "$LOAD_CPU",
     "reps": $REPS, "duration_s": $DURATION, "wrk_threads": $WRK_THREADS, "nginx_workers": $WORKERS,
     "body_conns": $BODY_CONNS, "clk_tck": $CLK_TCK, "modes": "$MODES",
     "load_at_start": "$LOAD_AT_START", "quiet_wait": $QUIET, "not_quiet": $NOT_QUIET,
@@ -250,23 +313,24 @@ run_wrk() {
     [[ "$record" == 1 ]] || duration=1
     ((threads > conns)) && threads=$conns
     local pids up_pids up_before up_after before after line raw load builds_before builds_after
+    local -a b a ub ua
     pids=$(target_pids "$mode" "$target")
     up_pids=$(upstream_pids "$mode")
     load=$(load1)
     builds_before=$(builds_running && echo 1 || echo 0)
-    up_before=$(cpu_ticks $up_pids)
-    before=$(cpu_ticks $pids)
+    read -r -a ub <<<"$(cpu_split $up_pids)"
+    read -r -a b <<<"$(cpu_split $pids)"
     raw="$OUT/raw/$scenario.$target.rep$rep.txt"
     mkdir -p "$OUT/raw"
     BENCH_BODY_BYTES=$body BENCH_HEADER="${HEADER[$key]}" \
         timeout $((duration + WRK_GRACE)) \
-        wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s \
+        $ON_LOAD wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s \
         -s "$BENCH/report.lua" "${URL[$key]}$path" >"$raw" 2>&1 || {
         echo "bench: wrk failed for $scenario/$target (see $raw)" >&2
         exit 1
     }
-    after=$(cpu_ticks $pids)
-    up_after=$(cpu_ticks $up_pids)
+    read -r -a a <<<"$(cpu_split $pids)"
+    read -r -a ua <<<"$(cpu_split $up_pids)"
     builds_after=$(builds_running && echo 1 || echo 0)
     if [[ "$record" != 1 ]]; then
         rm -f "$raw"
@@ -277,8 +341,10 @@ run_wrk() {
     [[ -n "$line" ]] || { echo "bench: no result in $raw" >&2; exit 1; }
     local rss_list
     rss_list=$(rss_pids "$mode" "$target")
-    printf '{"scenario":"%s","mode":"%s","target":"%s","conns":%d,"rep":%d,"cpu_ticks":%d,"sim_cpu_ticks":%d,"rss_kib":%d,"hwm_kib":%d,"load1":%s,"builds":%d,"wrk":%s}\n' \
-        "$scenario" "$mode" "$target" "$conns" "$rep" $((after - before)) $((up_after - up_before)) \
+    printf '{"scenario":"%s","mode":"%s","target":"%s","conns":%d,"rep":%d,"cpu_ticks":%d,"user_ticks":%d,"sys_ticks":%d,"sim_cpu_ticks":%d,"sim_user_ticks":%d,"sim_sys_ticks":%d,"rss_kib":%d,"hwm_kib":%d,"load1":%s,"builds":%d,"wrk":%s}\n' \
+        "$scenario" "$mode" "$target" "$conns" "$rep" \
+        $((a[0] + a[1] - b[0] - b[1])) $((a[0] - b[0])) $((a[1] - b[1])) \
+        $((ua[0] + ua[1] - ub[0] - ub[1])) $((ua[0] - ub[0])) $((ua[1] - ub[1])) \
         "$(status_kib VmRSS $rss_list)" "$(status_kib VmHWM $rss_list)" "$load" \
         $((builds_before | builds_after)) "$line" >>"$RUNS"
     printf 'bench: %-17s %-13s rep %d  %s  (load %s)\n' "$scenario" "$target" "$rep" \
@@ -304,14 +370,17 @@ run_scenario() {
     done
 }
 
+TARGETS=(direct nginx floor ipproxy)
+[[ -n "${BEFORE_BIN:-}" ]] && TARGETS+=(before)
 echo "bench: $REPS repetitions x ${DURATION}s, modes: $MODES; results in $OUT"
 for mode in $MODES; do
     prefix=$([[ $mode == tls ]] && echo "tls-" || echo "")
     for conns in $CONNS; do
         if [[ "$mode" == plain && "$conns" == 64 ]]; then
-            run_scenario "${prefix}ping-c$conns" "$mode" "$conns" "$PING_PATH" 0 direct nginx ipproxy ipproxy-info
+            run_scenario "${prefix}ping-c$conns" "$mode" "$conns" "$PING_PATH" 0 "${TARGETS[@]}" \
+                $([[ "${INFO:-1}" == 1 ]] && echo ipproxy-info)
         else
-            run_scenario "${prefix}ping-c$conns" "$mode" "$conns" "$PING_PATH" 0 direct nginx ipproxy
+            run_scenario "${prefix}ping-c$conns" "$mode" "$conns" "$PING_PATH" 0 "${TARGETS[@]}"
         fi
     done
     if [[ "$BODIES" == 1 ]]; then

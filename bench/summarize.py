@@ -4,9 +4,10 @@
 Every cell is the median over the repetitions, with the min-max spread in brackets.
 "Added" latency is the target's median percentile minus the direct target's median
 percentile in the same scenario. CPU is utime+stime of the proxy's processes (nginx:
-master + workers) over the run, per request; upstream CPU likewise for the simulator
+master + workers) over the run, per request, also split into user and system time;
+upstream CPU likewise for the simulator
 (and, in TLS mode, the nginx terminating TLS in front of it); peak RSS is VmHWM at the
-end of the scenario (nginx: sum over the workers). The last table checks issue 13's
+end of the scenario (nginx: sum over the workers). The last table checks issue 23's
 targets against these medians.
 """
 
@@ -16,7 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "ipproxy", "ipproxy-info"]
+TARGETS = ["direct", "nginx", "floor", "ipproxy", "before", "ipproxy-info"]
 
 
 def load(directory):
@@ -41,6 +42,8 @@ def cell_values(runs, clk_tck):
             "p999": wrk["p999_us"] / 1e3,
             "cpu_us": run["cpu_ticks"] / clk_tck / requests * 1e6,
             "up_cpu_us": run["sim_cpu_ticks"] / clk_tck / requests * 1e6,
+            "user_us": run.get("user_ticks", 0) / clk_tck / requests * 1e6,
+            "sys_us": run.get("sys_ticks", 0) / clk_tck / requests * 1e6,
             "hwm_mib": run["hwm_kib"] / 1024,
             "rss_mib": run["rss_kib"] / 1024,
             "errors": errors,
@@ -79,10 +82,14 @@ def main():
     print(f"Run {meta['stamp']} (commit {meta['commit']}): {meta['reps']} repetitions × "
           f"{meta['duration_s']} s per cell, wrk {meta['wrk_threads']} thread(s), "
           f"nginx worker_processes {meta['nginx_workers']}, modes: {meta.get('modes', 'plain')}.")
+    if meta.get("pinned"):
+        print(f"Pinned (the sidecar shape): proxies and upstream on CPU {meta['proxy_cpu']}, "
+              f"wrk on CPU {meta['load_cpu']}.")
     print(f"Machine: {meta['nproc']} cores, {meta['cpu']}, kernel {meta['kernel']}, "
           f"{meta['mem_kib'] / 1024 / 1024:.0f} GiB; {meta['nginx']}; {meta.get('openssl', '')}; "
           f"{meta['rustc']}.")
-    print("wrk, the upstream and the proxy under test share these cores.")
+    if not meta.get("pinned"):
+        print("wrk, the upstream and the proxy under test share these cores.")
     loads = [v["load1"] for values in grouped.values() for v in cell_values(values, clk)]
     contended = sum(1 for values in grouped.values() for v in cell_values(values, clk) if v["builds"])
     quiet = "waited for a quiet machine" if meta.get("quiet_wait") else "did not wait for a quiet machine"
@@ -96,8 +103,8 @@ def main():
           "CPU = proxy CPU µs per request (nginx: master + workers); "
           "upstream CPU likewise for the simulator (TLS: + the nginx terminating TLS); "
           "peak RSS = VmHWM (nginx: sum of workers).\n")
-    print("| scenario | target | req/s | p50 | p99 | p99.9 | added p50 | added p99 | CPU µs/req | upstream CPU µs/req | peak RSS MiB | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | target | req/s | p50 | p99 | p99.9 | added p50 | added p99 | CPU µs/req | user | system | upstream CPU µs/req | peak RSS MiB | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     medians = {}
     for scenario in scenarios:
         direct = cell_values(grouped.get((scenario, "direct"), []), clk)
@@ -111,23 +118,26 @@ def main():
             m = {name: med(col(name)) for name in values[0]}
             m["hwm_mib"] = max(col("hwm_mib"))
             medians[(scenario, target)] = m
-            add50 = add99 = cpu = hwm = "–"
+            add50 = add99 = cpu = hwm = user = system = "–"
             if target != "direct" and d50 is not None:
                 add50 = f"{m['p50'] - d50:+.3f}"
                 add99 = f"{m['p99'] - d99:+.3f}"
                 m["add50"], m["add99"] = m["p50"] - d50, m["p99"] - d99
                 cpu = spread(col("cpu_us"), "{:.1f}")
+                user = f"{m['user_us']:.1f}"
+                system = f"{m['sys_us']:.1f}"
                 hwm = f"{m['hwm_mib']:.1f}"
             rps = spread(col("rps"), "{:.0f}")
             if "get" in scenario:
                 rps += f" ({m['mbps']:.0f} MB/s)"
             print(f"| {scenario} | {target} | {rps} | {spread(col('p50'), '{:.3f}')} | "
                   f"{spread(col('p99'), '{:.3f}')} | {spread(col('p999'), '{:.3f}')} | {add50} | "
-                  f"{add99} | {cpu} | {m['up_cpu_us']:.1f} | {hwm} | {sum(col('errors'))} |")
+                  f"{add99} | {cpu} | {user} | {system} | {m['up_cpu_us']:.1f} | {hwm} | {sum(col('errors'))} |")
 
-    print("\nipproxy ÷ nginx (medians; req/s above 1 is better, the rest below 1 is better):\n")
-    print("| scenario | req/s | added p50 | added p99 | CPU/req | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("\nipproxy ÷ nginx and ipproxy ÷ floor (medians; req/s above 1 is better, the rest "
+          "below 1 is better):\n")
+    print("| scenario | req/s | added p50 | added p99 | CPU/req | user/req | peak RSS | CPU/req ÷ floor | req/s ÷ floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
 
     def ratio(a, b):
         if b == 0:
@@ -142,8 +152,12 @@ def main():
         # ms difference is always shown.
         add = lambda k: (f"{ratio(ip[k], ng[k]) if ng[k] > 0 and ip[k] >= 0 else 'n/a'} "
                          f"({ip[k]:+.3f} vs {ng[k]:+.3f} ms)")
+        fl = medians.get((scenario, "floor"))
         print(f"| {scenario} | {ratio(ip['rps'], ng['rps'])} | {add('add50')} | {add('add99')} | "
-              f"{ratio(ip['cpu_us'], ng['cpu_us'])} | {ratio(ip['hwm_mib'], ng['hwm_mib'])} |")
+              f"{ratio(ip['cpu_us'], ng['cpu_us'])} | {ratio(ip['user_us'], ng['user_us'])} | "
+              f"{ratio(ip['hwm_mib'], ng['hwm_mib'])} | "
+              f"{ratio(ip['cpu_us'], fl['cpu_us']) if fl else '–'} | "
+              f"{ratio(ip['rps'], fl['rps']) if fl else '–'} |")
 
     idle = meta.get("idle_rss_kib", {})
     after = meta.get("rss_after_kib", {})
@@ -164,7 +178,7 @@ def main():
               f"({(info['rps'] / warn['rps'] - 1) * 100:+.1f} %), CPU {info['cpu_us']:.1f} vs "
               f"{warn['cpu_us']:.1f} µs/req ({(info['cpu_us'] / warn['cpu_us'] - 1) * 100:+.1f} %).")
 
-    # Issue 13's targets, checked against the medians above.
+    # Issue 23's targets, checked against the medians above.
     rows = []
 
     def check(name, scenario, ok, shown):
@@ -180,6 +194,10 @@ def main():
                   f"{ip['rps'] / ng['rps']:.2f}× ({ip['rps']:.0f} vs {ng['rps']:.0f} req/s)")
             check("CPU per request ≤ nginx", scenario, ip["cpu_us"] <= ng["cpu_us"],
                   f"{ip['cpu_us']:.1f} vs {ng['cpu_us']:.1f} µs ({ip['cpu_us'] / ng['cpu_us']:.2f}×)")
+            fl = medians.get((scenario, "floor"))
+            if fl:
+                check("CPU per request ≤ 1.25× floor", scenario, ip["cpu_us"] <= 1.25 * fl["cpu_us"],
+                      f"{ip['cpu_us']:.1f} vs floor {fl['cpu_us']:.1f} µs ({ip['cpu_us'] / fl['cpu_us']:.2f}×)")
         for conns in (1, 64):
             scenario = f"{prefix}ping-c{conns}"
             ip, ng = medians.get((scenario, "ipproxy")), medians.get((scenario, "nginx"))
@@ -197,7 +215,7 @@ def main():
             check("idle RSS ≤ 10 MiB (at start)", mode, start <= 10,
                   f"{start:.1f} MiB (after the run: {after.get(f'{mode}/ipproxy', 0) / 1024:.1f} MiB)")
     if rows:
-        print("\nIssue 13's targets against these medians:\n")
+        print("\nIssue 23's targets against these medians:\n")
         print("| target | cell | status | measured (ipproxy vs nginx) |")
         print("|---|---|---|---|")
         for name, scenario, status, shown in rows:
