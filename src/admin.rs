@@ -23,7 +23,7 @@ use crate::token::{Credential, CredentialStatus, Registry};
 
 /// What the admin endpoints may see and do.
 #[derive(Debug, Clone)]
-pub struct Handles {
+pub(crate) struct Handles {
     /// Readiness of every credential, and the forced refresh.
     pub credentials: Registry,
     /// The token store's health, shown (never judged) by readiness.
@@ -34,7 +34,7 @@ pub struct Handles {
     pub metrics: &'static PrometheusHandle,
 }
 
-pub fn router(handles: Handles) -> Router {
+pub(crate) fn router(handles: Handles) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -5,7 +5,7 @@
 use http::{HeaderName, header};
 
 /// Never forwarded in either direction (with every header `Connection` names).
-pub const HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,6 +18,6 @@ pub const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Whether `name` is one of [`HOP_BY_HOP`].
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }

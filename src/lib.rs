@@ -27,21 +27,21 @@
 //! - [`sim`]: the IntelePeer simulator; stands apart (the proxy never imports it).
 
 pub mod access;
-pub mod admin;
+pub(crate) mod admin;
 pub mod config;
 pub mod error;
-pub mod hop_by_hop;
-pub mod idempotency;
-pub mod pipeline;
+pub(crate) mod hop_by_hop;
+pub(crate) mod idempotency;
+pub(crate) mod pipeline;
 pub mod proxy;
-pub mod reload;
+pub(crate) mod reload;
 pub mod request_id;
 pub mod route;
-pub mod secret;
+pub(crate) mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod sim;
-pub mod task;
+pub(crate) mod task;
 pub mod telemetry;
 pub mod token;
 

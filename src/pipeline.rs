@@ -30,11 +30,11 @@ use crate::shutdown::ShutdownFlag;
 use crate::telemetry::{self, RouteMetrics, trace};
 
 /// What the proxy answers: an upstream response streamed through, or its own.
-pub type ProxyResponse = http::Response<Either<Guarded, Body>>;
+pub(crate) type ProxyResponse = http::Response<Either<LoggedBody, Body>>;
 
 /// Everything a request needs on its way through, shared by every proxy worker.
 #[derive(Debug)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     routes: RouteTable,
     access: Access,
     limits: Limits,
@@ -72,7 +72,7 @@ impl From<ProxyError> for Refusal<'_> {
 }
 
 impl Pipeline {
-    pub fn new(
+    pub(crate) fn new(
         routes: RouteTable,
         access: Access,
         limits: Limits,
@@ -92,12 +92,12 @@ impl Pipeline {
     }
 
     /// The inbound checks (for starting the keys file watcher).
-    pub fn access(&self) -> &Access {
+    pub(crate) fn access(&self) -> &Access {
         &self.access
     }
 
     /// Resolves once no request is in flight (every permit is back).
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         let permits = u32::try_from(self.max_concurrency).unwrap_or(u32::MAX);
         let _all = Arc::clone(&self.inflight).acquire_many_owned(permits).await;
     }
@@ -107,7 +107,7 @@ impl Pipeline {
     /// proxy's own answers, when the body has been sent (or abandoned) for an upstream
     /// response, so that a client that stalls the download is logged `408`. Either
     /// way the duration is the time to the response head, as the histogram says.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         client: &UpstreamClient,
         request: http::Request<ClientBody>,
@@ -146,7 +146,7 @@ impl Pipeline {
                 let status = response.status();
                 let head_after = record.started.elapsed();
                 response.map(|body| {
-                    Either::Left(Guarded {
+                    Either::Left(LoggedBody {
                         body: body.body,
                         log: Some(PendingLog {
                             record,
@@ -184,7 +184,7 @@ impl Pipeline {
         request: http::Request<ClientBody>,
         request_id: &RequestId,
         notes: &mut Notes,
-    ) -> Result<(http::Response<Sending>, &'a Route, Outcome), Refusal<'a>> {
+    ) -> Result<(http::Response<InFlightBody>, &'a Route, Outcome), Refusal<'a>> {
         if self.shutdown.is_set() {
             return Err(ProxyError::ShuttingDown.into());
         }
@@ -226,7 +226,7 @@ impl Pipeline {
                 notes.idempotency = label;
                 return match result {
                     Ok((response, outcome)) => {
-                        let response = response.map(|body| Sending { body, in_flight });
+                        let response = response.map(|body| InFlightBody { body, in_flight });
                         Ok((response, route, outcome))
                     }
                     Err(answer) => Err(Refusal {
@@ -238,7 +238,7 @@ impl Pipeline {
         }
         match proxy::forward(client, &self.limits, route, request, request_id).await {
             Ok((response, outcome)) => {
-                let response = response.map(|body| Sending {
+                let response = response.map(|body| InFlightBody {
                     body: KeptBody::plain(body),
                     in_flight,
                 });
@@ -280,7 +280,7 @@ impl Drop for InFlight {
 
 /// An upstream response body and its request's [`InFlight`] count, before the log
 /// line is attached.
-struct Sending {
+struct InFlightBody {
     body: KeptBody,
     in_flight: InFlight,
 }
@@ -362,13 +362,13 @@ const UPSTREAM_ABORTED: &str = "upstream_aborted";
 /// An upstream response body holding its request's [`InFlight`] count and its log
 /// line, both released when the body has been sent or dropped.
 #[derive(Debug)]
-pub struct Guarded {
+pub(crate) struct LoggedBody {
     body: KeptBody,
     log: Option<PendingLog>,
     _in_flight: InFlight,
 }
 
-impl Drop for Guarded {
+impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
             // Abandoned because the client stopped taking the body: the upstream's
@@ -390,7 +390,7 @@ impl Drop for Guarded {
     }
 }
 
-impl http_body::Body for Guarded {
+impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 

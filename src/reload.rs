@@ -21,11 +21,11 @@ use crate::token::store::Store;
 
 /// How often watched files are looked at (their metadata; the content only when it
 /// changed): well within the 5 s in which a rotated file must take effect.
-pub const WATCH_POLL: Duration = Duration::from_secs(1);
+pub(crate) const WATCH_POLL: Duration = Duration::from_secs(1);
 
 /// Everything whose secret files can be re-read.
 #[derive(Debug, Clone)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     credentials: Registry,
     /// Static credentials' token files, by credential name.
     token_files: Vec<(String, PathBuf)>,
@@ -37,7 +37,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         config: &crate::config::Config,
         credentials: Registry,
         keys: Option<ClientKeys>,
@@ -68,7 +68,7 @@ impl Reloader {
 
     /// `SIGHUP`: re-reads every secret file now, in one pass, and says so in one log
     /// line.
-    pub fn reload_all(&self) {
+    pub(crate) fn reload_all(&self) {
         let mut read: Vec<String> = Vec::new();
         for credential in self.credentials.iter() {
             credential.reload();
@@ -99,7 +99,7 @@ impl Reloader {
 
     /// Watches every `token_file` and the `access.keys_file`; a change takes effect
     /// within [`WATCH_POLL`]. `None` when there is nothing to watch.
-    pub fn watch_files(&self) -> Option<BackgroundTask> {
+    pub(crate) fn watch_files(&self) -> Option<BackgroundTask> {
         let mut watched: Vec<Watched> = Vec::new();
         for (name, path) in &self.token_files {
             if let Some(credential) = self.credentials.get(name).cloned() {

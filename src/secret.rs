@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// Largest single-secret file read: a password, a token or a URL is far smaller; a
 /// larger file is the wrong file.
-pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// Why a secret file could not be used. Carries the path, never the content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum SecretFileError {
 
 /// Reads a file of at most `max` bytes as text, with trailing line breaks removed.
 /// May be empty; for one secret use [`read_secret`].
-pub fn read_text(path: &Path, max: u64) -> Result<String, SecretFileError> {
+pub(crate) fn read_text(path: &Path, max: u64) -> Result<String, SecretFileError> {
     let shown = || path.display().to_string();
     let read_error = |error: std::io::Error| SecretFileError::Read {
         path: shown(),
@@ -59,7 +59,7 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, SecretFileError> {
 }
 
 /// Reads one secret (a password, a token, a URL): [`read_text`], and not empty.
-pub fn read_secret(path: &Path) -> Result<SecretString, SecretFileError> {
+pub(crate) fn read_secret(path: &Path) -> Result<SecretString, SecretFileError> {
     let text = read_text(path, MAX_SECRET_FILE)?;
     if text.is_empty() {
         return Err(SecretFileError::Empty {
@@ -81,7 +81,7 @@ pub enum KeyFileError {
 /// The keys of a store key file: one 256-bit key of 64 hex digits a line, the first
 /// first; blank lines and lines starting with `#` are skipped, surrounding spaces
 /// ignored.
-pub fn parse_keys(text: &str) -> Result<Vec<secrecy::SecretBox<[u8; 32]>>, KeyFileError> {
+pub(crate) fn parse_keys(text: &str) -> Result<Vec<secrecy::SecretBox<[u8; 32]>>, KeyFileError> {
     let mut keys = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -21,7 +21,7 @@ pub(super) enum Place {
 /// [`release`](Self::release); one dropped unsettled (a panic) marks its key done
 /// without an answer, since its request may have been sent.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     held: Option<Held>,
 }
 
@@ -55,7 +55,7 @@ impl Claim {
 
     /// Keeps `answer` as the key's answer for `idempotency.ttl`; `None`: the key is
     /// done without a kept answer.
-    pub async fn keep(mut self, answer: Option<Answer>) {
+    pub(crate) async fn keep(mut self, answer: Option<Answer>) {
         if let Some(held) = self.held.take() {
             held.keep(answer).await;
         }
@@ -68,7 +68,7 @@ impl Claim {
     }
 
     /// Gives the key up: its request never left the proxy.
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         let Some(held) = self.held.take() else {
             return;
         };

@@ -11,7 +11,7 @@ use crate::access::Caller;
 use crate::error::ProxyError;
 
 /// The request header.
-pub const HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+pub(super) const HEADER: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The longest key, as docs/DESIGN.md says (the draft leaves it to the server).
 const MAX_KEY: usize = 255;
@@ -23,14 +23,14 @@ const REPEATED: &str = "the Idempotency-Key header must appear at most once";
 
 /// Only these methods take a key: the others are idempotent already (or, like
 /// DELETE, not what the draft is about).
-pub fn applies(method: &Method) -> bool {
+pub(crate) fn applies(method: &Method) -> bool {
     *method == Method::POST || *method == Method::PATCH
 }
 
 /// A client's key, decoded. `Debug` prints `***`: keys can carry meaning (an order
 /// number) and never appear in a log line.
 #[derive(Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(Vec<u8>);
+pub(crate) struct IdempotencyKey(Vec<u8>);
 
 impl std::fmt::Debug for IdempotencyKey {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +40,7 @@ impl std::fmt::Debug for IdempotencyKey {
 
 /// The key the request carries, `None` without the header; a malformed or repeated
 /// header → `400 bad_request` naming it.
-pub fn key_of(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ProxyError> {
+pub(crate) fn key_of(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ProxyError> {
     let mut values = headers.get_all(HEADER).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -95,10 +95,10 @@ fn sf_string(quoted: &[u8]) -> Option<Vec<u8>> {
 /// so that another caller's same key is another key, and the store holds neither the
 /// key nor the caller's name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Scope([u8; 32]);
+pub(super) struct Scope([u8; 32]);
 
 impl Scope {
-    pub fn new(credential: &str, caller: &Caller, key: &IdempotencyKey) -> Self {
+    pub(super) fn new(credential: &str, caller: &Caller, key: &IdempotencyKey) -> Self {
         let (kind, identity) = caller.identity();
         let mut hasher = Sha256::new();
         hasher.update(b"ipproxy-idempotency-scope-v1");
@@ -109,12 +109,12 @@ impl Scope {
     }
 
     /// Lower-case hex, for the store's key names and associated data.
-    pub fn hex(&self) -> String {
+    pub(super) fn hex(&self) -> String {
         hex::encode(self.0)
     }
 
     #[cfg(test)]
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub(super) fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 }
@@ -126,9 +126,9 @@ impl std::fmt::Debug for Scope {
 }
 
 /// What a repeat must match: SHA-256 over method, path and query, and body.
-pub type Fingerprint = [u8; 32];
+pub(super) type Fingerprint = [u8; 32];
 
-pub fn fingerprint(method: &Method, target: &Uri, body: &[u8]) -> Fingerprint {
+pub(super) fn fingerprint(method: &Method, target: &Uri, body: &[u8]) -> Fingerprint {
     let path_and_query = target
         .path_and_query()
         .map_or_else(|| target.path(), |target| target.as_str());

@@ -18,7 +18,7 @@ use crate::telemetry;
 
 /// What a claim found.
 #[derive(Debug)]
-pub enum LocalClaim {
+pub(super) enum LocalClaim {
     /// Free: now held, with this token (only its holder settles or releases it).
     Held(u64),
     Taken(Record),
@@ -26,7 +26,7 @@ pub enum LocalClaim {
 
 /// Bounded, expiring records.
 #[derive(Debug)]
-pub struct MemoryLedger {
+pub(super) struct MemoryLedger {
     entries: Mutex<Entries>,
     max_entries: usize,
 }
@@ -98,7 +98,7 @@ impl Entries {
 }
 
 impl MemoryLedger {
-    pub fn new(max_entries: usize) -> Self {
+    pub(super) fn new(max_entries: usize) -> Self {
         Self {
             entries: Mutex::new(Entries::default()),
             max_entries,
@@ -112,7 +112,7 @@ impl MemoryLedger {
     }
 
     /// Claims `scope` for `ttl` unless a live record is there.
-    pub fn claim(&self, scope: Scope, record: Record, ttl: Duration) -> LocalClaim {
+    pub(super) fn claim(&self, scope: Scope, record: Record, ttl: Duration) -> LocalClaim {
         let now = Instant::now();
         let mut entries = self.lock();
         if let Some(entry) = entries.live(&scope, now) {
@@ -124,7 +124,7 @@ impl MemoryLedger {
     }
 
     /// The live record of `scope`, if any.
-    pub fn peek(&self, scope: &Scope) -> Option<Record> {
+    pub(super) fn peek(&self, scope: &Scope) -> Option<Record> {
         let now = Instant::now();
         self.lock()
             .live(scope, now)
@@ -133,7 +133,7 @@ impl MemoryLedger {
 
     /// Replaces the claim held with `token` by `record`, kept for `ttl`; false when
     /// it is no longer there (expired or dropped for the bound).
-    pub fn settle(&self, scope: &Scope, token: u64, record: Record, ttl: Duration) -> bool {
+    pub(super) fn settle(&self, scope: &Scope, token: u64, record: Record, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut entries = self.lock();
         match entries.live(scope, now) {
@@ -148,14 +148,14 @@ impl MemoryLedger {
 
     /// Puts `record` under `scope` whatever is there (an answer the shared store
     /// could not take).
-    pub fn put(&self, scope: Scope, record: Record, ttl: Duration) {
+    pub(super) fn put(&self, scope: Scope, record: Record, ttl: Duration) {
         let mut entries = self.lock();
         entries.insert(scope, record, Instant::now() + ttl, self.max_entries);
         telemetry::idempotency_entries(entries.by_scope.len());
     }
 
     /// Gives the claim held with `token` up.
-    pub fn release(&self, scope: &Scope, token: u64) {
+    pub(super) fn release(&self, scope: &Scope, token: u64) {
         let mut entries = self.lock();
         if entries
             .by_scope

@@ -46,15 +46,14 @@ use crate::route::Route;
 use crate::server::connection::ClientBody;
 use crate::telemetry;
 use crate::token::store::Store;
-pub use claim::Claim;
+pub(crate) use claim::Claim;
 use claim::Place;
 use key::{Fingerprint, Scope};
-pub use key::{HEADER, IdempotencyKey, applies, key_of};
+pub(crate) use key::{IdempotencyKey, applies, key_of};
 use memory::{LocalClaim, MemoryLedger};
-pub use record::REPLAYED;
 use record::{Answer, Record};
 use redis::SharedClaim;
-pub use tee::KeptBody;
+pub(crate) use tee::KeptBody;
 
 /// Added to the longest a request can take before its answer's head (two attempts of
 /// `request_timeout`: the retry after a 401) for the in-flight marker's TTL: room for
@@ -65,7 +64,7 @@ const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(30);
 /// `result` label of `ipproxy_idempotency_total` (one per keyed request; a request
 /// that found the shared store down is also counted `store_down`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Label {
+pub(crate) enum Label {
     /// Claimed and forwarded.
     First,
     /// The kept answer, replayed.
@@ -85,7 +84,7 @@ pub enum Label {
 }
 
 impl Label {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::First => "first",
             Self::Replayed => "replayed",
@@ -100,7 +99,7 @@ impl Label {
 
 /// What the proxy answers itself to a keyed request.
 #[derive(Debug)]
-pub enum OwnAnswer {
+pub(crate) enum OwnAnswer {
     /// One of the error table's answers.
     Error(ProxyError),
     /// A kept answer (replayed, or the first request's own `504`/`502`).
@@ -108,12 +107,12 @@ pub enum OwnAnswer {
 }
 
 /// An upstream answer on its way, kept as it streams.
-pub type Forwarded = (http::Response<KeptBody>, Outcome);
+pub(crate) type Forwarded = (http::Response<KeptBody>, Outcome);
 
 /// What the upstream exchange of a keyed request needs, owned: it runs on its own
 /// task.
 #[derive(Debug)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     pub client: UpstreamClient,
     pub limits: Limits,
     pub route: Arc<Route>,
@@ -122,7 +121,7 @@ pub struct Exchange {
 
 /// The idempotency records of this process. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Idempotency(Arc<Inner>);
+pub(crate) struct Idempotency(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
@@ -138,7 +137,11 @@ struct Inner {
 }
 
 impl Idempotency {
-    pub fn new(config: &IdempotencyConfig, request_timeout: Duration, store: &Store) -> Self {
+    pub(crate) fn new(
+        config: &IdempotencyConfig,
+        request_timeout: Duration,
+        store: &Store,
+    ) -> Self {
         Self(Arc::new(Inner {
             ttl: config.ttl,
             max_response: usize::try_from(config.max_response).unwrap_or(usize::MAX),
@@ -151,14 +154,14 @@ impl Idempotency {
     }
 
     /// How long an in-flight marker lives: two attempts and [`IN_FLIGHT_MARGIN`].
-    pub fn in_flight_ttl(request_timeout: Duration) -> Duration {
+    pub(crate) fn in_flight_ttl(request_timeout: Duration) -> Duration {
         request_timeout.saturating_mul(2) + IN_FLIGHT_MARGIN
     }
 
     /// Answers a keyed request: forwards it at most once per key, or answers a
     /// repeat. The label is `None` for a request refused before its key was looked
     /// at (a body over `replay_limit`).
-    pub async fn forward_once(
+    pub(crate) async fn forward_once(
         &self,
         exchange: Exchange,
         request: Request<ClientBody>,

@@ -17,11 +17,11 @@ use crate::error::ProxyError;
 use crate::request_id::{self, RequestId};
 
 /// The response header that marks a replay.
-pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(super) const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// A kept answer: what the first request's client got.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     /// End-to-end headers (hop-by-hop ones were removed on the way in), without the
     /// first request's `x-request-id`.
@@ -32,7 +32,7 @@ pub struct Answer {
 impl Answer {
     /// The proxy's own answer to the first request (a `504`, a `502`), kept as the
     /// key's answer.
-    pub async fn of_error(error: ProxyError, request_id: &RequestId) -> Self {
+    pub(crate) async fn of_error(error: ProxyError, request_id: &RequestId) -> Self {
         let response = error.into_response_for(request_id);
         let (parts, body) = response.into_parts();
         // An in-memory JSON body: it cannot fail.
@@ -44,7 +44,7 @@ impl Answer {
         Self::new(parts.status, parts.headers, body)
     }
 
-    pub fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Self {
+    pub(crate) fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Self {
         headers.remove(request_id::HEADER);
         Self {
             status,
@@ -55,7 +55,7 @@ impl Answer {
 
     /// The kept answer, byte for byte, with this request's id and, for a repeat,
     /// `Idempotent-Replayed: true`.
-    pub fn replay(&self, request_id: &RequestId, replayed: bool) -> http::Response<Body> {
+    pub(crate) fn replay(&self, request_id: &RequestId, replayed: bool) -> http::Response<Body> {
         let mut response = http::Response::new(Body::from(self.body.clone()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
@@ -66,21 +66,11 @@ impl Answer {
         }
         response
     }
-
-    /// Bytes held in memory, for the bound.
-    pub fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len())
-                .sum::<usize>()
-    }
 }
 
 /// What a scope holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
+pub(super) enum Record {
     /// Claimed by a request still in flight.
     InFlight { fingerprint: Fingerprint },
     /// Finished: its answer, or `None` when it was too large to keep.
@@ -91,14 +81,14 @@ pub enum Record {
 }
 
 impl Record {
-    pub fn fingerprint(&self) -> &Fingerprint {
+    pub(super) fn fingerprint(&self) -> &Fingerprint {
         match self {
             Self::InFlight { fingerprint } | Self::Done { fingerprint, .. } => fingerprint,
         }
     }
 
     /// The plaintext the shared store seals.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let wire = match self {
             Self::InFlight { fingerprint } => Wire {
                 state: WireState::InFlight,
@@ -126,7 +116,7 @@ impl Record {
     }
 
     /// A record read back; `None` when it is not one (another version, garbage).
-    pub fn decode(plaintext: &[u8]) -> Option<Self> {
+    pub(super) fn decode(plaintext: &[u8]) -> Option<Self> {
         let wire: Wire = serde_json::from_slice(plaintext).ok()?;
         let mut fingerprint = [0u8; 32];
         hex::decode_to_slice(&wire.fingerprint, &mut fingerprint).ok()?;

@@ -11,13 +11,13 @@ use crate::token::store::{AnswerClaim, SealedAnswer, Store, StoreDown};
 
 /// What a claim in the shared store found.
 #[derive(Debug)]
-pub enum SharedClaim {
+pub(super) enum SharedClaim {
     Held(SealedAnswer),
     /// Another request's record; `None` when it does not open or decode.
     Taken(Option<Record>),
 }
 
-pub async fn claim(
+pub(super) async fn claim(
     store: &Store,
     scope: &Scope,
     record: &Record,
@@ -34,7 +34,7 @@ pub async fn claim(
     })
 }
 
-pub async fn settle(
+pub(super) async fn settle(
     store: &Store,
     scope: &Scope,
     held: &SealedAnswer,
@@ -46,6 +46,10 @@ pub async fn settle(
         .await
 }
 
-pub async fn release(store: &Store, scope: &Scope, held: &SealedAnswer) -> Result<(), StoreDown> {
+pub(super) async fn release(
+    store: &Store,
+    scope: &Scope,
+    held: &SealedAnswer,
+) -> Result<(), StoreDown> {
     store.release_answer(&scope.hex(), held).await
 }

@@ -31,7 +31,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// An upstream response body, passed through as it is, or passed through and kept.
 #[derive(Debug)]
-pub struct KeptBody(Inner);
+pub(crate) struct KeptBody(Inner);
 
 #[derive(Debug)]
 enum Inner {
@@ -65,7 +65,7 @@ impl std::fmt::Debug for Keeping {
 
 impl KeptBody {
     /// A body that is only passed through.
-    pub fn plain(body: ResponseBody) -> Self {
+    pub(crate) fn plain(body: ResponseBody) -> Self {
         Self(Inner::Plain(body))
     }
 

@@ -40,7 +40,7 @@ use crate::config::TracingConfig;
 /// Finished spans that may wait for export. Beyond it a span is dropped (and counted)
 /// instead of waiting: about 2 MiB of spans, a few seconds of heavy traffic while the
 /// collector is slow.
-pub const MAX_QUEUED_SPANS: usize = 2048;
+pub(super) const MAX_QUEUED_SPANS: usize = 2048;
 /// Spans per OTLP request; a full batch is sent at once, without waiting for
 /// [`EXPORT_INTERVAL`].
 const MAX_EXPORT_BATCH: usize = 512;
@@ -51,7 +51,7 @@ const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, after the drain: how long the last spans may take to reach the
 /// collector before the process exits without them.
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+pub(super) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// After a failed export, batches are dropped (counted) without being encoded or sent
 /// for this long: a collector that is down costs one connection attempt a second, not
 /// the encoding of every span. Also the most spans lost after it comes back.

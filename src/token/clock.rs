@@ -58,14 +58,14 @@ pub(crate) mod testing {
     /// A wall clock that moves with tokio's (possibly paused) clock from a fixed start,
     /// for tests: `wall()` is `start_wall + (now - start)`.
     #[derive(Debug, Clone, Copy)]
-    pub struct FollowingClock {
+    pub(crate) struct FollowingClock {
         start: Instant,
         start_wall: SystemTime,
     }
 
     impl FollowingClock {
         /// A clock whose wall time starts at `start_wall` now.
-        pub fn starting_at(start_wall: SystemTime) -> Self {
+        pub(crate) fn starting_at(start_wall: SystemTime) -> Self {
             Self {
                 start: Instant::now(),
                 start_wall,
@@ -85,10 +85,10 @@ pub(crate) mod testing {
 
     /// A seeded generator, for repeatable jitter in tests.
     #[derive(Debug)]
-    pub struct SeededRandom(Mutex<rand::rngs::StdRng>);
+    pub(crate) struct SeededRandom(Mutex<rand::rngs::StdRng>);
 
     impl SeededRandom {
-        pub fn new(seed: u64) -> Self {
+        pub(crate) fn new(seed: u64) -> Self {
             Self(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
         }
     }

@@ -24,7 +24,7 @@ pub(super) struct Health {
 
 impl Health {
     /// After a successful fetch: failures, backoff and the rejection are cleared.
-    pub fn succeeded(&mut self, at: SystemTime) {
+    pub(super) fn succeeded(&mut self, at: SystemTime) {
         *self = Self {
             last_refresh: Some(at),
             ..Self::default()
@@ -32,7 +32,7 @@ impl Health {
     }
 
     /// Whether a login must wait for the backoff deadline.
-    pub fn backing_off(&self, now: Instant) -> bool {
+    pub(super) fn backing_off(&self, now: Instant) -> bool {
         self.retry_at.is_some_and(|at| now < at)
     }
 }

@@ -25,7 +25,7 @@ pub struct FormatId(pub(super) usize);
 
 /// Where a stored token came from: the `source` label of the refresh metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchedFrom {
+pub(super) enum FetchedFrom {
     /// This process fetched it (a login, or a static token read).
     Login,
     /// Adopted from the shared store: another replica logged in.
@@ -33,7 +33,7 @@ pub enum FetchedFrom {
 }
 
 impl FetchedFrom {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",
             Self::Store => "store",
@@ -76,7 +76,7 @@ pub(super) struct Minted<'a> {
 /// The token cannot go in a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the token is not a valid HTTP header value")]
-pub struct NotAHeaderValue;
+pub(super) struct NotAHeaderValue;
 
 impl Token {
     /// Renders one header value per format, each marked sensitive.
@@ -158,23 +158,23 @@ impl Default for Slot {
 
 impl Slot {
     /// The current token, if any: one lock-free load.
-    pub fn load(&self) -> Option<Arc<Token>> {
+    pub(super) fn load(&self) -> Option<Arc<Token>> {
         self.current.load_full()
     }
 
     /// Runs `read` on the current token without taking a reference count.
-    pub fn with<R>(&self, read: impl FnOnce(Option<&Token>) -> R) -> R {
+    pub(super) fn with<R>(&self, read: impl FnOnce(Option<&Token>) -> R) -> R {
         let guard = self.current.load();
         read(guard.as_deref())
     }
 
     /// The generation for the next token stored.
-    pub fn next_generation(&self) -> TokenGeneration {
+    pub(super) fn next_generation(&self) -> TokenGeneration {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Replaces the current token.
-    pub fn store(&self, token: Arc<Token>) {
+    pub(super) fn store(&self, token: Arc<Token>) {
         self.current.store(Some(token));
     }
 }

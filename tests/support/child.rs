@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const START_LIMIT: Duration = Duration::from_secs(10);
 
 /// A running `ipproxy run`. Killed when dropped, if still running.
-pub struct ChildProxy {
+pub(crate) struct ChildProxy {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -28,7 +28,7 @@ impl ChildProxy {
     /// Starts `ipproxy run` with exactly `vars` (plus loopback listeners on port 0,
     /// JSON logs and `access.allow_hosts` = [`super::TEST_ALLOW_HOSTS`] unless `vars`
     /// says otherwise) and waits for its "listening" line.
-    pub async fn start(vars: &[(String, String)]) -> Self {
+    pub(crate) async fn start(vars: &[(String, String)]) -> Self {
         let vars = super::with_test_hosts(None, vars.to_vec());
         let mut command = Command::new(env!("CARGO_BIN_EXE_ipproxy"));
         command
@@ -70,20 +70,20 @@ impl ChildProxy {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
     /// Sends a signal by name (`TERM`, `INT`) with `kill(1)`.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())
@@ -93,13 +93,13 @@ impl ChildProxy {
     }
 
     /// Kills the process at once (SIGKILL): a replica that dies mid-work.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// The exit status if the child exits within `limit`.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -113,12 +113,12 @@ impl ChildProxy {
     }
 
     /// Every line printed so far (stdout and stderr, interleaved).
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("lines").clone()
     }
 
     /// After the child exited: every line it ever printed.
-    pub fn all_lines(mut self) -> Vec<String> {
+    pub(crate) fn all_lines(mut self) -> Vec<String> {
         assert!(
             self.child.try_wait().expect("try_wait").is_some(),
             "the child has exited"

@@ -17,7 +17,7 @@ const START_ATTEMPTS: usize = 3;
 
 /// How the forward proxy is set up.
 #[derive(Debug, Default, Clone)]
-pub struct ForwardProxyConfig {
+pub(crate) struct ForwardProxyConfig {
     /// The only ports `CONNECT` may reach (tinyproxy's `ConnectPort`); at least one.
     pub connect_ports: Vec<u16>,
     /// `BasicAuth user password`: the proxy then requires these credentials.
@@ -25,7 +25,7 @@ pub struct ForwardProxyConfig {
 }
 
 /// A running tinyproxy.
-pub struct ForwardProxy {
+pub(crate) struct ForwardProxy {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
@@ -35,7 +35,7 @@ pub struct ForwardProxy {
 impl ForwardProxy {
     /// Starts tinyproxy allowing `CONNECT` to `connect_ports` only, without
     /// credentials.
-    pub fn start(connect_ports: &[u16]) -> Self {
+    pub(crate) fn start(connect_ports: &[u16]) -> Self {
         Self::start_with(&ForwardProxyConfig {
             connect_ports: connect_ports.to_vec(),
             basic_auth: None,
@@ -43,7 +43,7 @@ impl ForwardProxy {
     }
 
     /// Starts tinyproxy as `config` says and waits until it accepts connections.
-    pub fn start_with(config: &ForwardProxyConfig) -> Self {
+    pub(crate) fn start_with(config: &ForwardProxyConfig) -> Self {
         assert!(
             !config.connect_ports.is_empty(),
             "name the ports CONNECT may reach"
@@ -78,24 +78,24 @@ impl ForwardProxy {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// `http://user:password@127.0.0.1:PORT`.
-    pub fn url_with(&self, user: &str, password: &str) -> String {
+    pub(crate) fn url_with(&self, user: &str, password: &str) -> String {
         format!("http://{user}:{password}@{}", self.addr)
     }
 
     /// Its log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The request lines of the `CONNECT` requests it received so far, e.g.
     /// `CONNECT localhost:4443 HTTP/1.1` (tinyproxy logs each request line before it
     /// acts on it, so a request that got its answer is in the log).
-    pub fn connect_requests(&self) -> Vec<String> {
+    pub(crate) fn connect_requests(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter_map(|line| line.split_once("): ").map(|(_, request)| request))
@@ -105,7 +105,7 @@ impl ForwardProxy {
     }
 
     /// Whether a `CONNECT` to `host_port` was received.
-    pub fn saw_connect_to(&self, host_port: &str) -> bool {
+    pub(crate) fn saw_connect_to(&self, host_port: &str) -> bool {
         let wanted = format!("CONNECT {host_port} ");
         self.connect_requests()
             .iter()

@@ -6,12 +6,12 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 /// One HTTP/1.1 connection kept open across requests, as an app's client pool does.
-pub struct KeepAlive {
+pub(crate) struct KeepAlive {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
 }
 
 impl KeepAlive {
-    pub async fn open(addr: std::net::SocketAddr) -> Self {
+    pub(crate) async fn open(addr: std::net::SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -22,7 +22,7 @@ impl KeepAlive {
     }
 
     /// Status, `Connection` header and JSON body (`null` when not JSON).
-    pub async fn get(&mut self, path: &str) -> (u16, Option<String>, Value) {
+    pub(crate) async fn get(&mut self, path: &str) -> (u16, Option<String>, Value) {
         use http_body_util::BodyExt as _;
         self.sender
             .ready()

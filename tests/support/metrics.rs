@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Samples of one metric: label set → value.
-pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+pub(crate) fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
@@ -44,19 +44,19 @@ fn matching(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
 }
 
 /// The value of the one sample of `name` whose labels include `labels`; 0 when none.
-pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let matching = matching(text, name, labels);
     assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
     matching.first().copied().unwrap_or(0.0)
 }
 
 /// The sum of every sample of `name` whose labels include `labels`.
-pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     matching(text, name, labels).into_iter().sum()
 }
 
 /// The metrics text of an admin listener (`http://host:port/metrics`).
-pub async fn scrape(client: &reqwest::Client, url: &str) -> String {
+pub(crate) async fn scrape(client: &reqwest::Client, url: &str) -> String {
     let response = client.get(url).send().await.expect("metrics");
     assert_eq!(response.status(), 200);
     assert!(
@@ -69,7 +69,7 @@ pub async fn scrape(client: &reqwest::Client, url: &str) -> String {
 
 /// Waits (at most `limit`, looking every 20 ms) until the sum of `name{labels}` is
 /// above `above`; returns the metrics text it saw then, or `None` on time-out.
-pub async fn await_above(
+pub(crate) async fn await_above(
     client: &reqwest::Client,
     url: &str,
     name: &str,

@@ -3,15 +3,15 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod child;
-pub mod forward_proxy;
-pub mod keepalive;
-pub mod metrics;
-pub mod otlp;
-pub mod prometheus;
-pub mod redis;
-pub mod scripted;
-pub mod tls;
+pub(crate) mod child;
+pub(crate) mod forward_proxy;
+pub(crate) mod keepalive;
+pub(crate) mod metrics;
+pub(crate) mod otlp;
+pub(crate) mod prometheus;
+pub(crate) mod redis;
+pub(crate) mod scripted;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,14 +24,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A running simulator.
-pub struct Sim {
+pub(crate) struct Sim {
     pub sim: Simulator,
     pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 
 impl Sim {
-    pub async fn start(config: SimConfig) -> Self {
+    pub(crate) async fn start(config: SimConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let addr = listener.local_addr().expect("sim addr");
         let sim = Simulator::new(config);
@@ -46,20 +46,20 @@ impl Sim {
         }
     }
 
-    pub async fn default() -> Self {
+    pub(crate) async fn default() -> Self {
         Self::start(SimConfig::default()).await
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn counters(&self) -> Counters {
+    pub(crate) fn counters(&self) -> Counters {
         self.sim.counters()
     }
 
     /// How many times an SMS with `text` was sent (whatever its numbers).
-    pub fn sends_of(&self, text: &str) -> u64 {
+    pub(crate) fn sends_of(&self, text: &str) -> u64 {
         self.sim
             .sends()
             .iter()
@@ -69,7 +69,7 @@ impl Sim {
     }
 
     /// Variables that point the default credential and upstream at this simulator.
-    pub fn vars(&self) -> Vec<(String, String)> {
+    pub(crate) fn vars(&self) -> Vec<(String, String)> {
         let defaults = SimConfig::default();
         vars(&[
             ("IPPROXY_UPSTREAM__URL", &self.url()),
@@ -87,14 +87,17 @@ impl Sim {
 /// the host names that tests of other defences send as a placeholder (`Host: x`, an
 /// absolute-form target at `attacker.invalid`). Every other name is refused `421`, as
 /// in production; tests/browser.rs starts its proxies with lists of its own.
-pub const TEST_ALLOW_HOSTS: &str = r#"["x", "attacker.invalid"]"#;
+pub(crate) const TEST_ALLOW_HOSTS: &str = r#"["x", "attacker.invalid"]"#;
 
 /// The variable that sets `access.allow_hosts`.
-pub const ALLOW_HOSTS_VAR: &str = "IPPROXY_ACCESS__ALLOW_HOSTS";
+pub(crate) const ALLOW_HOSTS_VAR: &str = "IPPROXY_ACCESS__ALLOW_HOSTS";
 
 /// `vars` with [`TEST_ALLOW_HOSTS`] first, unless `vars` or the file (`toml`) set
 /// `access.allow_hosts` themselves.
-pub fn with_test_hosts(toml: Option<&str>, vars: Vec<(String, String)>) -> Vec<(String, String)> {
+pub(crate) fn with_test_hosts(
+    toml: Option<&str>,
+    vars: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let set = vars.iter().any(|(name, _)| name == ALLOW_HOSTS_VAR)
         || toml.is_some_and(|toml| toml.contains("allow_hosts"));
     if set {
@@ -105,7 +108,7 @@ pub fn with_test_hosts(toml: Option<&str>, vars: Vec<(String, String)>) -> Vec<(
     all
 }
 
-pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
@@ -113,7 +116,7 @@ pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// A running proxy (proxy and admin listeners on ephemeral loopback ports).
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -123,12 +126,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy configured by `vars` only.
-    pub async fn start(vars: Vec<(String, String)>) -> Self {
+    pub(crate) async fn start(vars: Vec<(String, String)>) -> Self {
         Self::start_with(None, vars).await
     }
 
     /// Starts a proxy configured by a TOML file (written to a temp dir) and `vars`.
-    pub async fn start_with_file(toml: &str, vars: Vec<(String, String)>) -> Self {
+    pub(crate) async fn start_with_file(toml: &str, vars: Vec<(String, String)>) -> Self {
         Self::start_with(Some(toml), vars).await
     }
 
@@ -162,16 +165,16 @@ impl Proxy {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
     /// Signals shutdown and waits for `serve` to return.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -182,7 +185,7 @@ impl Proxy {
 }
 
 /// A client that never pools connections across tests and never follows redirects.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -193,12 +196,12 @@ pub fn client() -> reqwest::Client {
 /// How long an "eventually" waits for something that normally takes a moment: long,
 /// because a deadline costs nothing when things go right and a busy machine (other
 /// builds, `stress-ng`) can stall a process for seconds.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Waits until `condition` holds, checking every 20 ms, at most `limit`. Returns
 /// whether it held. For conditions that are driven by time passing (a token's
 /// refresh time), not a stand-in for an awaitable event.
-pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
+pub(crate) async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -217,14 +220,14 @@ where
 
 /// A test upstream that answers every request with `status` and `body`, counting
 /// requests; for 401 pass-through and retry limits.
-pub struct FixedUpstream {
+pub(crate) struct FixedUpstream {
     pub addr: SocketAddr,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _stop: oneshot::Sender<()>,
 }
 
 impl FixedUpstream {
-    pub async fn start(status: u16, body: &'static str) -> Self {
+    pub(crate) async fn start(status: u16, body: &'static str) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicU64, Ordering};
         let hits = Arc::new(AtomicU64::new(0));
@@ -253,11 +256,11 @@ impl FixedUpstream {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn hits(&self) -> u64 {
+    pub(crate) fn hits(&self) -> u64 {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -265,7 +268,7 @@ impl FixedUpstream {
 /// A loopback port where nothing listens, reserved for as long as the returned socket
 /// lives: it is bound but never listening, so connections are refused and no other
 /// test's server can take the port meanwhile.
-pub fn closed_port() -> (SocketAddr, tokio::net::TcpSocket) {
+pub(crate) fn closed_port() -> (SocketAddr, tokio::net::TcpSocket) {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .bind("127.0.0.1:0".parse().expect("loopback"))
@@ -277,7 +280,7 @@ pub fn closed_port() -> (SocketAddr, tokio::net::TcpSocket) {
 /// Sends `head` (a raw request head, without the final blank line) on a fresh
 /// connection with `Connection: close`, and returns the raw response. For requests a
 /// normal client would rewrite (dot segments, odd encodings).
-pub async fn raw_request(addr: SocketAddr, head: &str) -> String {
+pub(crate) async fn raw_request(addr: SocketAddr, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("{head}\r\nConnection: close\r\n\r\n");
@@ -291,7 +294,7 @@ pub async fn raw_request(addr: SocketAddr, head: &str) -> String {
 }
 
 /// The status code of a raw HTTP/1.1 response.
-pub fn raw_status(response: &str) -> u16 {
+pub(crate) fn raw_status(response: &str) -> u16 {
     response
         .split(' ')
         .nth(1)
@@ -300,7 +303,7 @@ pub fn raw_status(response: &str) -> u16 {
 }
 
 /// Serves a test app on `127.0.0.1:0` until the returned sender is dropped.
-pub async fn serve_app(app: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
+pub(crate) async fn serve_app(app: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind test app");
@@ -319,7 +322,7 @@ pub async fn serve_app(app: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
 /// The path of a server binary the tests need (`tinyproxy`, `redis-server`), from
 /// `PATH` or the usual Debian places; a test that needs it fails with `hint` without
 /// it: never a silent skip.
-pub fn server_binary(name: &str, hint: &str) -> std::path::PathBuf {
+pub(crate) fn server_binary(name: &str, hint: &str) -> std::path::PathBuf {
     let candidates = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -336,7 +339,7 @@ pub fn server_binary(name: &str, hint: &str) -> std::path::PathBuf {
 
 /// A loopback port that was free a moment ago (for servers started by the tests,
 /// which cannot be handed a bound socket).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 /// One received span, flattened: ids in hex, attribute values as text.
 #[derive(Debug, Clone)]
-pub struct ReceivedSpan {
+pub(crate) struct ReceivedSpan {
     pub trace_id: String,
     pub span_id: String,
     /// Empty for a root span.
@@ -39,15 +39,15 @@ pub struct ReceivedSpan {
 }
 
 impl ReceivedSpan {
-    pub fn attribute(&self, key: &str) -> Option<&str> {
+    pub(crate) fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
 }
 
-pub const SPAN_KIND_INTERNAL: i32 = 1;
-pub const SPAN_KIND_SERVER: i32 = 2;
-pub const SPAN_KIND_CLIENT: i32 = 3;
-pub const STATUS_ERROR: i32 = 2;
+pub(crate) const SPAN_KIND_INTERNAL: i32 = 1;
+pub(crate) const SPAN_KIND_SERVER: i32 = 2;
+pub(crate) const SPAN_KIND_CLIENT: i32 = 3;
+pub(crate) const STATUS_ERROR: i32 = 2;
 
 #[derive(Default)]
 struct Received {
@@ -57,7 +57,7 @@ struct Received {
 }
 
 /// A running OTLP/HTTP receiver.
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub addr: SocketAddr,
     received: Arc<Mutex<Received>>,
     /// Counts decoded requests; waiters watch it.
@@ -66,7 +66,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let received = Arc::new(Mutex::new(Received::default()));
         let (count, batches) = watch::channel(0u64);
         let store = Arc::clone(&received);
@@ -108,22 +108,22 @@ impl Receiver {
     }
 
     /// The base URL for `[tracing] otlp_endpoint`.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn spans(&self) -> Vec<ReceivedSpan> {
+    pub(crate) fn spans(&self) -> Vec<ReceivedSpan> {
         self.received.lock().expect("received").spans.clone()
     }
 
     /// Every decoded request, as text (names, attributes, resources, everything).
-    pub fn everything_received(&self) -> String {
+    pub(crate) fn everything_received(&self) -> String {
         format!("{:?}", self.received.lock().expect("received").requests)
     }
 
     /// Waits until `done` holds for the spans received so far, at most `limit`, as
     /// each batch arrives; panics with what arrived when it does not.
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         limit: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
@@ -145,13 +145,13 @@ impl Receiver {
 
 /// A collector that accepts connections and never answers: exports hang until the
 /// exporter's timeout.
-pub struct BlackHole {
+pub(crate) struct BlackHole {
     pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 
 impl BlackHole {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind black hole");
@@ -172,7 +172,7 @@ impl BlackHole {
         Self { addr, _stop: stop }
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 }

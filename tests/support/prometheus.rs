@@ -25,7 +25,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(10);
 const START_ATTEMPTS: usize = 3;
 
 /// A running Prometheus.
-pub struct PrometheusServer {
+pub(crate) struct PrometheusServer {
     child: Option<Child>,
     pub addr: SocketAddr,
     client: reqwest::Client,
@@ -34,7 +34,7 @@ pub struct PrometheusServer {
 
 impl PrometheusServer {
     /// Scrapes `targets`' `/metrics` (job `ipproxy`) and loads `rule_files`.
-    pub async fn start(targets: &[SocketAddr], rule_files: &[PathBuf]) -> Self {
+    pub(crate) async fn start(targets: &[SocketAddr], rule_files: &[PathBuf]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, config_text(targets, rule_files)).expect("write config");
@@ -58,17 +58,17 @@ impl PrometheusServer {
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// What Prometheus logged (its stderr), for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
     /// `GET /api/v1/<endpoint>` with `params`: the `data` of a `success` answer.
-    pub async fn api(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
+    pub(crate) async fn api(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
         let response = self
             .client
             .get(self.url(&format!("/api/v1/{endpoint}")))
@@ -86,19 +86,19 @@ impl PrometheusServer {
     }
 
     /// The result vector of an instant query.
-    pub async fn query(&self, promql: &str) -> Vec<Value> {
+    pub(crate) async fn query(&self, promql: &str) -> Vec<Value> {
         let data = self.api("query", &[("query", promql)]).await;
         data["result"].as_array().cloned().unwrap_or_default()
     }
 
     /// The label sets of the series that `selector` matches.
-    pub async fn series(&self, selector: &str) -> Vec<Value> {
+    pub(crate) async fn series(&self, selector: &str) -> Vec<Value> {
         let data = self.api("series", &[("match[]", selector)]).await;
         data.as_array().cloned().unwrap_or_default()
     }
 
     /// The alerting rules as loaded (`/api/v1/rules?type=alert`).
-    pub async fn alerting_rules(&self) -> Vec<Value> {
+    pub(crate) async fn alerting_rules(&self) -> Vec<Value> {
         let data = self.api("rules", &[("type", "alert")]).await;
         data["groups"]
             .as_array()
@@ -109,7 +109,7 @@ impl PrometheusServer {
     }
 
     /// The states (`pending`, `firing`) of the active alerts named `name`.
-    pub async fn alert_states(&self, name: &str) -> Vec<String> {
+    pub(crate) async fn alert_states(&self, name: &str) -> Vec<String> {
         let data = self.api("alerts", &[]).await;
         data["alerts"]
             .as_array()

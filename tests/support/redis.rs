@@ -17,14 +17,14 @@ const START_ATTEMPTS: usize = 3;
 
 /// TLS settings for a `rediss://` server.
 #[derive(Debug, Clone)]
-pub struct RedisTls {
+pub(crate) struct RedisTls {
     pub cert_pem: String,
     pub key_pem: String,
 }
 
 /// A running (or stopped, between [`kill`](Self::kill) and
 /// [`restart`](Self::restart)) redis-server.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     password: Option<String>,
@@ -34,12 +34,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A plain server without a password.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(None, None)
     }
 
     /// A server that requires `password` (`requirepass`), over TLS when `tls` is set.
-    pub fn start_with(password: Option<&str>, tls: Option<RedisTls>) -> Self {
+    pub(crate) fn start_with(password: Option<&str>, tls: Option<RedisTls>) -> Self {
         for _ in 0..START_ATTEMPTS {
             let mut server = Self {
                 child: None,
@@ -56,7 +56,7 @@ impl RedisServer {
     }
 
     /// `redis://` (or `rediss://`) URL, with the password when there is one.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
@@ -74,7 +74,7 @@ impl RedisServer {
     }
 
     /// Stops the server at once (SIGKILL): an outage, or a crashed Redis.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -83,12 +83,12 @@ impl RedisServer {
 
     /// Freezes the server (SIGSTOP): it holds its connections but answers nothing,
     /// as a hung Redis does, until [`resume`](Self::resume).
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal("STOP");
     }
 
     /// Lets a paused server go on (SIGCONT), with everything it held.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal("CONT");
     }
 
@@ -104,7 +104,7 @@ impl RedisServer {
 
     /// Runs one command (`CONFIG SET maxmemory 1`, `REPLICAOF`, …) and returns its
     /// answer as text.
-    pub fn command(&self, args: &[&str]) -> String {
+    pub(crate) fn command(&self, args: &[&str]) -> String {
         let mut connection = self.connection();
         let mut command = redis::cmd(args[0]);
         for arg in &args[1..] {
@@ -116,7 +116,7 @@ impl RedisServer {
 
     /// Commands the server has processed so far (`INFO stats`), this query's own
     /// connection included.
-    pub fn commands_processed(&self) -> u64 {
+    pub(crate) fn commands_processed(&self) -> u64 {
         let mut connection = self.connection();
         let info: String = redis::cmd("INFO")
             .arg("stats")
@@ -129,14 +129,14 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port, empty (persistence is off).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "kill it first");
         assert!(self.spawn(), "redis-server restarted on port {}", self.port);
     }
 
     /// Every key and its value (plain `redis-cli`-free access through the client
     /// crate): for scanning what the store wrote.
-    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+    pub(crate) fn dump(&self) -> Vec<(String, Vec<u8>)> {
         let mut connection = self.connection();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
@@ -154,7 +154,7 @@ impl RedisServer {
     }
 
     /// Sets `key` to `value` (for planting garbage).
-    pub fn set(&self, key: &str, value: &[u8]) {
+    pub(crate) fn set(&self, key: &str, value: &[u8]) {
         let mut connection = self.connection();
         let _: () = redis::cmd("SET")
             .arg(key)

@@ -15,11 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long a test waits for an event before failing.
-pub const EVENT_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const EVENT_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the upstream does with one request, once it has read it.
 #[derive(Debug, Clone, Copy)]
-pub enum Action {
+pub(crate) enum Action {
     /// `200` with the body, the connection kept open.
     Respond(&'static str),
     /// `200` (no `Connection: close`), then the upstream closes the connection, as
@@ -47,7 +47,7 @@ pub enum Action {
 
 /// What the upstream saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A request head arrived on the connection (its body may still be coming).
     Head { connection: usize },
     /// The client closed the connection (the upstream read its end).
@@ -58,7 +58,7 @@ pub enum Event {
 
 /// A request as the upstream read it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub connection: usize,
     pub method: String,
     pub path: String,
@@ -68,7 +68,7 @@ pub struct Seen {
 type Script = Arc<dyn Fn(usize, usize) -> Action + Send + Sync>;
 
 /// A running scripted upstream.
-pub struct ScriptedUpstream {
+pub(crate) struct ScriptedUpstream {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -79,7 +79,9 @@ pub struct ScriptedUpstream {
 impl ScriptedUpstream {
     /// Starts an upstream that answers request `r` on connection `c` (both counted
     /// from 0) with `script(c, r)`.
-    pub async fn start(script: impl Fn(usize, usize) -> Action + Send + Sync + 'static) -> Self {
+    pub(crate) async fn start(
+        script: impl Fn(usize, usize) -> Action + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -120,22 +122,22 @@ impl ScriptedUpstream {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
     /// Requests read so far, in order.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("not poisoned").clone()
     }
 
     /// Waits (at most [`EVENT_LIMIT`]) for `wanted`, skipping other events.
-    pub async fn wait_for(&self, wanted: Event) {
+    pub(crate) async fn wait_for(&self, wanted: Event) {
         let mut events = self.events.lock().await;
         let found = tokio::time::timeout(EVENT_LIMIT, async {
             while let Some(event) = events.recv().await {
@@ -153,7 +155,7 @@ impl ScriptedUpstream {
 impl ScriptedUpstream {
     /// Waits (at most [`EVENT_LIMIT`]) until `count` connections were closed by the
     /// client; returns which, skipping other events.
-    pub async fn wait_for_client_closes(&self, count: usize) -> Vec<usize> {
+    pub(crate) async fn wait_for_client_closes(&self, count: usize) -> Vec<usize> {
         let mut events = self.events.lock().await;
         let mut closed = Vec::new();
         let _ = tokio::time::timeout(EVENT_LIMIT, async {

@@ -22,14 +22,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types};
 
 /// A test CA and a `localhost` / `127.0.0.1` certificate it signed, as PEM.
-pub struct TestPki {
+pub(crate) struct TestPki {
     pub ca_pem: String,
     pub leaf_pem: String,
     pub leaf_key_pem: String,
 }
 
 impl TestPki {
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -61,7 +61,7 @@ impl TestPki {
     }
 
     /// Writes the CA certificate to `ca.pem` in `dir`, for `upstream.ca_file`.
-    pub fn write_ca(&self, dir: &tempfile::TempDir) -> PathBuf {
+    pub(crate) fn write_ca(&self, dir: &tempfile::TempDir) -> PathBuf {
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, &self.ca_pem).expect("write CA");
         path
@@ -73,7 +73,7 @@ impl TestPki {
 
     /// A server configuration with the `localhost` certificate (no ALPN; rustls's
     /// default session cache, so clients can resume).
-    pub fn server_config(&self) -> rustls::ServerConfig {
+    pub(crate) fn server_config(&self) -> rustls::ServerConfig {
         use rustls::pki_types::pem::PemObject;
         let certificate =
             pki_types::CertificateDer::from_pem_slice(self.leaf_pem.as_bytes()).expect("leaf PEM");
@@ -93,7 +93,10 @@ impl TestPki {
 
 /// Serves `app` over TLS with `pki`'s certificate on `127.0.0.1:0` until the returned
 /// sender is dropped.
-pub async fn serve_tls_app(app: axum::Router, pki: &TestPki) -> (SocketAddr, oneshot::Sender<()>) {
+pub(crate) async fn serve_tls_app(
+    app: axum::Router,
+    pki: &TestPki,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let acceptor = pki.acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -125,14 +128,14 @@ pub async fn serve_tls_app(app: axum::Router, pki: &TestPki) -> (SocketAddr, one
 
 /// An HTTPS upstream on 127.0.0.1 that answers 200 and records each request's
 /// `Authorization` header.
-pub struct TlsUpstream {
+pub(crate) struct TlsUpstream {
     pub addr: SocketAddr,
     authorizations: Arc<Mutex<Vec<String>>>,
     _stop: oneshot::Sender<()>,
 }
 
 impl TlsUpstream {
-    pub async fn start(pki: &TestPki) -> Self {
+    pub(crate) async fn start(pki: &TestPki) -> Self {
         let authorizations = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&authorizations);
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -159,18 +162,18 @@ impl TlsUpstream {
     }
 
     /// `https://localhost:PORT` (the certificate names `localhost` and `127.0.0.1`).
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
     }
 
-    pub fn authorizations(&self) -> Vec<String> {
+    pub(crate) fn authorizations(&self) -> Vec<String> {
         self.authorizations.lock().expect("not poisoned").clone()
     }
 }
 
 /// An HTTPS server that counts its TLS handshakes and how many resumed an earlier
 /// session, offering `alpn` by ALPN and serving `app` over HTTP/1.1 or HTTP/2.
-pub struct HandshakeCounter {
+pub(crate) struct HandshakeCounter {
     pub addr: SocketAddr,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     resumed: Arc<std::sync::atomic::AtomicUsize>,
@@ -180,7 +183,12 @@ pub struct HandshakeCounter {
 impl HandshakeCounter {
     /// `close_each`: HTTP/1.1 answers carry `Connection: close`, so every request
     /// needs a new connection.
-    pub async fn start(pki: &TestPki, alpn: &[&[u8]], close_each: bool, app: axum::Router) -> Self {
+    pub(crate) async fn start(
+        pki: &TestPki,
+        alpn: &[&[u8]],
+        close_each: bool,
+        app: axum::Router,
+    ) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let mut config = pki.server_config();
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
@@ -230,17 +238,17 @@ impl HandshakeCounter {
     }
 
     /// `https://localhost:PORT`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
     /// TLS handshakes completed (one per connection).
-    pub fn handshakes(&self) -> usize {
+    pub(crate) fn handshakes(&self) -> usize {
         self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Handshakes that resumed an earlier session.
-    pub fn resumed(&self) -> usize {
+    pub(crate) fn resumed(&self) -> usize {
         self.resumed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -43,7 +43,7 @@ pub(super) struct Origin {
 }
 
 impl Origin {
-    pub fn matches(&self, scheme: &Scheme, authority: &Authority) -> bool {
+    pub(super) fn matches(&self, scheme: &Scheme, authority: &Authority) -> bool {
         self.authority == *authority && self.scheme == *scheme
     }
 }
@@ -178,7 +178,7 @@ impl std::fmt::Debug for Http1 {
 impl Http1 {
     /// Lets the driver do what it can (read, write, notice a close). False when the
     /// connection has ended.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(driver) = &mut self.driver else {
             return false;
         };
@@ -198,7 +198,7 @@ impl Http1 {
     /// wants the next request (the exchange before it is over). Does not poll: a close
     /// the upstream sent while the connection was idle is met by the next send, which
     /// reads before it writes and then gives the request back unsent.
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.driver.is_some() && self.sender.is_ready()
     }
 
@@ -208,14 +208,14 @@ impl Http1 {
     /// nobody waits on a connection between two requests, and the next holder polls it
     /// with its own. (The task's own waker would have it woken in vain by the next
     /// request's send, or by whichever task holds the connection next.)
-    pub fn is_reusable(&mut self) -> bool {
+    pub(super) fn is_reusable(&mut self) -> bool {
         self.is_idle()
             || (self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready())
     }
 
     /// Sends `request` and drives the connection until the response head is in.
     /// `request` has an absolute URI; HTTP/1.1 sends the origin form (path and query).
-    pub async fn send(
+    pub(super) async fn send(
         mut self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<super::ResponseBody>, Failure> {
@@ -298,13 +298,13 @@ impl std::fmt::Debug for Http2 {
 }
 
 impl Http2 {
-    pub fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
 
     /// Sends `request` (absolute URI: HTTP/2 sends scheme and authority) on the shared
     /// connection.
-    pub async fn send(
+    pub(super) async fn send(
         mut self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<super::ResponseBody>, Failure> {

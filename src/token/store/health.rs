@@ -59,7 +59,7 @@ pub enum StoreState {
 
 /// What changed with one operation's outcome; the store acts on it after the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(super) enum Change {
     None,
     /// Reachable again after an outage, or accepting writes again: credentials
     /// converge on the fleet's token.
@@ -68,7 +68,7 @@ pub enum Change {
 
 /// The health of one shared store.
 #[derive(Debug)]
-pub struct StoreHealth {
+pub(super) struct StoreHealth {
     kind: &'static str,
     /// Whether metrics and logs speak of it (a store only this process uses is never
     /// shown).
@@ -82,7 +82,7 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
-    pub fn new(kind: &'static str, shown: bool) -> Self {
+    pub(super) fn new(kind: &'static str, shown: bool) -> Self {
         Self {
             kind,
             shown,
@@ -93,13 +93,13 @@ impl StoreHealth {
         }
     }
 
-    pub fn state(&self) -> StoreState {
+    pub(super) fn state(&self) -> StoreState {
         self.state
     }
 
     /// Whether a write may be sent now: the store is up, or degraded and a write probe
     /// is due (the caller's write is the probe).
-    pub fn write_allowed(&self, now: Instant) -> bool {
+    pub(super) fn write_allowed(&self, now: Instant) -> bool {
         match self.state {
             StoreState::Up => true,
             StoreState::Degraded => self.write_probe_due(now),
@@ -108,13 +108,13 @@ impl StoreHealth {
     }
 
     /// Whether a degraded store's next write probe is due.
-    pub fn write_probe_due(&self, now: Instant) -> bool {
+    pub(super) fn write_probe_due(&self, now: Instant) -> bool {
         self.state == StoreState::Degraded && self.next_write_probe.is_none_or(|at| now >= at)
     }
 
     /// Records one operation's outcome; `write` when it was a write. `unit` is a draw
     /// in [0, 1) for the jitter of the next write probe.
-    pub fn note(
+    pub(super) fn note(
         &mut self,
         write: bool,
         failure: Option<(Failure, String)>,
@@ -216,7 +216,7 @@ impl StoreHealth {
 /// The delay before the next write probe after `failures` failed ones: doubling from
 /// `WRITE_PROBE_BASE`, capped at `WRITE_PROBE_CAP`, the upper half of it drawn by
 /// `unit` (in [0, 1)) so that replicas do not probe in step.
-pub fn write_probe_delay(failures: u32, unit: f64) -> Duration {
+pub(super) fn write_probe_delay(failures: u32, unit: f64) -> Duration {
     let doubled = WRITE_PROBE_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16));
     let ceiling = doubled.min(WRITE_PROBE_CAP);
     ceiling.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))

@@ -9,7 +9,7 @@ use super::{Backend, BackendError, MemoryBackend, Sealer, Store, StoreSettings};
 
 /// A shared Redis store whose backend is [`Down`], not yet known to be: it shows as
 /// up until an operation fails.
-pub fn down_store() -> Store {
+pub(crate) fn down_store() -> Store {
     Store::new(
         "redis",
         true,
@@ -21,7 +21,7 @@ pub fn down_store() -> Store {
 
 /// A backend that is down: every operation fails as a refused connection would.
 #[derive(Debug)]
-pub struct Down;
+pub(crate) struct Down;
 
 fn refused<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, BackendError>> {
     Box::pin(async { Err(BackendError::unreachable("connection refused")) })
@@ -72,18 +72,18 @@ impl Backend for Down {
 /// `maxmemory` with `noeviction` does, until [`RefusingWrites::accept_writes`];
 /// it counts every operation it is asked for.
 #[derive(Debug, Default)]
-pub struct RefusingWrites {
+pub(crate) struct RefusingWrites {
     inner: MemoryBackend,
     accepting: AtomicBool,
     operations: AtomicU64,
 }
 
 impl RefusingWrites {
-    pub fn accept_writes(&self) {
+    pub(crate) fn accept_writes(&self) {
         self.accepting.store(true, Ordering::SeqCst);
     }
 
-    pub fn operations(&self) -> u64 {
+    pub(crate) fn operations(&self) -> u64 {
         self.operations.load(Ordering::SeqCst)
     }
 

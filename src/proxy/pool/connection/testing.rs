@@ -19,14 +19,14 @@ use super::{Http1, Http2, Opened, Origin, PoolKey, open};
 use crate::config::EgressConfig;
 
 /// A loopback origin of its own client: every connection it accepts is kept open.
-pub struct Upstream {
+pub(crate) struct Upstream {
     listener: TcpListener,
     pub home: PoolKey,
     peers: Vec<TcpStream>,
 }
 
 impl Upstream {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         let home = PoolKey {
@@ -45,7 +45,7 @@ impl Upstream {
     }
 
     /// A new HTTP/1.1 connection to this origin, opened as the pool opens one.
-    pub async fn http1(&mut self) -> Http1 {
+    pub(crate) async fn http1(&mut self) -> Http1 {
         let egress = EgressConnector::new(
             HttpConnector::new(),
             &EgressConfig::default(),
@@ -73,7 +73,7 @@ impl Upstream {
     }
 
     /// A new HTTP/2 connection with this origin's home, over a pipe.
-    pub async fn http2(&self) -> Pipe {
+    pub(crate) async fn http2(&self) -> Pipe {
         let (ours, peer) = tokio::io::duplex(64 * 1024);
         // The handshake only writes the preface: no server needs to answer.
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
@@ -93,7 +93,7 @@ impl Upstream {
 }
 
 /// An HTTP/2 connection and its driver, which the test runs or drops.
-pub struct Pipe {
+pub(crate) struct Pipe {
     pub connection: Http2,
     driver: Option<http2::Connection<TokioIo<DuplexStream>, UpstreamBody, TokioExecutor>>,
     _peer: DuplexStream,
@@ -101,7 +101,7 @@ pub struct Pipe {
 
 impl Pipe {
     /// Ends the connection, as its task ending does: every handle sees it closed.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.driver = None;
     }
 }
