@@ -190,12 +190,15 @@ fn hash_key(key: &str, name: Option<&str>) -> (bool, String, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run ipproxy hash-key");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(key.as_bytes())
-        .expect("write the key");
+    // A refused `--name` exits before reading stdin: the pipe may be closed by then.
+    let written = child.stdin.take().expect("stdin").write_all(key.as_bytes());
+    if let Err(error) = written {
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write the key: {error}"
+        );
+    }
     let output = child.wait_with_output().expect("hash-key ends");
     (
         output.status.success(),
