@@ -24,3 +24,9 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER: &str = "authorization";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// How long an `Idempotency-Key`'s answer is kept for repeats.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Larger answers pass through and are not kept.
+pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE: u64 = 1024 * 1024;
+/// The memory store's bound on keys (oldest dropped first).
+pub const DEFAULT_IDEMPOTENCY_MAX_ENTRIES: usize = 100_000;

@@ -5,15 +5,12 @@
 use std::time::Duration;
 
 use super::Problem;
+use super::defaults::{
+    DEFAULT_IDEMPOTENCY_MAX_ENTRIES, DEFAULT_IDEMPOTENCY_MAX_RESPONSE, DEFAULT_IDEMPOTENCY_TTL,
+};
 use super::parse;
 use super::raw::{RawIdempotency, RawStoreDown};
 
-/// How long an answer is kept for repeats.
-const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// Larger answers pass through and are not kept.
-const DEFAULT_MAX_RESPONSE: u64 = 1024 * 1024;
-/// The memory store's bound on keys (oldest dropped first).
-const DEFAULT_MAX_ENTRIES: usize = 100_000;
 /// Ten million keys is far beyond any replica's memory for answers; a larger number is
 /// a typo.
 const MAX_ENTRIES_LIMIT: u64 = 10_000_000;
@@ -55,9 +52,9 @@ pub struct IdempotencyConfig {
 impl Default for IdempotencyConfig {
     fn default() -> Self {
         Self {
-            ttl: DEFAULT_TTL,
-            max_response: DEFAULT_MAX_RESPONSE,
-            max_entries: DEFAULT_MAX_ENTRIES,
+            ttl: DEFAULT_IDEMPOTENCY_TTL,
+            max_response: DEFAULT_IDEMPOTENCY_MAX_RESPONSE,
+            max_entries: DEFAULT_IDEMPOTENCY_MAX_ENTRIES,
             on_store_down: OnStoreDown::default(),
         }
     }
