@@ -214,18 +214,21 @@ async fn drive_traffic(client: &reqwest::Client, proxy: &ChildProxy, sim: &Sim) 
     assert_eq!(refreshed.status(), 200);
 }
 
-/// An SMS send on the idempotent route with `Idempotency-Key: key`; its status.
+/// An SMS send on the idempotent route with `Idempotency-Key: key`; its status, once
+/// the whole answer is read (the key's answer is kept before its last byte goes out,
+/// so a repeat after this is replayed, never `409 idempotency_in_progress`).
 async fn keyed_send(client: &reqwest::Client, proxy: &ChildProxy, key: &str) -> u16 {
-    client
+    let response = client
         .post(proxy.url("/_rest/v4/app/sms/send"))
         .header("content-type", "application/json")
         .header("idempotency-key", key)
         .body(r#"{"from":"+15550001111","to":"+15550002222","text":"alert rules"}"#)
         .send()
         .await
-        .expect("answer")
-        .status()
-        .as_u16()
+        .expect("answer");
+    let status = response.status().as_u16();
+    response.bytes().await.expect("the whole answer");
+    status
 }
 
 /// Checks one PromQL expression against the scrape: each `ipproxy_*` selector in it
