@@ -263,7 +263,8 @@ pub enum ClientBodyError {
     #[error("the client sent no more of its request body for {0:?}")]
     Stalled(Duration),
     #[error("the request body could not be read: {0}")]
-    Read(#[from] hyper::Error),
+    /// The cause is in the message, not a `source()`: an error chain would say it twice.
+    Read(hyper::Error),
 }
 
 /// A request body that fails with [`ClientBodyError::Stalled`] once its reader has

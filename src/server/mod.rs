@@ -44,7 +44,7 @@ impl Listeners {
         let bind = |addr: SocketAddr, key: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind { key, addr, source })
+                .map_err(|cause| ServeError::Bind { key, addr, cause })
         };
         Ok(Self {
             proxy: bind(config.server.listen, "server.listen").await?,
@@ -55,11 +55,12 @@ impl Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("{key} {addr}: cannot listen: {source}")]
+    /// The cause is in the message, not a `source()`: an error chain would say it twice.
+    #[error("{key} {addr}: cannot listen: {cause}")]
     Bind {
         key: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Client(#[from] ClientError),
