@@ -24,6 +24,11 @@ use crate::token::store::{Entry, LockLease, StoredToken, WAIT_POLL};
 /// How many rejected tokens a credential remembers: more than an outage produces.
 const REMEMBERED_REJECTIONS: usize = 8;
 
+/// How many times a replica back from an outage tries to publish its newer token
+/// over entries other replicas publish at the same moment (one per replica racing it
+/// is enough in practice; the bound keeps a store that flaps from holding it).
+const PUBLISH_ATTEMPTS: usize = 3;
+
 /// The fingerprints of the last [`REMEMBERED_REJECTIONS`] tokens rejected with a 401.
 #[derive(Debug, Default)]
 pub(super) struct RejectedTokens {
@@ -179,58 +184,58 @@ impl Credential {
     /// replica that logged in alone during the outage holds a newer token than the
     /// entry written before it, and with an IntelePeer that revokes older tokens on a
     /// new login the entry's is dead.
+    ///
+    /// A compare-and-set lost to another replica publishing at the same moment is
+    /// tried again over what it wrote, when ours is still the newer one: keeping ours
+    /// without publishing it would leave the older token in the store, and a replica
+    /// that already took its second look would never learn of ours.
     async fn converge(&self, own: Arc<Token>) -> Obtained {
         let store = &self.inner.store;
         let kept = |token: Arc<Token>| Obtained {
             token,
             origin: None,
         };
-        let Ok(seen) = store.read(self.name()).await else {
-            return kept(own);
-        };
-        if let Some(stored) = seen.token()
-            && slot::fingerprint(stored.token.expose_secret()) == own.fingerprint
-        {
-            return kept(own);
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let Ok(seen) = store.read(self.name()).await else {
+                return kept(own);
+            };
+            if let Some(stored) = seen.token() {
+                if slot::fingerprint(stored.token.expose_secret()) == own.fingerprint {
+                    return kept(own);
+                }
+                if is_newer(stored, &own)
+                    && let Some(obtained) = self.adopt(&seen)
+                {
+                    return obtained;
+                }
+            }
+            let Some(expires_at) = own.expires_at() else {
+                return kept(own);
+            };
+            if !store.accepts_writes() {
+                return kept(own);
+            }
+            let stored = StoredToken {
+                // Our own generation where it is ahead (the entry then says what our
+                // token says), otherwise one past the entry's, so the compare-and-set
+                // replaces it.
+                generation: own.fleet_generation.max(seen.generation() + 1),
+                token: own.secret.clone(),
+                expires_at,
+                obtained_at: own.obtained_at,
+                reason: own.reason,
+            };
+            let wall = self.inner.clock.wall();
+            match store
+                .write(self.name(), &stored, seen.generation(), wall)
+                .await
+            {
+                // Another replica published first: look at what it wrote.
+                Ok(false) => {}
+                Ok(true) | Err(_) => return kept(own),
+            }
         }
-        if let Some(stored) = seen.token()
-            && is_newer(stored, &own)
-            && let Some(obtained) = self.adopt(&seen)
-        {
-            return obtained;
-        }
-        let Some(expires_at) = own.expires_at() else {
-            return kept(own);
-        };
-        if !store.accepts_writes() {
-            return kept(own);
-        }
-        let stored = StoredToken {
-            // Our own generation where it is ahead (the entry then says what our token
-            // says), otherwise one past the entry's, so the compare-and-set replaces it.
-            generation: own.fleet_generation.max(seen.generation() + 1),
-            token: own.secret.clone(),
-            expires_at,
-            obtained_at: own.obtained_at,
-            reason: own.reason,
-        };
-        let wall = self.inner.clock.wall();
-        if store
-            .write(self.name(), &stored, seen.generation(), wall)
-            .await
-            == Ok(true)
-        {
-            return kept(own);
-        }
-        // Another replica published first: take theirs if it is newer than ours.
-        match store.read(self.name()).await {
-            Ok(seen) => seen
-                .token()
-                .filter(|stored| is_newer(stored, &own))
-                .and_then(|_| self.adopt(&seen))
-                .unwrap_or_else(|| kept(own)),
-            Err(_) => kept(own),
-        }
+        kept(own)
     }
 
     /// The fleet generation of the current token (0 without one).

@@ -28,7 +28,7 @@ use crate::secret::SecretFileError;
 use crate::token::clock::testing::{FollowingClock, SeededRandom};
 use crate::token::store::testing::{Down, RefusingWrites, down_store};
 use crate::token::store::{
-    Backend, MemoryBackend, Sealer, StoreSettings, StoreState, StoredToken, WAIT_POLL,
+    Backend, BackendError, MemoryBackend, Sealer, StoreSettings, StoreState, StoredToken, WAIT_POLL,
 };
 
 const FORMAT: FormatId = FormatId(0);
@@ -132,7 +132,7 @@ fn settings() -> Settings {
 
 /// A store over a backend that several credentials ("replicas") share, as a Redis
 /// would be.
-fn shared_store(backend: Arc<MemoryBackend>) -> Store {
+fn shared_store(backend: impl Backend + 'static) -> Store {
     Store::new(
         "memory",
         true,

@@ -107,6 +107,134 @@ async fn after_an_outage_the_replicas_converge_on_one_token_without_a_login() {
     );
 }
 
+/// A backend whose next compare-and-set is preceded by `before` (another replica
+/// publishing at the same moment), so that it loses.
+#[derive(Debug)]
+struct Overtaken {
+    inner: Arc<MemoryBackend>,
+    before: Mutex<Option<Overtaking>>,
+}
+
+struct Overtaking(BoxFuture<'static, ()>);
+
+impl std::fmt::Debug for Overtaking {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Overtaking")
+    }
+}
+
+impl Backend for Overtaken {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        self.inner.get(key)
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.inner.set_if_absent(key, value, ttl)
+    }
+    fn set_if_generation<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let before = self.before.lock().expect("lock").take();
+        Box::pin(async move {
+            if let Some(Overtaking(before)) = before {
+                before.await;
+            }
+            self.inner
+                .set_if_generation(key, expected, value, ttl)
+                .await
+        })
+    }
+    fn delete_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.inner.delete_if_equal(key, value)
+    }
+    fn expire_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.inner.expire_if_equal(key, value, ttl)
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.ping()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_loses_the_race_to_publish_still_leaves_its_newer_token_in_the_store() {
+    let backend = Arc::new(MemoryBackend::default());
+    let overtaken = Arc::new(Overtaken {
+        inner: Arc::clone(&backend),
+        before: Mutex::new(None),
+    });
+    let stores = [
+        shared_store(Arc::clone(&backend)),
+        shared_store(Arc::clone(&overtaken)),
+    ];
+    let a = replica(stores[0].clone(), 1);
+    let b = replica(stores[1].clone(), 2);
+    for store in &stores {
+        store.replace_backend(Box::new(Down));
+    }
+    first_token(&a.credential).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let b_own = first_token(&b.credential).await;
+    let b_token = b.credential.inner.slot.load().expect("B's token");
+    // Back and empty. B reads the empty entry, and A publishes its older token
+    // between B's read and B's compare-and-set.
+    stores[0].replace_backend(Box::new(Arc::clone(&backend)));
+    stores[1].replace_backend(Box::new(Arc::clone(&overtaken)));
+    for store in &stores {
+        store.read("default").await.expect("back");
+    }
+    let a_credential = a.credential.clone();
+    *overtaken.before.lock().expect("lock") = Some(Overtaking(Box::pin(async move {
+        a_credential
+            .join_or_start(RefreshReason::Resync)
+            .await
+            .expect("A converged");
+    })));
+    b.credential
+        .join_or_start(RefreshReason::Resync)
+        .await
+        .expect("B converged");
+    assert!(
+        overtaken.before.lock().expect("lock").is_none(),
+        "A went first"
+    );
+    let entry = stores[0].read("default").await.expect("up");
+    let stored = entry.token().expect("published");
+    assert_eq!(
+        stored.token.expose_secret(),
+        b_token.secret.expose_secret(),
+        "B published its newer token over A's"
+    );
+    // A's second look finds it.
+    a.credential
+        .join_or_start(RefreshReason::Resync)
+        .await
+        .expect("converged");
+    let a_current = a.credential.current(FORMAT).expect("A's token");
+    assert_eq!(a_current.header, b_own.header, "one token for the fleet");
+    assert_eq!(
+        a.source.fetches() + b.source.fetches(),
+        2,
+        "no login to converge"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn after_an_outage_a_replica_keeps_the_token_it_obtained_alone_over_the_older_entry() {
     // The sequence of a real incident: a 401-caused login writes generation 2, the
