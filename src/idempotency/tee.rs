@@ -2,7 +2,8 @@
 //! copied, up to `max_response`, into a buffer; when it ends, the copy becomes the
 //! key's answer before the last frame goes out (so a client that repeats the request
 //! the moment it has the answer finds it kept). Past `max_response` the key is marked
-//! done without a kept answer and the rest streams through uncopied.
+//! done without a kept answer, before the frame that crossed it goes out, and the rest
+//! streams through uncopied.
 //!
 //! A client that leaves mid-answer does not lose the key's answer: the rest of the
 //! upstream body is read in the background (bounded by `DRAIN_LIMIT` and
@@ -100,16 +101,18 @@ impl Keeping {
         )
     }
 
-    /// Copies `data`; past `max_response`, the key is marked done without an answer.
-    fn copy(&mut self, data: &Bytes) {
+    /// Copies `data`; past `max_response`, the copy is dropped and what marks the key
+    /// done without an answer is returned, to be awaited before `data` goes out.
+    fn copy(&mut self, data: &Bytes) -> Option<BoxFuture<'static, ()>> {
         if self.copy.len() + data.len() > self.max_response {
             self.copy = BytesMut::new();
-            if let Some(claim) = self.claim.take() {
-                spawn(claim.keep(None));
-            }
-        } else {
-            self.copy.extend_from_slice(data);
+            return self
+                .claim
+                .take()
+                .map(|claim| Box::pin(claim.keep(None)) as BoxFuture<'static, ()>);
         }
+        self.copy.extend_from_slice(data);
+        None
     }
 }
 
@@ -147,8 +150,10 @@ impl Body for KeptBody {
                 }
                 Some(Ok(frame)) => {
                     if keeping.claim.is_some() {
-                        if let Some(data) = frame.data_ref() {
-                            keeping.copy(data);
+                        if let Some(marking) = frame.data_ref().and_then(|data| keeping.copy(data))
+                        {
+                            keeping.settling = Some((marking, Some(frame)));
+                            continue;
                         }
                         if ended && let Some(claim) = keeping.claim.take() {
                             let answer = keeping.answer();
