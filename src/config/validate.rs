@@ -3,45 +3,35 @@
 //! Each check pushes a [`Problem`] naming the key and carries on with the default, so
 //! that one run reports everything; the caller discards the result when any problem
 //! was found. Messages quote values only when they cannot be secrets.
+//!
+//! A credential section is checked in `validate/credential.rs`, `[store]` in
+//! `validate/store.rs`; the rest (server, upstream, routes, access, log) and the
+//! shared value parsers are here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-use http::{HeaderName, HeaderValue, Method};
-use secrecy::{ExposeSecret, SecretString};
 
 use super::defaults::*;
 use super::parse;
 use super::raw::{
-    RawAccess, RawAllow, RawConfig, RawCredential, RawKind, RawLog, RawLogFormat, RawRoute,
-    RawSecret, RawServer, RawSize, RawStore, RawStoreKind, RawUpstream,
+    RawAccess, RawAllow, RawConfig, RawCredential, RawLog, RawLogFormat, RawRoute, RawServer,
+    RawSize, RawUpstream,
 };
 use super::{
-    AccessConfig, AllowRule, AllowedHost, AllowedOrigin, Config, CredentialConfig,
-    CredentialSource, DEFAULT_CREDENTIAL, HeaderFormat, LogConfig, LogFormat, Problem,
-    RedisStoreConfig, RouteConfig, SecretSource, ServerConfig, StoreConfig, UpstreamConfig,
-    UpstreamTarget,
+    AccessConfig, AllowRule, AllowedHost, AllowedOrigin, Config, DEFAULT_CREDENTIAL, HeaderFormat,
+    LogConfig, LogFormat, Problem, RouteConfig, ServerConfig, UpstreamConfig, UpstreamTarget,
 };
 use crate::secret;
+use http::{HeaderName, Method};
+
+mod credential;
+mod store;
 
 /// Far beyond what one process has sockets for; keeps the permit count within what
 /// the semaphore (and a shutdown that waits for every permit) can hold.
 const MAX_CONCURRENCY_LIMIT: u64 = 1_000_000;
-
-/// Keys that only a session credential has.
-const SESSION_ONLY_KEYS: &[&str] = &[
-    "url",
-    "username",
-    "password",
-    "password_file",
-    "token_ttl",
-    "refresh_before",
-    "min_reauth_interval",
-];
-/// Keys that only a static credential has.
-const STATIC_ONLY_KEYS: &[&str] = &["token", "token_file"];
 
 /// Checks `raw` into a [`Config`], pushing every problem found, and every key it
 /// ignored to `warnings`. The result holds defaults in place of bad values, so it is
@@ -242,257 +232,6 @@ impl Checker<'_> {
             connect_timeout,
             ca_file: raw.ca_file,
             egress,
-        }
-    }
-
-    fn credential(&mut self, section: &str, name: &str, raw: RawCredential) -> CredentialConfig {
-        let kind = raw.kind.unwrap_or(RawKind::Session);
-        let present = |key: &str| match key {
-            "url" => raw.url.is_some(),
-            "username" => raw.username.is_some(),
-            "password" => raw.password.is_some(),
-            "password_file" => raw.password_file.is_some(),
-            "token_ttl" => raw.token_ttl.is_some(),
-            "refresh_before" => raw.refresh_before.is_some(),
-            "min_reauth_interval" => raw.min_reauth_interval.is_some(),
-            "token" => raw.token.is_some(),
-            "token_file" => raw.token_file.is_some(),
-            _ => false,
-        };
-        let (foreign, own_kind) = match kind {
-            RawKind::Session => (STATIC_ONLY_KEYS, "session"),
-            RawKind::Static => (SESSION_ONLY_KEYS, "static"),
-        };
-        // Keys of the other kind are ignored, so that a file written for one kind (the
-        // image's, a chart's) can be switched to the other by variables alone.
-        let misplaced: Vec<&str> = foreign.iter().copied().filter(|key| present(key)).collect();
-        for key in misplaced {
-            self.warning(
-                &format!("{section}.{key}"),
-                format!("ignored: not a key of a kind = \"{own_kind}\" credential"),
-            );
-        }
-
-        let header = match raw.header.as_deref() {
-            None => HeaderName::from_static(DEFAULT_HEADER),
-            Some(text) => self
-                .header_name(&format!("{section}.header"), text)
-                .unwrap_or(HeaderName::from_static(DEFAULT_HEADER)),
-        };
-        let format = match raw.format.as_deref() {
-            None => HeaderFormat::default(),
-            Some(text) => self
-                .header_format(&format!("{section}.format"), text)
-                .unwrap_or_default(),
-        };
-
-        let source = match kind {
-            RawKind::Session => {
-                let url = self
-                    .target(
-                        &format!("{section}.url"),
-                        raw.url.as_deref(),
-                        DEFAULT_AUTH_URL,
-                    )
-                    .url()
-                    .clone();
-                let username = match raw.username {
-                    Some(username) if !username.trim().is_empty() => username,
-                    Some(_) => {
-                        self.problem(&format!("{section}.username"), "is empty");
-                        String::new()
-                    }
-                    None => {
-                        self.problem(
-                            &format!("{section}.username"),
-                            "required for a kind = \"session\" credential",
-                        );
-                        String::new()
-                    }
-                };
-                let password = self.secret_source(
-                    section,
-                    ("password", raw.password),
-                    ("password_file", raw.password_file),
-                    |_, _| {},
-                );
-                CredentialSource::Session {
-                    url,
-                    username,
-                    password,
-                }
-            }
-            RawKind::Static => {
-                let token = self.secret_source(
-                    section,
-                    ("token", raw.token),
-                    ("token_file", raw.token_file),
-                    |check, (key, token)| check.check_token(key, token, &format),
-                );
-                CredentialSource::Static(token)
-            }
-        };
-
-        CredentialConfig {
-            name: name.to_owned(),
-            source,
-            token_ttl: self.positive_duration(
-                &format!("{section}.token_ttl"),
-                raw.token_ttl,
-                DEFAULT_TOKEN_TTL,
-            ),
-            refresh_before: self.duration(
-                &format!("{section}.refresh_before"),
-                raw.refresh_before,
-                DEFAULT_REFRESH_BEFORE,
-            ),
-            min_reauth_interval: self.duration(
-                &format!("{section}.min_reauth_interval"),
-                raw.min_reauth_interval,
-                DEFAULT_MIN_REAUTH_INTERVAL,
-            ),
-            header,
-            format,
-        }
-    }
-
-    /// A secret given as `inline` or as `file` (read now to check it, and again
-    /// whenever it is used): exactly one of the two. `check` looks at the value.
-    fn secret_source(
-        &mut self,
-        section: &str,
-        (inline_key, inline): (&str, Option<RawSecret>),
-        (file_key, file): (&str, Option<PathBuf>),
-        check: impl FnOnce(&mut Self, (&str, &str)),
-    ) -> SecretSource {
-        let inline_at = format!("{section}.{inline_key}");
-        let file_at = format!("{section}.{file_key}");
-        match (inline, file) {
-            (Some(secret), None) => {
-                if secret.0.expose_secret().is_empty() {
-                    self.problem(&inline_at, "is empty");
-                } else {
-                    check(self, (&inline_at, secret.0.expose_secret()));
-                }
-                SecretSource::Inline(secret.0)
-            }
-            (None, Some(path)) => {
-                match secret::read_secret(&path) {
-                    Ok(secret) => check(self, (&file_at, secret.expose_secret())),
-                    Err(error) => self.problem(&file_at, error.to_string()),
-                }
-                SecretSource::File(path)
-            }
-            (Some(_), Some(_)) => {
-                self.problem(
-                    &inline_at,
-                    format!("give either {inline_key} or {file_key}, not both"),
-                );
-                SecretSource::Inline(SecretString::from(""))
-            }
-            (None, None) => {
-                self.problem(
-                    &inline_at,
-                    format!("required: give {inline_key} or {file_key}"),
-                );
-                SecretSource::Inline(SecretString::from(""))
-            }
-        }
-    }
-
-    fn store(&mut self, raw: RawStore) -> StoreConfig {
-        let kind = raw.kind.unwrap_or(RawStoreKind::Memory);
-        if kind == RawStoreKind::Memory {
-            let set: Vec<&str> = [
-                ("url", raw.url.is_some()),
-                ("url_file", raw.url_file.is_some()),
-                ("key_file", raw.key_file.is_some()),
-                ("ca_file", raw.ca_file.is_some()),
-                ("prefix", raw.prefix.is_some()),
-                ("timeout", raw.timeout.is_some()),
-                ("lock_ttl", raw.lock_ttl.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(key, set)| set.then_some(key))
-            .collect();
-            for key in set {
-                self.warning(&format!("store.{key}"), "ignored: store.kind is \"memory\"");
-            }
-            return StoreConfig::Memory;
-        }
-        let url = self.secret_source(
-            "store",
-            ("url", raw.url),
-            ("url_file", raw.url_file),
-            |check, (key, url)| {
-                let _ = check.parsed(key, parse::redis_url(url));
-            },
-        );
-        let key_file = match raw.key_file {
-            Some(path) => {
-                match secret::read_text(&path, secret::MAX_SECRET_FILE) {
-                    Ok(text) => {
-                        if let Err(error) = secret::parse_keys(&text) {
-                            self.problem("store.key_file", format!("{}: {error}", path.display()));
-                        }
-                    }
-                    Err(error) => self.problem("store.key_file", error.to_string()),
-                }
-                path
-            }
-            None => {
-                self.problem(
-                    "store.key_file",
-                    "required for kind = \"redis\": a bearer token is never stored in the \
-                     clear (make a key with `openssl rand -hex 32`)",
-                );
-                PathBuf::new()
-            }
-        };
-        if let Some(ca_file) = &raw.ca_file {
-            self.existing_file("store.ca_file", ca_file);
-        }
-        let prefix = raw
-            .prefix
-            .unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_owned());
-        if prefix.is_empty()
-            || prefix.contains(['{', '}', ' '])
-            || prefix.chars().any(char::is_control)
-        {
-            self.problem(
-                "store.prefix",
-                format!(
-                    "{prefix:?} must be non-empty, without braces, spaces or control characters"
-                ),
-            );
-        }
-        let timeout = self.positive_duration("store.timeout", raw.timeout, DEFAULT_STORE_TIMEOUT);
-        let lock_ttl = self.positive_duration("store.lock_ttl", raw.lock_ttl, DEFAULT_LOCK_TTL);
-        if lock_ttl < Duration::from_millis(300) {
-            self.problem(
-                "store.lock_ttl",
-                "must be at least 300ms (it is renewed every third of it)",
-            );
-        }
-        StoreConfig::Redis(RedisStoreConfig {
-            url,
-            key_file,
-            ca_file: raw.ca_file,
-            prefix,
-            timeout,
-            lock_ttl,
-        })
-    }
-
-    /// A static token must be non-empty and fit in a header value.
-    fn check_token(&mut self, key: &str, token: &str, format: &HeaderFormat) {
-        if token.is_empty() {
-            self.problem(key, "is empty");
-        } else if HeaderValue::from_str(&format.render(token)).is_err() {
-            self.problem(
-                key,
-                "the token holds characters a header value cannot (it is not shown)",
-            );
         }
     }
 

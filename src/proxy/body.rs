@@ -273,6 +273,14 @@ mod tests {
         .await
     }
 
+    /// Asserts that `error` is the 413 for a body over `limit` bytes.
+    fn assert_too_large(error: &ProxyError, limit: u64) {
+        assert!(
+            matches!(error, ProxyError::BodyTooLarge { limit: named } if *named == limit),
+            "{error:?}"
+        );
+    }
+
     /// What the upstream receives from one attempt: the bytes, or the stream's error.
     async fn sent(outbound: &mut OutboundBody) -> Result<Bytes, String> {
         match outbound.attempt() {
@@ -304,10 +312,7 @@ mod tests {
         )
         .await
         .expect_err("one byte more");
-        assert!(
-            matches!(over, ProxyError::BodyTooLarge { limit: 10 }),
-            "{over:?}"
-        );
+        assert_too_large(&over, 10);
     }
 
     #[tokio::test]
@@ -321,10 +326,7 @@ mod tests {
         let over = prepare(body(&["01234", "56789a"], false), &limits)
             .await
             .expect_err("one byte more");
-        assert!(
-            matches!(over, ProxyError::BodyTooLarge { limit: 10 }),
-            "{over:?}"
-        );
+        assert_too_large(&over, 10);
     }
 
     #[tokio::test]
@@ -368,10 +370,7 @@ mod tests {
         let error = sent(&mut over).await.expect_err("cut off");
         assert!(error.contains("over max_body"), "{error}");
         let answer = over.cut_off(&limits).expect("the client's answer");
-        assert!(
-            matches!(answer, ProxyError::BodyTooLarge { limit: 6 }),
-            "{answer:?}"
-        );
+        assert_too_large(&answer, 6);
     }
 
     #[tokio::test]
@@ -403,7 +402,7 @@ mod tests {
         let error = OutboundBody::prepare(rest, &headers(Some(100), false), 4, 10)
             .await
             .expect_err("over max_body");
-        assert!(matches!(error, ProxyError::BodyTooLarge { limit: 10 }));
+        assert_too_large(&error, 10);
         // Each send waits for the previous chunk to be read: the body is being drained.
         for _ in 0..3 {
             sender.send(chunk()).await.expect("the rest is read");

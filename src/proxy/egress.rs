@@ -555,6 +555,19 @@ mod tests {
         egress
     }
 
+    /// The error of a tunnel to `https://api.example` through a stand-in that does
+    /// `then`; the error names the stand-in as the proxy.
+    async fn refused(then: Then) -> EgressError {
+        let (proxy, _head) = stand_in(then).await;
+        let error = failure(
+            connector_via(proxy, Duration::from_secs(5)),
+            "https://api.example",
+        )
+        .await;
+        assert_eq!(error.proxy, proxy.to_string());
+        error
+    }
+
     #[tokio::test]
     async fn the_tunnel_sends_connect_with_basic_credentials_and_an_explicit_port() {
         let (proxy, head) =
@@ -578,16 +591,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_407_names_the_proxy_and_the_key_holding_the_credentials() {
-        let (proxy, _head) = stand_in(Then::Answer(
+        let error = refused(Then::Answer(
             b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n",
         ))
         .await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
-        .await;
-        assert_eq!(error.proxy, proxy.to_string());
         assert_eq!(
             error.reason,
             "refused the tunnel to api.example:443 with 407 Proxy Authentication Required: \
@@ -598,12 +605,7 @@ mod tests {
     #[tokio::test]
     async fn a_401_is_taken_for_refused_credentials_too() {
         // tinyproxy's answer to a wrong password.
-        let (proxy, _head) = stand_in(Then::Answer(b"HTTP/1.0 401 Unauthorized\r\n\r\n")).await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
-        .await;
+        let error = refused(Then::Answer(b"HTTP/1.0 401 Unauthorized\r\n\r\n")).await;
         assert!(
             error.reason.ends_with(
                 "with 401 Unauthorized: the user:password in upstream.proxy is not accepted"
@@ -614,12 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_403_is_a_refused_tunnel() {
-        let (proxy, _head) = stand_in(Then::Answer(b"HTTP/1.1 403 Access violation\r\n\r\n")).await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
-        .await;
+        let error = refused(Then::Answer(b"HTTP/1.1 403 Access violation\r\n\r\n")).await;
         assert_eq!(
             error.reason,
             "refused the tunnel to api.example:443 with 403 Access violation \
@@ -684,12 +681,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_head_of_8_kib_without_its_end_is_refused() {
         let answer = padded_answer("HTTP/1.1 200 OK\r\n", MAX_CONNECT_ANSWER, false);
-        let (proxy, _head) = stand_in(Then::Answer(answer)).await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
-        .await;
+        let error = refused(Then::Answer(answer)).await;
         assert_eq!(
             error.reason,
             "answered CONNECT api.example:443 with a head over 8192 bytes"
@@ -698,14 +690,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_proxy_that_speaks_first_in_the_tunnel_is_refused() {
-        let (proxy, _head) = stand_in(Then::Answer(
+        let error = refused(Then::Answer(
             b"HTTP/1.1 200 Connection established\r\n\r\nhello",
         ))
-        .await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
         .await;
         assert_eq!(
             error.reason,
@@ -715,12 +702,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_is_not_http_is_named() {
-        let (proxy, _head) = stand_in(Then::Answer(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")).await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
-        .await;
+        let error = refused(Then::Answer(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")).await;
         assert_eq!(
             error.reason,
             "answered CONNECT api.example:443 with something that is not HTTP"
@@ -729,12 +711,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_proxy_that_hangs_up_is_named() {
-        let (proxy, _head) = stand_in(Then::HangUp).await;
-        let error = failure(
-            connector_via(proxy, Duration::from_secs(5)),
-            "https://api.example",
-        )
-        .await;
+        let error = refused(Then::HangUp).await;
         assert!(
             error
                 .reason

@@ -63,28 +63,28 @@ impl Credential {
             .inner
             .slot
             .with(|token| token.is_some_and(|token| token.is_usable(now)));
+        // One event either way; only its level and message differ.
+        macro_rules! log_failure {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(
+                    credential = self.name(),
+                    reason = reason.as_str(),
+                    error = %error,
+                    kind = error.kind(),
+                    consecutive_failures = failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    still_valid,
+                    $message
+                )
+            };
+        }
         if matches!(error, AuthError::BadCredentials) {
-            tracing::error!(
-                credential = self.name(),
-                reason = reason.as_str(),
-                error = %error,
-                kind = error.kind(),
-                consecutive_failures = failures,
-                retry_in_ms = delay.as_millis() as u64,
-                still_valid,
+            log_failure!(
+                error,
                 "login failed: IntelePeer rejected the username or password"
             );
         } else {
-            tracing::warn!(
-                credential = self.name(),
-                reason = reason.as_str(),
-                error = %error,
-                kind = error.kind(),
-                consecutive_failures = failures,
-                retry_in_ms = delay.as_millis() as u64,
-                still_valid,
-                "token fetch failed"
-            );
+            log_failure!(warn, "token fetch failed");
         }
     }
 

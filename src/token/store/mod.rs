@@ -5,8 +5,8 @@
 //! (`<prefix>:{<credential>}:token` and `:lock`, the braces a Redis Cluster hash tag),
 //! the timeout on every operation, and the metrics of every operation. The entry's
 //! sealed encoding is in `entry.rs`, the store's health (up, degraded or unreachable)
-//! in `health.rs`, the operations a backend offers in `backend.rs`. A backend only
-//! moves bytes.
+//! in `health.rs`, the refresh lock in `lock.rs`, the operations a backend offers in
+//! `backend.rs`. A backend only moves bytes.
 //!
 //! Must not: log or count a token, a key or a lock value.
 
@@ -15,11 +15,11 @@ mod backend;
 mod entry;
 mod files;
 mod health;
+mod lock;
 mod memory;
 mod redis;
 mod seal;
 
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
@@ -37,6 +37,7 @@ pub use entry::{Entry, StoredToken, generation_of};
 use files::StoreFiles;
 use health::{Change, StoreHealth};
 pub use health::{Failure, StoreState};
+pub use lock::LockLease;
 pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
 pub use seal::Sealer;
@@ -53,22 +54,6 @@ pub const WAIT_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the token store is unreachable")]
 pub struct StoreDown;
-
-/// A held refresh lock: its random value, which only its holder knows.
-#[derive(Clone)]
-pub struct LockLease([u8; 16]);
-
-impl fmt::Debug for LockLease {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("LockLease(***)")
-    }
-}
-
-impl LockLease {
-    fn value(&self) -> String {
-        hex::encode(self.0)
-    }
-}
 
 /// Timing and naming of a store.
 #[derive(Debug, Clone)]
@@ -330,43 +315,6 @@ impl Store {
                 Ok(Entry::Unreadable { generation })
             }
         }
-    }
-
-    /// Takes the refresh lock of `credential` when it is free.
-    pub async fn try_lock(&self, credential: &str) -> Result<Option<LockLease>, StoreDown> {
-        let key = self.key(credential, "lock");
-        let lease = LockLease(rand::random());
-        let value = lease.value();
-        let backend = self.0.backend.load_full();
-        let taken = self
-            .run_write(
-                "lock",
-                backend.set_if_absent(&key, value.as_bytes(), self.0.settings.lock_ttl),
-            )
-            .await?;
-        Ok(taken.then_some(lease))
-    }
-
-    /// Extends a held lock by another `lock_ttl`; false when it was lost.
-    pub async fn renew(&self, credential: &str, lease: &LockLease) -> Result<bool, StoreDown> {
-        let key = self.key(credential, "lock");
-        let value = lease.value();
-        let backend = self.0.backend.load_full();
-        self.run_write(
-            "renew",
-            backend.expire_if_equal(&key, value.as_bytes(), self.0.settings.lock_ttl),
-        )
-        .await
-    }
-
-    /// Releases a held lock (only if it is still this holder's).
-    pub async fn release(&self, credential: &str, lease: LockLease) {
-        let key = self.key(credential, "lock");
-        let value = lease.value();
-        let backend = self.0.backend.load_full();
-        let _ = self
-            .run_write("release", backend.delete_if_equal(&key, value.as_bytes()))
-            .await;
     }
 
     /// Writes `stored` when the entry's generation is still `expected`; false when

@@ -130,6 +130,25 @@ impl RedisBackend {
             .map_err(|error| backend_error(&error))?;
         Ok(done == 1)
     }
+
+    /// Runs a compare-and-set `script` (`set_if_generation`, `set_if_equal`): on `key`,
+    /// when its value matches `expected`, set `value` with `ttl`.
+    async fn compare_and_set(
+        &self,
+        script: &Script,
+        key: &str,
+        expected: impl redis::ToRedisArgs,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(expected)
+            .arg(value)
+            .arg(millis(ttl));
+        self.flag(invocation).await
+    }
 }
 
 /// A Redis error as the store sees it: an error answer (`OOM`, `READONLY`,
@@ -210,16 +229,8 @@ impl Backend for RedisBackend {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        async move {
-            let mut invocation = self.set_if_generation.prepare_invoke();
-            invocation
-                .key(key)
-                .arg(expected)
-                .arg(value)
-                .arg(millis(ttl));
-            self.flag(invocation).await
-        }
-        .boxed()
+        self.compare_and_set(&self.set_if_generation, key, expected, value, ttl)
+            .boxed()
     }
 
     fn delete_if_equal<'a>(
@@ -256,16 +267,8 @@ impl Backend for RedisBackend {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        async move {
-            let mut invocation = self.set_if_equal.prepare_invoke();
-            invocation
-                .key(key)
-                .arg(expected)
-                .arg(value)
-                .arg(millis(ttl));
-            self.flag(invocation).await
-        }
-        .boxed()
+        self.compare_and_set(&self.set_if_equal, key, expected, value, ttl)
+            .boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {

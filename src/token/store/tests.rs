@@ -185,65 +185,38 @@ async fn an_entry_opens_only_for_its_credential_generation_and_keys() {
     );
 }
 
+/// `try_lock` on a store over the in-process backend, which always answers.
+async fn try_lock(store: &Store, credential: &str) -> Option<LockLease> {
+    store
+        .try_lock(credential)
+        .await
+        .expect("the in-process store answers")
+}
+
+/// `renew` on a store over the in-process backend, which always answers.
+async fn renew(store: &Store, credential: &str, lease: &LockLease) -> bool {
+    store
+        .renew(credential, lease)
+        .await
+        .expect("the in-process store answers")
+}
+
 #[tokio::test]
 async fn the_refresh_lock_has_one_holder_and_only_the_holder_releases_it() {
     let backend = Arc::new(MemoryBackend::default());
     let store = store_over(backend, KEY_A);
-    let first = store
-        .try_lock("main")
-        .await
-        .expect("the in-process store answers")
-        .expect("free at first");
-    assert!(
-        store
-            .try_lock("main")
-            .await
-            .expect("the in-process store answers")
-            .is_none(),
-        "held"
-    );
-    assert!(
-        store
-            .try_lock("other")
-            .await
-            .expect("the in-process store answers")
-            .is_some(),
-        "per credential"
-    );
+    let first = try_lock(&store, "main").await.expect("free at first");
+    assert!(try_lock(&store, "main").await.is_none(), "held");
+    assert!(try_lock(&store, "other").await.is_some(), "per credential");
 
     let stale = LockLease(rand::random());
-    assert!(
-        !store
-            .renew("main", &stale)
-            .await
-            .expect("the in-process store answers"),
-        "not the holder's"
-    );
+    assert!(!renew(&store, "main", &stale).await, "not the holder's");
     store.release("main", stale).await;
-    assert!(
-        store
-            .try_lock("main")
-            .await
-            .expect("the in-process store answers")
-            .is_none(),
-        "still held"
-    );
+    assert!(try_lock(&store, "main").await.is_none(), "still held");
 
-    assert!(
-        store
-            .renew("main", &first)
-            .await
-            .expect("the in-process store answers")
-    );
+    assert!(renew(&store, "main", &first).await);
     store.release("main", first).await;
-    assert!(
-        store
-            .try_lock("main")
-            .await
-            .expect("the in-process store answers")
-            .is_some(),
-        "released"
-    );
+    assert!(try_lock(&store, "main").await.is_some(), "released");
 }
 
 #[test]
