@@ -179,15 +179,50 @@ async fn a_second_sigterm_exits_at_once() {
         .expect("the second signal ends the process at once");
     // Without it the drain would wait out the 20 s upstream latency.
     assert!(second.elapsed() < Duration::from_secs(10));
-    assert_ne!(
+    // README: "A second signal exits at once (status 130)", as a shell reports an
+    // interrupted command.
+    assert_eq!(
         status.code(),
-        Some(0),
-        "an interrupted drain is not a success"
+        Some(130),
+        "an interrupted drain exits 130, not {status}"
     );
     assert!(
         slow.await.expect("task").is_err(),
         "the in-flight request was cut off"
     );
+}
+
+/// A file the configuration names that exists (so `load` accepts it) but that
+/// `ipproxy run` finds unusable only when it starts serving
+/// (`ServeError::is_configuration`): exit 2, like any configuration error, with a
+/// message naming the key, before listening.
+#[tokio::test]
+async fn a_configuration_error_found_at_start_exits_2_naming_the_key() {
+    let sim = Sim::default().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "not a digest, not a certificate\n").expect("write");
+    let garbage = garbage.display().to_string();
+    for (var, key) in [
+        ("IPPROXY_ACCESS__KEYS_FILE", "access.keys_file"),
+        ("IPPROXY_UPSTREAM__CA_FILE", "upstream.ca_file"),
+    ] {
+        let (status, output) =
+            support::child::run_to_exit(&proxy_vars_for(&sim, &[(var, &garbage)])).await;
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{key}: exit status {status}: {output}"
+        );
+        assert!(
+            output.contains("invalid configuration") && output.contains(key),
+            "{key}: the message names the key: {output}"
+        );
+        assert!(
+            !output.contains("\"listening\""),
+            "{key}: it never listened: {output}"
+        );
+    }
 }
 
 // --- readiness ---

@@ -130,6 +130,50 @@ impl ChildProxy {
     }
 }
 
+/// Runs `ipproxy run` with exactly `vars` (plus loopback listeners on port 0) and
+/// waits for it to exit, for a start that must fail: its exit status and everything
+/// it printed (stdout, then stderr). Killed, and the test failed, if it is still
+/// running after [`START_LIMIT`].
+pub(crate) async fn run_to_exit(vars: &[(String, String)]) -> (ExitStatus, String) {
+    let vars = super::with_test_hosts(None, vars.to_vec());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipproxy"))
+        .arg("run")
+        .env_clear()
+        .env("IPPROXY_SERVER__LISTEN", "127.0.0.1:0")
+        .env("IPPROXY_SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(vars.iter().map(|(key, value)| (key, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ipproxy");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        read_lines(child.stdout.take().expect("stdout"), Arc::clone(&lines)),
+        read_lines(child.stderr.take().expect("stderr"), Arc::clone(&lines)),
+    ];
+    let deadline = Instant::now() + START_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ipproxy still running after {START_LIMIT:?}: {:?}",
+                lines.lock().expect("lines")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for reader in readers {
+        reader.join().expect("reader thread");
+    }
+    let output = lines.lock().expect("lines").join("\n");
+    (status, output)
+}
+
 impl Drop for ChildProxy {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
