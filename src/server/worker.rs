@@ -64,7 +64,12 @@ impl Worker {
         let worker = Arc::new(self);
         let app = tower::service_fn(move |request: http::Request<ClientBody>| {
             let worker = Arc::clone(&worker);
-            async move { Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await) }
+            // Boxed once, here: the request's whole state machine is several KiB, and
+            // hyper moves the service's future (into its in-flight slot, out of the
+            // call) by value; a pointer is what it moves instead.
+            Box::pin(async move {
+                Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await)
+            })
         });
         let (drained, done) = oneshot::channel();
         std::thread::Builder::new()
