@@ -35,6 +35,10 @@ pub(super) struct OwnHosts {
     addresses: Vec<IpAddr>,
     /// The proxy listens on every address (`0.0.0.0` or `::`).
     every_address: bool,
+    /// `Host` values known to pass, compared byte for byte before any parsing: the
+    /// loopback names and the listen address with the listen port, as clients of a
+    /// sidecar send them on every request (parsing one into an `Authority` copies it).
+    known: Vec<Vec<u8>>,
 }
 
 impl OwnHosts {
@@ -57,6 +61,20 @@ impl OwnHosts {
         } else if !address.is_loopback() {
             self.addresses.push(address);
         }
+        let port = listen.port();
+        let candidates = [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            SocketAddr::new(address, port).to_string(),
+        ];
+        // Only what the full check passes: the fast path never changes an answer.
+        let passing: Vec<Vec<u8>> = candidates
+            .into_iter()
+            .filter(|candidate| self.check_host_value(candidate.as_bytes()).is_ok())
+            .map(String::into_bytes)
+            .collect();
+        self.known.extend(passing);
     }
 
     /// Checks every name the request gives: the target's authority (absolute-form, or
@@ -74,12 +92,16 @@ impl OwnHosts {
         }
         match host.map(|value| value.as_bytes()) {
             None | Some(b"") => Ok(()),
-            Some(value) => {
-                let authority = Authority::try_from(value)
-                    .map_err(|_| ProxyError::BadRequest("the Host header is not a host[:port]"))?;
-                self.check_authority(&authority)
-            }
+            Some(value) if self.known.iter().any(|known| known == value) => Ok(()),
+            Some(value) => self.check_host_value(value),
         }
+    }
+
+    /// Checks a non-empty `Host` value.
+    fn check_host_value(&self, value: &[u8]) -> Result<(), ProxyError> {
+        let authority = Authority::try_from(value)
+            .map_err(|_| ProxyError::BadRequest("the Host header is not a host[:port]"))?;
+        self.check_authority(&authority)
     }
 
     fn check_authority(&self, authority: &Authority) -> Result<(), ProxyError> {

@@ -64,7 +64,12 @@ impl Worker {
         let worker = Arc::new(self);
         let app = tower::service_fn(move |request: http::Request<ClientBody>| {
             let worker = Arc::clone(&worker);
-            async move { Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await) }
+            // Boxed once, here: the request's whole state machine is several KiB, and
+            // hyper moves the service's future (into its in-flight slot, out of the
+            // call) by value; a pointer is what it moves instead.
+            Box::pin(async move {
+                Ok::<_, Infallible>(worker.pipeline.handle(&worker.client, request).await)
+            })
         });
         let (drained, done) = oneshot::channel();
         std::thread::Builder::new()
@@ -105,9 +110,11 @@ pub(super) async fn accept_loop<S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Also enforced from accept by the connection watch; hyper's own timer runs
-        // from the first read of each head and answers `408` when it fires first.
-        .header_read_timeout(limits.header_read_timeout)
+        // Off: the connection watch already closes a connection with no request in
+        // progress at `header_read_timeout` (from accept and from each idle start,
+        // which covers a partial head), while hyper's own would arm, reset and drop a
+        // timer for every request head on the hot path.
+        .header_read_timeout(None)
         .max_buf_size(MAX_REQUEST_HEAD);
     builder
         .http2()

@@ -171,7 +171,9 @@ impl UpstreamClient {
             }
         };
         let home = self.home_for(&request)?;
-        let sent = match connection::open(&self.egress, &self.tls, home).await? {
+        // Boxed: opening a connection (TCP, the egress tunnel, TLS) is the rare path,
+        // and its state would otherwise enlarge every request's future.
+        let sent = match Box::pin(connection::open(&self.egress, &self.tls, home)).await? {
             Opened::Http1(connection) => connection.send(request).await,
             Opened::Http2(connection) => {
                 idle::share(&connection);
