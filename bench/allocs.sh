@@ -40,12 +40,8 @@ done
 wait_quiet
 LOAD_AT_START=$(cat /proc/loadavg)
 
-start_sim "$OUT/sim.log"
-TOKEN=unused
-start_upstream "$MODE"
-start_ipproxy "$OUT/ipproxy.log" "$UPSTREAM" "${UPSTREAM_VARS[@]}"
+start_proxied "$MODE"
 PROXY_PID=$LAST_PID
-wait_for ipproxy "http://127.0.0.1:$ADMIN_PORT/readyz"
 curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics"
 URL="http://127.0.0.1:$PROXY_PORT$PING_PATH"
 wait_for "ipproxy ping" "$URL"

@@ -209,6 +209,16 @@ start_nginx() {
 }
 
 # ---- the simulator and ipproxy, started alike by every script ---------------------
+# start_proxied MODE: the simulator, the MODE upstream (start_upstream) and one ipproxy
+# in front of it (log OUT/ipproxy.log), ready. Sets SIM, UPSTREAM, PROXY_PORT,
+# ADMIN_PORT and LAST_PID (ipproxy's).
+start_proxied() {
+    start_sim "$OUT/sim.log"
+    TOKEN=${TOKEN:-unused}
+    start_upstream "$1"
+    start_ipproxy "$OUT/ipproxy.log" "$UPSTREAM" "${UPSTREAM_VARS[@]}"
+    wait_for ipproxy "http://127.0.0.1:$ADMIN_PORT/readyz"
+}
 # start_sim LOG [SIM_ARGS...]: the simulator (BIN, under ON_PROXY, a clean environment)
 # on a free port, its output appended to LOG; waits until it answers. Sets SIM
 # (host:port) and SIM_PID.
@@ -227,6 +237,7 @@ start_sim() {
 # certificate from a test CA made for the run in WORK/pki (needs TOKEN, see
 # start_nginx). Sets UPSTREAM (the URL), UPSTREAM_VARS (the ipproxy variables it
 # needs) and, in tls mode, TLS_PORT and LAST_PID.
+# shellcheck disable=SC2034 # UPSTREAM, UPSTREAM_VARS, TLS_PORT: for the caller
 start_upstream() {
     case $1 in
         plain)

@@ -46,12 +46,8 @@ BIN=${PROXY_BIN:-$PROF_TARGET/release/ipproxy}
 wait_quiet
 echo "load at start: $(cat /proc/loadavg)" >"$OUT/load.txt"
 
-start_sim "$OUT/sim.log"
-TOKEN=unused
-start_upstream "$MODE"
-start_ipproxy "$OUT/ipproxy.log" "$UPSTREAM" "${UPSTREAM_VARS[@]}"
+start_proxied "$MODE"
 PROXY_PID=$LAST_PID
-wait_for ipproxy "http://127.0.0.1:$ADMIN_PORT/readyz"
 # Install the metrics recorder the way production does: by scraping (see run.sh).
 [[ "${PROFILE_NO_SCRAPE:-0}" == 1 ]] || curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics"
 
