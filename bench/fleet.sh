@@ -13,9 +13,11 @@
 #                  existed), REPS (3), DURATION (20 s), WARMUP (3 s), CONNS (16),
 #                  TOKEN_TTL (8s), REFRESH_BEFORE (3s)
 #   latency phase: LAT_CONNS ("1 64"), LAT_REPS (5), LAT_DURATION (6 s)
-#   PHASES ("latency fleet"), WRK_THREADS (1), SKIP_BUILD=1,
+#   PHASES ("latency fleet"), WRK_THREADS (1), SKIP_BUILD=1, PROXY_BIN (a binary to
+#   measure; default target/release/ipproxy, built unless SKIP_BUILD=1),
 #   QUIET_WAIT (1200 s: the longest wait for a quiet machine before each phase; 0 = no
-#   wait), QUIET_LOAD (0.6: the 1-minute load average that counts as quiet).
+#   wait), QUIET=0 (no wait either), QUIET_LOAD (0.6: the 1-minute load average that
+#   counts as quiet).
 # Needs: cargo, wrk, nginx, redis-server, redis-cli, curl, openssl, python3.
 #
 # Loopback only, ports picked free; every process it starts (simulator, replicas,
@@ -70,65 +72,9 @@ RUNS="$OUT/runs.jsonl"
 WORK=$(mktemp -d /tmp/ipproxy-fleet.XXXXXX)
 chmod 755 "$WORK"
 
-# ---- processes: every one we start is recorded here and stopped by PID -----------
-PIDS=()
-# True while PID is a live (not zombie) process.
-alive() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
-# Stops the given PIDs (TERM, then KILL after 10 s), reaps them, forgets them.
-stop_pids() {
-    local pid keep=() _
-    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do
-        for _ in $(seq 100); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        [[ " $* " == *" $pid "* ]] || keep+=("$pid")
-    done
-    PIDS=("${keep[@]}")
-}
-cleanup() {
-    ((${#PIDS[@]})) && stop_pids "${PIDS[@]}"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits (bounded: 30 s) until URL answers with the given status ("any": any HTTP answer).
-wait_for() {
-    local what=$1 url=$2 want=${3:-200} code _
-    for _ in $(seq 300); do
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
-        if [[ "$code" == "$want" || ("$want" == any && "$code" != 000 && -n "$code") ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "fleet: $what did not answer $want within 30 s ($url)" >&2
-    exit 1
-}
-
-# COUNT distinct free ports on 127.0.0.1, one a line.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+ME=fleet
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 # Other engineers' compilers and load generators (ours are not running between runs;
 # our nginx is left out by PID).
@@ -143,28 +89,23 @@ foreign_procs() {
     done
 }
 
-# Waits (bounded by QUIET_WAIT, re-checking every 30 s) for a quiet machine: 1-minute
-# load average below QUIET_LOAD and nobody else's rustc, wrk or nginx running.
+# Waits (bounded by QUIET_WAIT, re-checking every 30 s; QUIET=0: not at all) for a
+# quiet machine: 1-minute load average below QUIET_LOAD and nobody else's rustc, wrk
+# or nginx running; the verdict is recorded either way.
 GATES=()
+announce_wait() {
+    echo "fleet: waiting for a quiet machine (load $QUIET_LOADAVG; others running: ${QUIET_BUSY:-none}); ${QUIET_WAITED}s of ${QUIET_WAIT}s"
+}
 quiet_gate() {
-    local phase=$1 waited=0 load busy verdict
-    while :; do
-        load=$(loadavg)
-        busy=$(foreign_procs)
-        if python3 -c "import sys; sys.exit(0 if float('${load%% *}') < $QUIET_LOAD else 1)" && [[ -z "$busy" ]]; then
-            verdict=quiet
-            break
-        fi
-        if ((waited >= QUIET_WAIT)); then
-            verdict="NOT quiet (busy: ${busy:-none}; load above $QUIET_LOAD)"
-            break
-        fi
-        echo "fleet: waiting for a quiet machine (load $load; others running: ${busy:-none}); ${waited}s of ${QUIET_WAIT}s"
-        sleep 30
-        waited=$((waited + 30))
-    done
-    echo "fleet: quiet gate before the $phase phase: $verdict after ${waited}s (load $load)"
-    GATES+=("{\"phase\":\"$phase\",\"verdict\":\"$verdict\",\"waited_s\":$waited,\"load\":\"$load\"}")
+    local phase=$1 verdict QUIET_WAIT=$QUIET_WAIT
+    [[ "$QUIET" == 1 ]] || QUIET_WAIT=0
+    if until_quiet foreign_procs announce_wait; then
+        verdict=quiet
+    else
+        verdict="NOT quiet (busy: ${QUIET_BUSY:-none}; load above $QUIET_LOAD)"
+    fi
+    echo "fleet: quiet gate before the $phase phase: $verdict after ${QUIET_WAITED}s (load $QUIET_LOADAVG)"
+    GATES+=("{\"phase\":\"$phase\",\"verdict\":\"$verdict\",\"waited_s\":$QUIET_WAITED,\"load\":\"$QUIET_LOADAVG\"}")
 }
 
 # Removes anything secret-looking from a saved file: JWT-shaped tokens, the store key,
@@ -176,8 +117,8 @@ redact() {
 
 # ---- build ----------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN="$TARGET_DIR/release/ipproxy"
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+BIN=${PROXY_BIN:-$TARGET_DIR/release/ipproxy}
+if [[ "${SKIP_BUILD:-0}" != 1 && -z "${PROXY_BIN:-}" ]]; then
     echo "fleet: building release (cargo build --release)"
     (cd "$ROOT" && timeout 3600 cargo build --release --bin ipproxy)
 fi
@@ -191,7 +132,7 @@ REDIS_PASSWORD=$(openssl rand -hex 16)
 chmod 600 "$WORK/password" "$WORK/store-key"
 
 # ---- redis-server: one for the whole run, persistence off, password on -----------
-read -r REDIS_PORT < <(free_ports 1)
+REDIS_PORT=$(free_port)
 mkdir -p "$WORK/redis"
 printf 'port %s\nbind 127.0.0.1\nsave ""\nappendonly no\ndir %s\nrequirepass %s\n' \
     "$REDIS_PORT" "$WORK/redis" "$REDIS_PASSWORD" >"$WORK/redis/redis.conf"
@@ -207,19 +148,6 @@ printf 'redis://:%s@127.0.0.1:%s/0\n' "$REDIS_PASSWORD" "$REDIS_PORT" >"$WORK/re
 chmod 600 "$WORK/redis-url"
 
 # ---- the pieces of a cell ----------------------------------------------------------
-# start_sim TTL [--invalidate-on-reauth]: sets SIM (host:port) and SIM_PID.
-start_sim() {
-    local ttl=$1 port
-    shift
-    read -r port < <(free_ports 1)
-    SIM="127.0.0.1:$port"
-    env -i PATH="$PATH" RUST_LOG=warn "$BIN" sim --listen "$SIM" --token-ttl "$ttl" "$@" \
-        >>"$WORK/sim.log" 2>&1 &
-    SIM_PID=$!
-    PIDS+=("$SIM_PID")
-    wait_for simulator "http://$SIM/__sim/counters"
-}
-
 # start_replica STORE PROXY_PORT ADMIN_PORT LOG [VAR=VALUE...]: appends to REPLICA_PIDS.
 # A clean environment: no inherited IPPROXY_* or proxy variable decides anything.
 start_replica() {
@@ -250,15 +178,6 @@ start_replica() {
 
 scrape() { curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" >"$2"; }
 
-# utime+stime in clock ticks of one PID.
-cpu_ticks() {
-    local stat
-    stat=$(<"/proc/$1/stat")
-    stat=${stat##*) }
-    read -r -a fields <<<"$stat"
-    echo $((fields[11] + fields[12]))
-}
-
 # run_wrk URL CONNS SECONDS OUTFILE [COUNT_STATUS]
 run_wrk() {
     local url=$1 conns=$2 seconds=$3 out=$4 count=${5:-0} threads=$WRK_THREADS
@@ -277,7 +196,7 @@ fleet_cell() {
     local cell="$WORK/cell-$store-n$n-rep$rep" name="fleet-$store-n$n-rep$rep" i
     mkdir -p "$cell"
     redis FLUSHALL >/dev/null
-    start_sim "$TOKEN_TTL" --invalidate-on-reauth
+    start_sim "$WORK/sim.log" --token-ttl "$TOKEN_TTL" --invalidate-on-reauth
     local -a ports
     mapfile -t ports < <(free_ports $((2 * n + 1)))
     REPLICA_PIDS=()
@@ -296,24 +215,13 @@ fleet_cell() {
     for i in $(seq 0 $((n - 1))); do
         servers+="        server 127.0.0.1:${ports[$((2 * i))]} max_fails=0;"$'\n'
     done
-    mkdir -p "$nginx_dir"
-    for dir in client_body proxy_temp fastcgi_temp uwsgi_temp scgi_temp; do
-        mkdir -p "$nginx_dir/$dir"
-        chmod 777 "$nginx_dir/$dir"   # workers drop to the unprivileged user
-    done
-    python3 - "$BENCH/fleet/nginx-front.conf.in" "$nginx_dir/nginx.conf" "$nginx_dir" \
-        "127.0.0.1:$front_port" "${servers%$'\n'}" <<'EOF'
-import sys
-src, dst, directory, listen, servers = sys.argv[1:]
-text = open(src).read().replace("@DIR@", directory).replace("@LISTEN@", listen).replace("@SERVERS@", servers)
-open(dst, "w").write(text)
-EOF
-    nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -t -q
-    nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -g 'daemon off;' >"$cell/nginx.log" 2>&1 &
-    local nginx_pid=$!
-    PIDS+=("$nginx_pid")
+    nginx_prefix "$nginx_dir"
+    fill "$BENCH/fleet/nginx-front.conf.in" "$nginx_dir/nginx.conf" "DIR=$nginx_dir" \
+        "LISTEN=127.0.0.1:$front_port" "SERVERS=${servers%$'\n'}"
+    run_nginx "$nginx_dir" "$cell/nginx.log"
+    local nginx_pid=$LAST_PID
     local front="http://127.0.0.1:$front_port"
-    wait_for nginx "$front$PING_PATH" any
+    wait_answer nginx "$front$PING_PATH"
 
     # Warm-up (startup logins settle), then zero the counters and measure.
     run_wrk "$front$PING_PATH" "$CONNS" "$WARMUP" "$cell/warmup.txt"
@@ -366,7 +274,7 @@ fleet_phase() {
 latency_phase() {
     echo "fleet: latency phase: connections {$LAT_CONNS} x $LAT_REPS rep(s) x ${LAT_DURATION}s, memory vs redis"
     redis FLUSHALL >/dev/null
-    start_sim "$LAT_TOKEN_TTL"
+    start_sim "$WORK/sim.log" --token-ttl "$LAT_TOKEN_TTL"
     local -a ports
     mapfile -t ports < <(free_ports 4)
     REPLICA_PIDS=()

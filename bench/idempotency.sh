@@ -49,10 +49,7 @@ fi
 wait_quiet
 LOAD_AT_START=$(cat /proc/loadavg)
 
-SIM="127.0.0.1:$(free_port)"
-RUST_LOG=warn $ON_PROXY "$BIN" sim --listen "$SIM" >"$WORK/sim.log" 2>&1 &
-PIDS+=("$!")
-wait_for simulator "http://$SIM/__sim/counters"
+start_sim "$WORK/sim.log"
 
 REDIS_PORT=$(free_port)
 $ON_PROXY redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
@@ -64,35 +61,22 @@ for _ in $(seq 100); do
 done
 python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/store-key"
 
-# start_ipproxy NAME IDEMPOTENT [VAR=value...]: sets URL[NAME], PROXY_PID[NAME].
+# start_proxy NAME IDEMPOTENT [VAR=value...]: an ipproxy whose sms route has
+# idempotency = IDEMPOTENT; sets URL[NAME], PROXY_PID[NAME], ADMIN[NAME].
 declare -A URL PROXY_PID ADMIN
-start_ipproxy() {
+start_proxy() {
     local name=$1 idempotent=$2
     shift 2
-    local port admin
-    port=$(free_port)
-    admin=$(free_port)
     printf '[[route]]\nname = "sms"\nprefix = "/_rest/v4/app/sms/"\nidempotency = %s\n\n[[route]]\nname = "rest"\nprefix = "/"\n' \
         "$idempotent" >"$WORK/$name.toml"
-    env -u RUST_LOG -u HTTPS_PROXY -u https_proxy -u http_proxy \
-        IPPROXY_CONFIG="$WORK/$name.toml" \
-        IPPROXY_SERVER__LISTEN="127.0.0.1:$port" \
-        IPPROXY_SERVER__ADMIN_LISTEN="127.0.0.1:$admin" \
-        IPPROXY_SERVER__MAX_CONCURRENCY=4096 \
-        IPPROXY_UPSTREAM__URL="http://$SIM" \
-        IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
-        IPPROXY_AUTH__USERNAME=demo \
-        IPPROXY_AUTH__PASSWORD=demo-password \
-        IPPROXY_LOG__LEVEL=warn \
-        "$@" $ON_PROXY "$BIN" run >"$WORK/$name.log" 2>&1 &
-    PIDS+=("$!")
-    PROXY_PID[$name]=$!
-    URL[$name]="http://127.0.0.1:$port"
-    ADMIN[$name]=$admin
+    start_ipproxy "$WORK/$name.log" "http://$SIM" IPPROXY_CONFIG="$WORK/$name.toml" "$@"
+    PROXY_PID[$name]=$LAST_PID
+    URL[$name]="http://127.0.0.1:$PROXY_PORT"
+    ADMIN[$name]=$ADMIN_PORT
 }
-start_ipproxy plain false
-start_ipproxy idem true
-start_ipproxy redis true IPPROXY_STORE__KIND=redis \
+start_proxy plain false
+start_proxy idem true
+start_proxy redis true IPPROXY_STORE__KIND=redis \
     IPPROXY_STORE__URL="redis://127.0.0.1:$REDIS_PORT/0" \
     IPPROXY_STORE__KEY_FILE="$WORK/store-key"
 for name in "${!ADMIN[@]}"; do

@@ -46,32 +46,8 @@ BIN=${PROXY_BIN:-$PROF_TARGET/release/ipproxy}
 wait_quiet
 echo "load at start: $(cat /proc/loadavg)" >"$OUT/load.txt"
 
-SIM="127.0.0.1:$(free_port)"
-RUST_LOG=warn $ON_PROXY "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
-PIDS+=("$!")
-wait_for simulator "http://$SIM/__sim/counters"
-TOKEN=unused
-UPSTREAM="http://$SIM"
-EXTRA=()
-if [[ "$MODE" == tls ]]; then
-    make_pki "$WORK/pki"
-    tls_port=$(free_port)
-    start_nginx tls-upstream "$BENCH/tls-upstream.conf.in" "LISTEN=127.0.0.1:$tls_port" \
-        "SIM=$SIM" "CERT=$WORK/pki/leaf.pem" "KEY=$WORK/pki/leaf.key"
-    UPSTREAM="https://localhost:$tls_port"
-    EXTRA=(IPPROXY_UPSTREAM__CA_FILE="$WORK/pki/ca.pem")
-fi
-PROXY_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
-env -u RUST_LOG -u HTTPS_PROXY -u https_proxy -u http_proxy \
-    IPPROXY_SERVER__LISTEN="127.0.0.1:$PROXY_PORT" \
-    IPPROXY_SERVER__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" IPPROXY_SERVER__MAX_CONCURRENCY=4096 \
-    IPPROXY_UPSTREAM__URL="$UPSTREAM" IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
-    IPPROXY_AUTH__USERNAME=demo IPPROXY_AUTH__PASSWORD=demo-password IPPROXY_LOG__LEVEL=warn \
-    "${EXTRA[@]}" $ON_PROXY "$BIN" run >"$OUT/ipproxy.log" 2>&1 &
-PROXY_PID=$!
-PIDS+=("$PROXY_PID")
-wait_for ipproxy "http://127.0.0.1:$ADMIN_PORT/readyz"
+start_proxied "$MODE"
+PROXY_PID=$LAST_PID
 # Install the metrics recorder the way production does: by scraping (see run.sh).
 [[ "${PROFILE_NO_SCRAPE:-0}" == 1 ]] || curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics"
 

@@ -100,36 +100,13 @@ fi
 wait_quiet
 LOAD_AT_START=$(cat /proc/loadavg)
 
-SIM_PORT=$(free_port)
-SIM="127.0.0.1:$SIM_PORT"
-
 # ---- simulator (the origin) --------------------------------------------------------
-RUST_LOG=warn $ON_PROXY "$BIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
-SIM_PID=$!
-PIDS+=("$SIM_PID")
-wait_for simulator "http://$SIM/__sim/counters"
+start_sim "$OUT/sim.log"
 
 TOKEN=$(curl -fsS --max-time 5 -X POST "http://$SIM/_rest/v4/authenticate" \
     -H 'Content-Type: application/json' -H 'Accept: application/json' \
     -d '{"username":"demo","password":"demo-password"}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-
-start_ipproxy() {
-    local listen=$1 admin=$2 level=$3 log=$4 upstream=$5
-    shift 5
-    env -u RUST_LOG -u HTTPS_PROXY -u https_proxy -u http_proxy \
-        IPPROXY_SERVER__LISTEN="127.0.0.1:$listen" \
-        IPPROXY_SERVER__ADMIN_LISTEN="127.0.0.1:$admin" \
-        IPPROXY_SERVER__MAX_CONCURRENCY=4096 \
-        IPPROXY_UPSTREAM__URL="$upstream" \
-        IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
-        IPPROXY_AUTH__USERNAME=demo \
-        IPPROXY_AUTH__PASSWORD=demo-password \
-        IPPROXY_LOG__LEVEL="$level" \
-        "$@" $ON_PROXY "$BIN" run >"$log" 2>&1 &
-    PIDS+=("$!")
-    LAST_PID=$!
-}
 
 # The floor proxy: LISTEN UPSTREAM(host:port) HOST [CA_FILE SERVER_NAME].
 start_floor() {
@@ -148,7 +125,7 @@ INFO_LOG="$WORK/ipproxy-info.log"
 for mode in $MODES; do
     case $mode in
         plain)
-            upstream_url="http://$SIM"
+            start_upstream plain
             URL[plain/direct]="http://$SIM"
             UPSTREAM_PIDS[plain]="$SIM_PID"
             nginx_port=$(free_port)
@@ -156,16 +133,13 @@ for mode in $MODES; do
                 "UPSTREAM=$SIM" "UPSTREAM_HOST=$SIM" "SCHEME=http" "TLS="
             ;;
         tls)
+            start_upstream tls
             pki="$WORK/pki"
-            make_pki "$pki"
-            tls_port=$(free_port)
-            start_nginx tls-upstream "$BENCH/tls-upstream.conf.in" "LISTEN=127.0.0.1:$tls_port" \
-                "SIM=$SIM" "CERT=$pki/leaf.pem" "KEY=$pki/leaf.key"
+            tls_port=$TLS_PORT
             TLS_UPSTREAM_PID=$LAST_PID
-            upstream_url="https://localhost:$tls_port"
-            URL[tls/direct]="$upstream_url"
+            URL[tls/direct]="$UPSTREAM"
             UPSTREAM_PIDS[tls]="$SIM_PID $TLS_UPSTREAM_PID"
-            wait_for "tls upstream" --cacert "$pki/ca.pem" -H "Authorization: Bearer $TOKEN" "$upstream_url$PING_PATH"
+            wait_for "tls upstream" --cacert "$pki/ca.pem" -H "Authorization: Bearer $TOKEN" "$UPSTREAM$PING_PATH"
             tls_directives="            proxy_ssl_trusted_certificate $pki/ca.pem;
             proxy_ssl_verify on;
             proxy_ssl_name localhost;
@@ -183,18 +157,15 @@ for mode in $MODES; do
     URL[$mode/nginx]="http://127.0.0.1:$nginx_port"
     HEADER[$mode/direct]="Authorization: Bearer $TOKEN"
     HEADER[$mode/nginx]=""
-    port=$(free_port)
-    admin=$(free_port)
     if [[ $mode == tls ]]; then
-        start_ipproxy "$port" "$admin" warn "$OUT/ipproxy-tls.log" "$upstream_url" \
-            IPPROXY_UPSTREAM__CA_FILE="$pki/ca.pem"
+        start_ipproxy "$OUT/ipproxy-tls.log" "$UPSTREAM" "${UPSTREAM_VARS[@]}"
     else
-        start_ipproxy "$port" "$admin" warn "$OUT/ipproxy.log" "$upstream_url"
+        start_ipproxy "$OUT/ipproxy.log" "$UPSTREAM"
     fi
     PROXY_PID[$mode/ipproxy]=$LAST_PID
-    URL[$mode/ipproxy]="http://127.0.0.1:$port"
+    URL[$mode/ipproxy]="http://127.0.0.1:$PROXY_PORT"
     HEADER[$mode/ipproxy]=""
-    ADMIN[$mode/ipproxy]=$admin
+    ADMIN[$mode/ipproxy]=$ADMIN_PORT
     port=$(free_port)
     if [[ $mode == tls ]]; then
         start_floor "$port" "127.0.0.1:$tls_port" "localhost:$tls_port" "$pki/ca.pem" localhost
@@ -205,24 +176,18 @@ for mode in $MODES; do
     URL[$mode/floor]="http://127.0.0.1:$port"
     HEADER[$mode/floor]=""
     if [[ -n "${BEFORE_BIN:-}" ]]; then
-        port=$(free_port)
-        admin=$(free_port)
-        ca=()
-        [[ $mode == tls ]] && ca=(IPPROXY_UPSTREAM__CA_FILE="$pki/ca.pem")
-        BIN=$BEFORE_BIN start_ipproxy "$port" "$admin" warn "$OUT/before-$mode.log" "$upstream_url" "${ca[@]}"
+        BIN=$BEFORE_BIN start_ipproxy "$OUT/before-$mode.log" "$UPSTREAM" "${UPSTREAM_VARS[@]}"
         PROXY_PID[$mode/before]=$LAST_PID
-        URL[$mode/before]="http://127.0.0.1:$port"
+        URL[$mode/before]="http://127.0.0.1:$PROXY_PORT"
         HEADER[$mode/before]=""
-        ADMIN[$mode/before]=$admin
+        ADMIN[$mode/before]=$ADMIN_PORT
     fi
     if [[ $mode == plain && "${INFO:-1}" == 1 ]]; then
-        port=$(free_port)
-        admin=$(free_port)
-        start_ipproxy "$port" "$admin" info "$INFO_LOG" "$upstream_url"
+        start_ipproxy "$INFO_LOG" "$UPSTREAM" IPPROXY_LOG__LEVEL=info
         PROXY_PID[plain/ipproxy-info]=$LAST_PID
-        URL[plain/ipproxy-info]="http://127.0.0.1:$port"
+        URL[plain/ipproxy-info]="http://127.0.0.1:$PROXY_PORT"
         HEADER[plain/ipproxy-info]=""
-        ADMIN[plain/ipproxy-info]=$admin
+        ADMIN[plain/ipproxy-info]=$ADMIN_PORT
     fi
 done
 

@@ -13,6 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH="$ROOT/bench"
 if [[ "${QUICK:-0}" == 1 ]]; then
     REPS=${REPS:-1}
     DURATION=${DURATION:-2}
@@ -36,41 +37,8 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/ipproxy-tracing-bench.XXXXXX)
 chmod 755 "$WORK"
 
-# ---- processes: every one we start is recorded here and stopped by PID -----------
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() {
-    local what=$1
-    shift
-    for _ in $(seq 300); do
-        if curl -fsS -o /dev/null --max-time 1 "$@" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "bench: $what did not come up within 30 s" >&2
-    exit 1
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 # ---- the two builds ----------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -92,21 +60,14 @@ done
 } >"$OUT/binary-sizes.txt"
 
 # ---- the upstream and the collectors -----------------------------------------------
-SIM="127.0.0.1:$(free_port)"
-RUST_LOG=warn "$BIN_PLAIN" sim --listen "$SIM" >"$OUT/sim.log" 2>&1 &
-PIDS+=("$!")
-wait_for simulator "http://$SIM/__sim/counters"
+BIN=$BIN_PLAIN start_sim "$OUT/sim.log"
 
 # A port where nothing listens: every export is refused.
 DOWN="127.0.0.1:$(free_port)"
 # A collector that takes every batch and answers 200 (and drops it).
 SINK_PORT=$(free_port)
 SINK_DIR="$WORK/sink"
-mkdir -p "$SINK_DIR"
-for dir in client_body proxy_temp fastcgi_temp uwsgi_temp scgi_temp; do
-    mkdir -p "$SINK_DIR/$dir"
-    chmod 777 "$SINK_DIR/$dir"
-done
+nginx_prefix "$SINK_DIR"
 cat >"$SINK_DIR/nginx.conf" <<EOF
 worker_processes 1;
 error_log $SINK_DIR/error.log warn;
@@ -126,37 +87,25 @@ http {
     }
 }
 EOF
-nginx -p "$SINK_DIR" -c "$SINK_DIR/nginx.conf" -g 'daemon off;' >"$OUT/sink.log" 2>&1 &
-PIDS+=("$!")
+run_nginx "$SINK_DIR" "$OUT/sink.log"
 wait_for "collector sink" -X POST "http://127.0.0.1:$SINK_PORT/v1/traces"
 
 # ---- the four proxies --------------------------------------------------------------
-declare -A PORT ADMIN PID
-start_ipproxy() {
+# start_target NAME BINARY OTLP_ENDPOINT (empty: tracing off): sets PORT[NAME], ADMIN[NAME].
+declare -A PORT ADMIN
+start_target() {
     local name=$1 bin=$2 endpoint=$3
-    PORT[$name]=$(free_port)
-    ADMIN[$name]=$(free_port)
     local tracing=()
     [[ -n "$endpoint" ]] && tracing=(IPPROXY_TRACING__OTLP_ENDPOINT="$endpoint")
-    env -u RUST_LOG -u OTEL_EXPORTER_OTLP_ENDPOINT \
-        IPPROXY_SERVER__LISTEN="127.0.0.1:${PORT[$name]}" \
-        IPPROXY_SERVER__ADMIN_LISTEN="127.0.0.1:${ADMIN[$name]}" \
-        IPPROXY_SERVER__MAX_CONCURRENCY=4096 \
-        IPPROXY_UPSTREAM__URL="http://$SIM" \
-        IPPROXY_AUTH__URL="http://$SIM/_rest/v4/authenticate" \
-        IPPROXY_AUTH__USERNAME=demo \
-        IPPROXY_AUTH__PASSWORD=demo-password \
-        IPPROXY_LOG__LEVEL=warn \
-        "${tracing[@]}" \
-        "$bin" run >"$OUT/ipproxy-$name.log" 2>&1 &
-    PID[$name]=$!
-    PIDS+=("$!")
+    BIN=$bin start_ipproxy "$OUT/ipproxy-$name.log" "http://$SIM" "${tracing[@]}"
+    PORT[$name]=$PROXY_PORT
+    ADMIN[$name]=$ADMIN_PORT
 }
 TARGETS=(plain otel-off otel-down otel-up)
-start_ipproxy plain "$BIN_PLAIN" ""
-start_ipproxy otel-off "$BIN_OTEL" ""
-start_ipproxy otel-down "$BIN_OTEL" "http://$DOWN"
-start_ipproxy otel-up "$BIN_OTEL" "http://127.0.0.1:$SINK_PORT"
+start_target plain "$BIN_PLAIN" ""
+start_target otel-off "$BIN_OTEL" ""
+start_target otel-down "$BIN_OTEL" "http://$DOWN"
+start_target otel-up "$BIN_OTEL" "http://127.0.0.1:$SINK_PORT"
 for name in "${TARGETS[@]}"; do
     wait_for "ipproxy $name" "http://127.0.0.1:${ADMIN[$name]}/readyz"
     # Scraped once, as in production: the metrics recorder is installed.
@@ -171,7 +120,7 @@ printf 'conns\trep\ttarget\trps\tp50_ms\tp99_ms\tnon2xx\tload1\n' >"$RAW"
 for conns in $CONNS; do
 for rep in $(seq "$REPS"); do
     for name in "${TARGETS[@]}"; do
-        load1=$(cut -d' ' -f1 /proc/loadavg)
+        load1=$(load1)
         text=$(timeout $((DURATION + WRK_GRACE)) wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" \
             --timeout 10s --latency "http://127.0.0.1:${PORT[$name]}$PING_PATH")
         echo "$text" >"$OUT/wrk-$name-c$conns-$rep.txt"
