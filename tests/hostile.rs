@@ -2,8 +2,9 @@
 //! that must never be forwarded, request smuggling and header abuse, absolute-form
 //! targets, oversized and malformed heads, silent and slow connections, slow bodies
 //! and clients that never read, HTTP/2 rapid reset and CONTINUATION floods, a
-//! connection flood, metric labels a client could grow, and a cross-site
-//! `POST /refresh`. Each test asserts the safe behaviour (no upstream contact, a slot
+//! connection flood, running out of file descriptors (the accept back-off), an idle
+//! HTTP/2 client that never answers the close, metric labels a client could grow, and
+//! a cross-site `POST /refresh`. Each test asserts the safe behaviour (no upstream contact, a slot
 //! given back, the proxy still serving) and fails without the defence it names.
 //!
 //! Crafted paths and inbound keys are in `tests/security.rs`.
@@ -590,6 +591,61 @@ async fn five_hundred_silent_connections_are_all_closed_and_the_proxy_keeps_serv
     let open = closed.iter().filter(|closed| closed.is_none()).count();
     assert_eq!(open, 0, "{open} of {FLOOD} silent connections still open");
     still_serving(proxy.addr).await;
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again_after() {
+    let sim = Sim::default().await;
+    let proxy = child_proxy(&sim, &[]).await;
+    let pid = proxy.pid();
+    // A descriptor limit a few above what the running proxy holds: the connections
+    // below use them up, and each further accept fails (EMFILE) while they are open.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the proxy's fds")
+        .count();
+    let limit = format!("--nofile={0}:{0}", open + 4);
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit {limit} failed");
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(TcpStream::connect(proxy.addr).await.expect("connect"));
+    }
+    let failures = || {
+        proxy
+            .lines()
+            .iter()
+            .filter(|line| line.contains("accept failed"))
+            .count()
+    };
+    assert!(
+        eventually(PATIENCE, || async { failures() > 0 }).await,
+        "accept never failed: the limit did not bite"
+    );
+    // A window to count in (not a wait for an event): each worker backs off 50 ms
+    // after a failed accept, so it fails at most about 20 times a second; a loop
+    // without the back-off fails thousands of times.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counted = failures();
+    let elapsed = started.elapsed();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let bound = workers * (elapsed.as_millis() as usize / 50 + 2);
+    assert!(
+        counted <= bound,
+        "{counted} failed accepts in {elapsed:?} with {workers} workers (at most {bound})"
+    );
+    drop(held);
+    // Descriptors back: the proxy accepts and serves again.
+    assert!(
+        eventually(PATIENCE, || async {
+            status_of(&client(), &proxy.url(ECHO_PATH)).await == Some(200)
+        })
+        .await,
+        "the proxy serves again once descriptors are free"
+    );
 }
 
 #[tokio::test]
@@ -1227,6 +1283,25 @@ async fn h2_rapid_reset_leaves_nothing_in_flight_and_the_proxy_serving() {
         .await
         .expect("the proxy still answers");
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn an_idle_http2_client_that_never_answers_the_close_is_dropped_after_the_grace() {
+    let sim = Sim::default().await;
+    let mut all = sim.vars();
+    all.extend(vars(&[("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "1s")]));
+    let proxy = Proxy::start(all).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(&h2_opening()).await.expect("preface");
+    // Idle past `header_read_timeout`: the proxy closes gracefully (GOAWAY and a PING
+    // whose acknowledgement ends the close). This client reads everything and answers
+    // nothing, so only the grace drop (1 s) ends the connection.
+    let closed = closed_within(&mut stream, Duration::from_secs(2) + SLACK).await;
+    assert!(
+        closed.is_some(),
+        "an idle HTTP/2 connection that never acknowledges the close stays open"
+    );
+    still_serving(proxy.addr).await;
 }
 
 #[tokio::test]
