@@ -1,7 +1,7 @@
 //! The proxy as an outsider attacks it, over real sockets: without a key, with a wrong
 //! key, with rotated keys, outside the allowlist, with crafted paths; and secrets kept
 //! out of everything it prints. Hostile and broken clients (methods, smuggling, slow
-//! and silent connections, HTTP/2 floods) are in `tests/hostile.rs`.
+//! and silent connections, HTTP/2 floods) are in `tests/hostile/`.
 
 mod support;
 
@@ -303,7 +303,7 @@ async fn crafted_paths_are_refused_and_never_reach_the_upstream() {
 }
 
 // Absolute-form targets, CONNECT, oversized and malformed heads and slow clients:
-// tests/hostile.rs.
+// tests/hostile/.
 
 // --- secrets never printed ---
 
