@@ -357,6 +357,18 @@ pub(crate) fn server_binary(name: &str, hint: &str) -> std::path::PathBuf {
     panic!("{name} is not installed: {hint}");
 }
 
+/// Whether the server process in `child` has exited (a start that failed); one that
+/// has is cleared, so that nothing signals its pid, which may be reused, later.
+pub(crate) fn exited(child: &mut Option<std::process::Child>) -> bool {
+    let gone = child
+        .as_mut()
+        .is_some_and(|running| matches!(running.try_wait(), Ok(Some(_))));
+    if gone {
+        *child = None;
+    }
+    gone
+}
+
 /// A loopback port that was free a moment ago (for servers started by the tests,
 /// which cannot be handed a bound socket).
 pub(crate) fn free_port() -> u16 {
