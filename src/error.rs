@@ -207,15 +207,11 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     async fn body_json(response: Response) -> serde_json::Value {
-        let bytes = response
-            .into_body()
-            .collect()
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
-            .expect("body")
-            .to_bytes();
+            .expect("body");
         serde_json::from_slice(&bytes).expect("json")
     }
 

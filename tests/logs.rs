@@ -103,15 +103,22 @@ async fn answer(mut stream: TcpStream) {
     }
 }
 
-/// Sends a GET for `path` with request id `request_id`; whatever came back before the
-/// connection ended (a broken-off body ends it with an error).
-async fn get(addr: SocketAddr, path: &str, request_id: &str) -> Vec<u8> {
+/// Sends a GET for `path` (raw: the bytes as given) with request id `request_id` and
+/// `Connection: close` on a new connection; the connection, for the answer.
+async fn send_get(addr: SocketAddr, path: &str, request_id: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nx-request-id: {request_id}\r\n\
          Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.expect("write");
+    stream
+}
+
+/// Sends a GET for `path` with request id `request_id`; whatever came back before the
+/// connection ended (a broken-off body ends it with an error).
+async fn get(addr: SocketAddr, path: &str, request_id: &str) -> Vec<u8> {
+    let mut stream = send_get(addr, path, request_id).await;
     let mut response = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
@@ -208,12 +215,7 @@ const DISGUISING: [char; 4] = ['\u{202e}', '\u{2066}', '\u{200b}', '\u{feff}'];
 /// Sends a request whose path carries every [`DISGUISING`] character raw.
 async fn send_disguised_path(addr: SocketAddr, request_id: &str) {
     let path: String = format!("/x/{}gpj.exe", DISGUISING.iter().collect::<String>());
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nx-request-id: {request_id}\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut stream = send_get(addr, &path, request_id).await;
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
         .await

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, stream};
-use http::{Method, Request, StatusCode, Uri, header};
+use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Either, Full};
 use ipproxy::proxy::pool::{PoolSettings, SendError};
-use ipproxy::proxy::{UpstreamBody, UpstreamClient, build_client_with};
+use ipproxy::proxy::{ResponseBody, UpstreamBody, UpstreamClient, build_client_with};
 use support::forward_proxy::ForwardProxy;
 use support::scripted::{Action, EVENT_LIMIT, Event, ScriptedUpstream};
 use support::tls::{HandshakeCounter, TestPki, TlsUpstream};
@@ -39,6 +39,16 @@ fn client_for(url: &str, extra: &[(&str, &str)], settings: PoolSettings) -> Upst
     pairs.extend_from_slice(extra);
     let config = ipproxy::config::load(None, vars(&pairs)).expect("valid test configuration");
     build_client_with(&config.upstream, settings).expect("client")
+}
+
+/// [`client_for`] with `upstream.ca_file` holding `pki`'s CA (read while the client is
+/// built, so the file need not outlive it).
+fn client_trusting(pki: &TestPki, url: &str, extra: &[(&str, &str)]) -> UpstreamClient {
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = pki.write_ca(&ca_dir).display().to_string();
+    let mut pairs = vec![("IPPROXY_UPSTREAM__CA_FILE", ca_file.as_str())];
+    pairs.extend_from_slice(extra);
+    client_for(url, &pairs, PoolSettings::default())
 }
 
 fn request(method: Method, url: &str, body: UpstreamBody) -> Request<UpstreamBody> {
@@ -69,6 +79,24 @@ fn stalled_upload() -> UpstreamBody {
     Either::Right(axum::body::Body::from_stream(stalled))
 }
 
+/// Sends one request that the pool may not send again (it cannot rebuild it).
+async fn send_once(
+    client: &UpstreamClient,
+    method: Method,
+    url: &str,
+    body: UpstreamBody,
+) -> Result<Response<ResponseBody>, SendError> {
+    client.send(request(method, url, body), |_| None).await
+}
+
+/// The body of a GET of `url` whose head came, not read yet.
+async fn unread_body(client: &UpstreamClient, url: &str) -> ResponseBody {
+    let response = send_once(client, Method::GET, url, buffered(""))
+        .await
+        .expect("head");
+    response.into_body()
+}
+
 /// Sends one request and reads the whole answer; the pool may rebuild the request
 /// with the same method and URL.
 async fn exchange(
@@ -96,6 +124,31 @@ fn origin(url: &str) -> Uri {
     url.parse().expect("origin")
 }
 
+/// `times` GETs of `url`, one after the other, each answered 200 with `answer`.
+async fn get_in_turn(client: &UpstreamClient, url: &str, times: usize, answer: &[u8]) {
+    for _ in 0..times {
+        let (status, body) = exchange(client, Method::GET, url, buffered(""))
+            .await
+            .expect("answered");
+        assert_eq!((status, &body[..]), (StatusCode::OK, answer));
+    }
+}
+
+/// After connection 0 left the pool: nothing to `url` is idle, and the next request
+/// opens a second connection. Its answer's body.
+async fn next_on_a_new_connection(
+    upstream: &ScriptedUpstream,
+    client: &UpstreamClient,
+    url: &str,
+) -> Bytes {
+    assert_eq!(client.idle_connections(&origin(url)), 0);
+    let (_, body) = exchange(client, Method::GET, url, buffered(""))
+        .await
+        .expect("next request, on a new connection");
+    assert_eq!(upstream.accepted(), 2);
+    body
+}
+
 /// Requests of `method` the upstream read.
 fn seen(upstream: &ScriptedUpstream, method: &str) -> Vec<support::scripted::Seen> {
     upstream
@@ -109,12 +162,7 @@ fn seen(upstream: &ScriptedUpstream, method: &str) -> Vec<support::scripted::See
 async fn sequential_requests_reuse_one_kept_alive_connection() {
     let upstream = ScriptedUpstream::start(|_, _| Action::Respond("ok")).await;
     let client = client_for(&upstream.url(""), &[], PoolSettings::default());
-    for _ in 0..3 {
-        let (status, body) = exchange(&client, Method::GET, &upstream.url("/a"), buffered(""))
-            .await
-            .expect("answered");
-        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
-    }
+    get_in_turn(&client, &upstream.url("/a"), 3, b"ok").await;
     assert_eq!(upstream.accepted(), 1);
     assert_eq!(client.idle_connections(&origin(&upstream.url(""))), 1);
 }
@@ -137,8 +185,7 @@ async fn answers_without_a_body_free_their_connection_with_the_head() {
         (Method::DELETE, StatusCode::NO_CONTENT),
         (Method::GET, StatusCode::OK),
     ] {
-        let response = client
-            .send(request(method.clone(), &url, buffered("")), |_| None)
+        let response = send_once(&client, method.clone(), &url, buffered(""))
             .await
             .expect("answered");
         assert_eq!(response.status(), status, "{method}");
@@ -186,8 +233,7 @@ async fn an_answer_that_comes_before_the_upload_ends_does_not_free_the_connectio
     let upstream = ScriptedUpstream::start(|_, _| Action::RawBeforeBody(REFUSED)).await;
     let client = client_for(&upstream.url(""), &[], PoolSettings::default());
     let url = upstream.url("/upload");
-    let response = client
-        .send(request(Method::POST, &url, stalled_upload()), |_| None)
+    let response = send_once(&client, Method::POST, &url, stalled_upload())
         .await
         .expect("the early answer");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -205,11 +251,7 @@ async fn a_long_body_frees_its_connection_with_its_last_frame() {
     let upstream = ScriptedUpstream::start(|_, _| Action::RespondBytes(LENGTH)).await;
     let client = client_for(&upstream.url(""), &[], PoolSettings::default());
     let url = upstream.url("/recording");
-    let response = client
-        .send(request(Method::GET, &url, buffered("")), |_| None)
-        .await
-        .expect("head");
-    let mut body = response.into_body();
+    let mut body = unread_body(&client, &url).await;
     assert_eq!(body.size_hint().exact(), Some(LENGTH as u64));
     // Read as the server that forwards it reads: until the body says it is over,
     // with no poll after the last frame to learn that.
@@ -313,21 +355,34 @@ fn second_request_meets(then: Action) -> impl Fn(usize, usize) -> Action + Send 
     }
 }
 
-#[tokio::test]
-async fn a_buffered_post_that_met_a_silent_close_is_sent_again_on_a_new_connection() {
-    let upstream = ScriptedUpstream::start(second_request_meets(Action::CloseUnanswered)).await;
+/// An upstream scripted by [`second_request_meets`] and a client whose one idle
+/// connection is its connection 0, warmed up: the next request meets `then`.
+async fn warmed_up(then: Action) -> (ScriptedUpstream, UpstreamClient) {
+    let upstream = ScriptedUpstream::start(second_request_meets(then)).await;
     let client = client_for(&upstream.url(""), &[], PoolSettings::default());
     exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
         .await
         .expect("warm-up");
-    let (status, body) = exchange(
-        &client,
-        Method::POST,
-        &upstream.url("/send"),
-        buffered("sms"),
-    )
-    .await
-    .expect("sent again on a fresh connection");
+    (upstream, client)
+}
+
+/// A POST of `body` on a warmed-up connection that meets `then` fails, and is not
+/// sent again on a new connection.
+async fn assert_post_not_sent_again(then: Action, body: UpstreamBody) {
+    let (upstream, client) = warmed_up(then).await;
+    let failed = exchange(&client, Method::POST, &upstream.url("/send"), body).await;
+    assert!(matches!(failed, Err(SendError::Request(_))), "{failed:?}");
+    assert_eq!(seen(&upstream, "POST").len(), 1);
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_buffered_post_that_met_a_silent_close_is_sent_again_on_a_new_connection() {
+    let (upstream, client) = warmed_up(Action::CloseUnanswered).await;
+    let url = upstream.url("/send");
+    let (status, body) = exchange(&client, Method::POST, &url, buffered("sms"))
+        .await
+        .expect("sent again on a fresh connection");
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"fresh"[..]));
     let posts = seen(&upstream, "POST");
     assert_eq!(
@@ -339,51 +394,17 @@ async fn a_buffered_post_that_met_a_silent_close_is_sent_again_on_a_new_connecti
 
 #[tokio::test]
 async fn a_streamed_post_that_may_have_arrived_is_not_sent_again() {
-    let upstream = ScriptedUpstream::start(second_request_meets(Action::CloseUnanswered)).await;
-    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
-    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
-        .await
-        .expect("warm-up");
-    let failed = exchange(
-        &client,
-        Method::POST,
-        &upstream.url("/send"),
-        streamed("sms"),
-    )
-    .await;
-    assert!(matches!(failed, Err(SendError::Request(_))), "{failed:?}");
-    assert_eq!(seen(&upstream, "POST").len(), 1);
-    assert_eq!(upstream.accepted(), 1);
+    assert_post_not_sent_again(Action::CloseUnanswered, streamed("sms")).await;
 }
 
 #[tokio::test]
 async fn a_buffered_post_is_not_sent_again_once_part_of_an_answer_came() {
-    let upstream =
-        ScriptedUpstream::start(second_request_meets(Action::PartialHeadThenClose)).await;
-    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
-    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
-        .await
-        .expect("warm-up");
-    let failed = exchange(
-        &client,
-        Method::POST,
-        &upstream.url("/send"),
-        buffered("sms"),
-    )
-    .await;
-    assert!(matches!(failed, Err(SendError::Request(_))), "{failed:?}");
-    assert_eq!(seen(&upstream, "POST").len(), 1);
-    assert_eq!(upstream.accepted(), 1);
+    assert_post_not_sent_again(Action::PartialHeadThenClose, buffered("sms")).await;
 }
 
 #[tokio::test]
 async fn an_idempotent_request_is_sent_again_even_after_part_of_an_answer() {
-    let upstream =
-        ScriptedUpstream::start(second_request_meets(Action::PartialHeadThenClose)).await;
-    let client = client_for(&upstream.url(""), &[], PoolSettings::default());
-    exchange(&client, Method::GET, &upstream.url("/"), buffered(""))
-        .await
-        .expect("warm-up");
+    let (upstream, client) = warmed_up(Action::PartialHeadThenClose).await;
     let (status, body) = exchange(&client, Method::PUT, &upstream.url("/list"), buffered("{}"))
         .await
         .expect("sent again on a fresh connection");
@@ -418,11 +439,7 @@ async fn idle_connections_close_after_the_idle_timeout() {
         "closed after {:?}",
         before_last_use.elapsed()
     );
-    assert_eq!(client.idle_connections(&origin(&url)), 0);
-    exchange(&client, Method::GET, &url, buffered(""))
-        .await
-        .expect("on a new connection");
-    assert_eq!(upstream.accepted(), 2);
+    next_on_a_new_connection(&upstream, &client, &url).await;
 }
 
 #[tokio::test]
@@ -463,23 +480,15 @@ async fn a_response_dropped_before_its_end_closes_its_connection() {
     .await;
     let client = client_for(&upstream.url(""), &[], PoolSettings::default());
     let url = upstream.url("/bytes");
-    let response = client
-        .send(request(Method::GET, &url, buffered("")), |_| None)
-        .await
-        .expect("head");
-    let mut body = response.into_body();
+    let mut body = unread_body(&client, &url).await;
     let first = body.frame().await.expect("a frame").expect("data");
     assert!(first.is_data());
     drop(body); // the client went away mid-download
     upstream
         .wait_for(Event::ClosedByClient { connection: 0 })
         .await;
-    assert_eq!(client.idle_connections(&origin(&url)), 0);
-    let (_, body) = exchange(&client, Method::GET, &url, buffered(""))
-        .await
-        .expect("next request");
+    let body = next_on_a_new_connection(&upstream, &client, &url).await;
     assert_eq!(&body[..], b"next");
-    assert_eq!(upstream.accepted(), 2);
 }
 
 #[tokio::test]
@@ -491,7 +500,7 @@ async fn a_request_abandoned_while_its_body_goes_out_closes_its_connection() {
         .await
         .expect("warm-up");
     upstream.wait_for(Event::Head { connection: 0 }).await; // the warm-up's
-    let sending = client.send(request(Method::POST, &url, stalled_upload()), |_| None);
+    let sending = send_once(&client, Method::POST, &url, stalled_upload());
     tokio::select! {
         answer = sending => panic!("answered a request whose body never ended: {answer:?}"),
         () = upstream.wait_for(Event::Head { connection: 0 }) => {}
@@ -500,27 +509,18 @@ async fn a_request_abandoned_while_its_body_goes_out_closes_its_connection() {
     upstream
         .wait_for(Event::ClosedByClient { connection: 0 })
         .await;
-    assert_eq!(client.idle_connections(&origin(&url)), 0);
-    exchange(&client, Method::GET, &url, buffered(""))
-        .await
-        .expect("next request");
-    assert_eq!(upstream.accepted(), 2);
+    next_on_a_new_connection(&upstream, &client, &url).await;
 }
 
 #[tokio::test]
 async fn connections_through_the_egress_proxy_are_kept_and_reused() {
     let pki = TestPki::generate();
     let upstream = TlsUpstream::start(&pki).await;
-    let ca_dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = pki.write_ca(&ca_dir).display().to_string();
     let egress = ForwardProxy::start(&[upstream.addr.port()]);
-    let client = client_for(
+    let client = client_trusting(
+        &pki,
         &upstream.url(),
-        &[
-            ("IPPROXY_UPSTREAM__CA_FILE", &ca_file),
-            ("IPPROXY_UPSTREAM__PROXY", &egress.url()),
-        ],
-        PoolSettings::default(),
+        &[("IPPROXY_UPSTREAM__PROXY", &egress.url())],
     );
     let url = format!("{}/_rest/v4/my/did", upstream.url());
     for _ in 0..3 {
@@ -542,19 +542,8 @@ async fn a_new_tls_connection_resumes_the_session_of_the_previous_one() {
     let app = axum::Router::new().fallback(|| async { "ok" });
     // `Connection: close` on every answer: each request needs a new connection.
     let server = HandshakeCounter::start(&pki, &[b"http/1.1"], true, app).await;
-    let ca_dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = pki.write_ca(&ca_dir).display().to_string();
-    let client = client_for(
-        &server.url(""),
-        &[("IPPROXY_UPSTREAM__CA_FILE", &ca_file)],
-        PoolSettings::default(),
-    );
-    for _ in 0..2 {
-        let (status, body) = exchange(&client, Method::GET, &server.url("/"), buffered(""))
-            .await
-            .expect("answered");
-        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
-    }
+    let client = client_trusting(&pki, &server.url(""), &[]);
+    get_in_turn(&client, &server.url("/"), 2, b"ok").await;
     assert_eq!(server.handshakes(), 2);
     assert_eq!(
         server.resumed(),
@@ -587,13 +576,7 @@ async fn an_h2_upstream_takes_concurrent_requests_on_one_connection() {
             }),
         );
     let server = HandshakeCounter::start(&pki, &[b"h2", b"http/1.1"], false, app).await;
-    let ca_dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = pki.write_ca(&ca_dir).display().to_string();
-    let client = client_for(
-        &server.url(""),
-        &[("IPPROXY_UPSTREAM__CA_FILE", &ca_file)],
-        PoolSettings::default(),
-    );
+    let client = client_trusting(&pki, &server.url(""), &[]);
     let (_, body) = exchange(&client, Method::GET, &server.url("/warm"), buffered(""))
         .await
         .expect("warm-up");

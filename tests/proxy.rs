@@ -26,19 +26,6 @@ async fn send_sms(client: &reqwest::Client, proxy: &Proxy) -> reqwest::Response 
         .expect("request reaches the proxy")
 }
 
-async fn wait_ready(proxy: &Proxy) {
-    let client = client();
-    let ready = eventually(PATIENCE, || async {
-        client
-            .get(proxy.admin_url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == 200)
-    })
-    .await;
-    assert!(ready, "the proxy became ready");
-}
-
 #[tokio::test]
 async fn cold_start_200_concurrent_requests_share_one_login() {
     let sim = Sim::default().await;
@@ -62,7 +49,7 @@ async fn cold_start_200_concurrent_requests_share_one_login() {
 async fn after_revocation_100_concurrent_requests_cause_at_most_one_login() {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     sim.sim.revoke_all();
     let client = client();
     let responses = join_all((0..100).map(|_| send_sms(&client, &proxy))).await;
@@ -87,7 +74,7 @@ async fn after_revocation_100_concurrent_requests_cause_at_most_one_login() {
 async fn retried_post_carries_the_identical_body() {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     sim.sim.revoke_all();
     let body: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     let response = client()
@@ -115,7 +102,7 @@ async fn always_401_setup(replay_limit: &str) -> (Sim, FixedUpstream, Proxy) {
     vars.push(("IPPROXY_UPSTREAM__URL".into(), upstream.url()));
     vars.push(("IPPROXY_SERVER__REPLAY_LIMIT".into(), replay_limit.into()));
     let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     (sim, upstream, proxy)
 }
 
@@ -171,7 +158,7 @@ async fn assert_refresh_at_half_of_two_seconds(sim_config: SimConfig, token_ttl:
     vars.push(("IPPROXY_AUTH__TOKEN_TTL".into(), token_ttl.into()));
     let started = Instant::now();
     let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     assert!(
         eventually(PATIENCE, || async { sim.counters().tokens_issued >= 2 }).await,
         "a refresh ahead of expiry happened"
@@ -211,7 +198,7 @@ async fn refresh_ahead_under_traffic_lets_no_401_and_no_expired_token_through() 
     })
     .await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let client = client();
     let deadline = Instant::now() + Duration::from_secs(30);
     let workers = (0..4).map(|_| {
@@ -247,7 +234,7 @@ async fn auth_outage_while_the_token_is_valid_does_not_fail_clients() {
     })
     .await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     sim.sim.set_auth_mode(AuthMode::Down);
     let client = client();
     // The refresh is due at ~10 s and fails, and is tried again after a backoff; the
@@ -317,7 +304,7 @@ prefix = "/"
 "#
     );
     let proxy = Proxy::start_with_file(&config, vars).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let client = client();
     let response = client
         .get(proxy.url("/down/x"))
@@ -386,7 +373,7 @@ prefix = "/"
         sim = sim.url(),
     );
     let proxy = Proxy::start_with_file(&config, sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let client = client();
     let echo = |path: &'static str| {
         let client = client.clone();
@@ -431,7 +418,7 @@ async fn static_token_file_is_reread_when_it_changes() {
     ]);
     vars.push(("IPPROXY_LOG__LEVEL".into(), "info".into()));
     let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let status = |proxy: &Proxy| {
         let url = proxy.admin_url("/readyz");
         async move {
@@ -469,7 +456,7 @@ async fn static_token_file_is_reread_when_it_changes() {
 async fn header_rules_strip_client_credentials_and_hop_by_hop_headers() {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let response = client()
         .get(proxy.url("/_rest/v4/echo"))
         .header("authorization", "Bearer client-supplied")
@@ -506,7 +493,7 @@ async fn header_rules_strip_client_credentials_and_hop_by_hop_headers() {
 async fn h2c_clients_are_proxied_like_http1_ones() {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -543,7 +530,7 @@ async fn small_body_proxy(sim: &Sim) -> Proxy {
     vars.push(("IPPROXY_SERVER__MAX_BODY".into(), "64KiB".into()));
     vars.push(("IPPROXY_SERVER__REPLAY_LIMIT".into(), "16KiB".into()));
     let proxy = Proxy::start(vars).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     proxy
 }
 
@@ -618,7 +605,7 @@ async fn an_oversized_upload_still_reads_its_413() {
 async fn large_download_streams_through_intact() {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     let size = 10 * 1024 * 1024;
     let bytes = client()
         .get(proxy.url(&format!("/_rest/v4/sim/bytes/{size}")))
@@ -641,7 +628,7 @@ async fn large_download_streams_through_intact() {
 async fn unsafe_paths_are_refused_before_any_upstream_call() {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     for path in [
         "/_rest/v4/app/%2e%2e/my",
         "/_rest/v4/app/../my",
@@ -664,7 +651,7 @@ async fn a_hundred_content_401s_cost_at_most_one_login() {
     })
     .await;
     let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(&proxy).await;
+    proxy.until_ready().await;
     sim.sim.reset_counters();
     let client = client();
     let not_ours = r#"{"from":"+15559999999","to":"+15550002222","text":"hi"}"#;

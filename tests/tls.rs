@@ -18,22 +18,20 @@ fn proxy_vars(sim: &Sim, upstream: &TlsUpstream) -> Vec<(String, String)> {
     all
 }
 
-/// [`proxy_vars`] plus `upstream.ca_file` holding `ca_pem` (in a temp dir that must
-/// outlive the proxy's start).
-fn proxy_vars_trusting(
-    sim: &Sim,
-    upstream: &TlsUpstream,
+/// A proxy started with `proxy_vars` plus `upstream.ca_file` holding `ca_pem`, and the
+/// temp dir of that file, which must outlive the proxy's start.
+async fn proxy_trusting(
+    mut proxy_vars: Vec<(String, String)>,
     ca_pem: &str,
-) -> (Vec<(String, String)>, tempfile::TempDir) {
+) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).expect("write CA");
-    let mut all = proxy_vars(sim, upstream);
-    all.extend(vars(&[(
+    proxy_vars.extend(vars(&[(
         "IPPROXY_UPSTREAM__CA_FILE",
         &ca_file.display().to_string(),
     )]));
-    (all, dir)
+    (Proxy::start(proxy_vars).await, dir)
 }
 
 /// `GET /_rest/v4/my/did` through the proxy, routed to the TLS upstream.
@@ -50,8 +48,7 @@ async fn upstream_signed_by_the_configured_ca_is_trusted() {
     let pki = TestPki::generate();
     let sim = Sim::default().await;
     let upstream = TlsUpstream::start(&pki).await;
-    let (proxy_vars, _ca_dir) = proxy_vars_trusting(&sim, &upstream, &pki.ca_pem);
-    let proxy = Proxy::start(proxy_vars).await;
+    let (proxy, _ca_dir) = proxy_trusting(proxy_vars(&sim, &upstream), &pki.ca_pem).await;
 
     let response = get_did(&proxy).await;
     assert_eq!(response.status(), 200);
@@ -90,12 +87,20 @@ async fn a_ca_file_for_another_ca_does_not_make_the_upstream_trusted() {
     let other = TestPki::generate();
     let sim = Sim::default().await;
     let upstream = TlsUpstream::start(&pki).await;
-    let (proxy_vars, _ca_dir) = proxy_vars_trusting(&sim, &upstream, &other.ca_pem);
-    let proxy = Proxy::start(proxy_vars).await;
+    let (proxy, _ca_dir) = proxy_trusting(proxy_vars(&sim, &upstream), &other.ca_pem).await;
 
     let response = get_did(&proxy).await;
     assert_eq!(response.status(), 502);
     assert!(upstream.authorizations().is_empty());
+}
+
+/// `POST /refresh` on the admin listener: a login now.
+async fn refresh(proxy: &Proxy) -> reqwest::Response {
+    client()
+        .post(proxy.admin_url("/refresh"))
+        .send()
+        .await
+        .expect("refresh")
 }
 
 /// The simulator as an HTTPS auth endpoint on `https://127.0.0.1:PORT`, and variables
@@ -123,17 +128,10 @@ async fn https_login(
 async fn login_endpoint_signed_by_the_configured_ca_is_trusted() {
     let pki = TestPki::generate();
     let api = Sim::default().await;
-    let (auth, mut proxy_vars, _auth_stop) = https_login(&pki, &api).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = pki.write_ca(&dir).display().to_string();
-    proxy_vars.extend(vars(&[("IPPROXY_UPSTREAM__CA_FILE", &ca_file)]));
-    let proxy = Proxy::start(proxy_vars).await;
+    let (auth, proxy_vars, _auth_stop) = https_login(&pki, &api).await;
+    let (proxy, _ca_dir) = proxy_trusting(proxy_vars, &pki.ca_pem).await;
 
-    let response = client()
-        .post(proxy.admin_url("/refresh"))
-        .send()
-        .await
-        .expect("refresh");
+    let response = refresh(&proxy).await;
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     assert!(
         auth.counters().auth_calls >= 1,
@@ -148,11 +146,7 @@ async fn login_endpoint_with_an_unknown_ca_is_refused() {
     let (auth, proxy_vars, _auth_stop) = https_login(&pki, &api).await;
     let proxy = Proxy::start(proxy_vars).await;
 
-    let response = client()
-        .post(proxy.admin_url("/refresh"))
-        .send()
-        .await
-        .expect("refresh");
+    let response = refresh(&proxy).await;
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.expect("json");
     let message = body["message"].as_str().unwrap_or_default().to_owned();

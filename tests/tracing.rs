@@ -40,17 +40,21 @@ fn with(vars: &[(String, String)], more: &[(&str, &str)]) -> Vec<(String, String
     all
 }
 
-async fn until_ready(proxy: &ChildProxy) {
-    let admin = client();
-    let ready = eventually(PATIENCE, || async {
-        admin
-            .get(proxy.admin_url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == 200)
-    })
-    .await;
-    assert!(ready, "the proxy became ready");
+/// A ready proxy in front of `sim` that exports its spans to `endpoint`, with `more`
+/// variables.
+async fn exporting_to(sim: &Sim, endpoint: &str, more: &[(&str, &str)]) -> ChildProxy {
+    let mut vars = vec![("IPPROXY_TRACING__OTLP_ENDPOINT", endpoint)];
+    vars.extend_from_slice(more);
+    let proxy = ChildProxy::start(&with(&sim.vars(), &vars)).await;
+    proxy.until_ready().await;
+    proxy
+}
+
+/// [`exporting_to`] a [`Receiver`] of its own.
+async fn exporting_to_receiver(sim: &Sim, more: &[(&str, &str)]) -> (Receiver, ChildProxy) {
+    let receiver = Receiver::start().await;
+    let proxy = exporting_to(sim, &receiver.endpoint(), more).await;
+    (receiver, proxy)
 }
 
 fn of_trace<'a>(spans: &'a [ReceivedSpan], trace_id: &str) -> Vec<&'a ReceivedSpan> {
@@ -74,20 +78,38 @@ async fn echoed(response: reqwest::Response) -> Value {
     response.json().await.expect("echo JSON")
 }
 
+/// The echo of a GET of `path` through `proxy`, sent with `traceparent` if any.
+async fn get_echo(proxy: &ChildProxy, path: &str, traceparent: Option<&str>) -> Value {
+    let mut request = client().get(proxy.url(path));
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    echoed(request.send().await.expect("answer")).await
+}
+
+/// SIGTERM, and `proxy` exits with success within 10 s.
+async fn stop_cleanly(proxy: &mut ChildProxy) {
+    proxy.signal("TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+/// A GET of `path` through `proxy` in a new sampled trace of the client's; its trace id.
+async fn get_in_new_trace(proxy: &ChildProxy, path: &str) -> String {
+    let (trace_id, parent) = client_context();
+    get_echo(proxy, path, Some(&traceparent(&trace_id, &parent, true))).await;
+    trace_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_retried_after_a_401_and_its_login_are_spans_of_the_clients_trace() {
     let sim = Sim::default().await;
-    let receiver = Receiver::start().await;
-    let proxy = ChildProxy::start(&with(
-        &sim.vars(),
-        &[
-            ("IPPROXY_TRACING__OTLP_ENDPOINT", &receiver.endpoint()),
-            // The standard variable works when the key is unset.
-            ("OTEL_SERVICE_NAME", "ipproxy-under-test"),
-        ],
-    ))
-    .await;
-    until_ready(&proxy).await;
+    // The standard variable works when the key is unset.
+    let (receiver, proxy) =
+        exporting_to_receiver(&sim, &[("OTEL_SERVICE_NAME", "ipproxy-under-test")]).await;
     // Every token revoked behind the proxy's back: the next request gets a 401, the
     // proxy logs in and retries.
     sim.sim.revoke_all();
@@ -202,27 +224,15 @@ async fn a_request_retried_after_a_401_and_its_login_are_spans_of_the_clients_tr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parents_sampling_decision_is_kept_and_sample_ratio_applies_to_new_traces() {
     let sim = Sim::default().await;
-    let receiver = Receiver::start().await;
-    let proxy = ChildProxy::start(&with(
-        &sim.vars(),
-        &[
-            ("IPPROXY_TRACING__OTLP_ENDPOINT", &receiver.endpoint()),
-            ("IPPROXY_TRACING__SAMPLE_RATIO", "0"),
-        ],
-    ))
-    .await;
-    until_ready(&proxy).await;
-    let clients = client();
+    let (receiver, proxy) =
+        exporting_to_receiver(&sim, &[("IPPROXY_TRACING__SAMPLE_RATIO", "0")]).await;
 
     // An unsampled parent stays unsampled: nothing exported, and the upstream is told.
     let (unsampled, parent) = client_context();
-    let echo = echoed(
-        clients
-            .get(proxy.url("/_rest/v4/echo/unsampled"))
-            .header("traceparent", traceparent(&unsampled, &parent, false))
-            .send()
-            .await
-            .expect("answer"),
+    let echo = get_echo(
+        &proxy,
+        "/_rest/v4/echo/unsampled",
+        Some(&traceparent(&unsampled, &parent, false)),
     )
     .await;
     let header = echo["headers"]["traceparent"]
@@ -233,14 +243,7 @@ async fn a_parents_sampling_decision_is_kept_and_sample_ratio_applies_to_new_tra
         "{header}"
     );
     // No parent: a new trace, sampled at ratio 0, so not at all.
-    let echo = echoed(
-        clients
-            .get(proxy.url("/_rest/v4/echo/no-parent"))
-            .send()
-            .await
-            .expect("answer"),
-    )
-    .await;
+    let echo = get_echo(&proxy, "/_rest/v4/echo/no-parent", None).await;
     let header = echo["headers"]["traceparent"]
         .as_str()
         .expect("traceparent");
@@ -249,16 +252,7 @@ async fn a_parents_sampling_decision_is_kept_and_sample_ratio_applies_to_new_tra
 
     // A sampled parent stays sampled, ratio 0 or not. Spans leave in order, so once
     // these are in, the ones above would have been too.
-    let (sampled, parent) = client_context();
-    echoed(
-        clients
-            .get(proxy.url("/_rest/v4/echo/sampled"))
-            .header("traceparent", traceparent(&sampled, &parent, true))
-            .send()
-            .await
-            .expect("answer"),
-    )
-    .await;
+    let sampled = get_in_new_trace(&proxy, "/_rest/v4/echo/sampled").await;
     let spans = receiver
         .wait_for(SPANS_ARRIVE, |spans| {
             let trace = of_trace(spans, &sampled);
@@ -322,7 +316,7 @@ async fn a_collector_that_is_down_or_hangs_costs_requests_nothing_and_drops_are_
     ))
     .await;
     for proxy in [&baseline, &down, &hangs] {
-        until_ready(proxy).await;
+        proxy.until_ready().await;
     }
     const REQUESTS: usize = 200;
     const ROUNDS: usize = 10;
@@ -395,29 +389,9 @@ async fn a_collector_that_is_down_or_hangs_costs_requests_nothing_and_drops_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_the_last_spans_and_a_hanging_collector_delays_exit_by_a_bounded_time() {
     let sim = Sim::default().await;
-    let receiver = Receiver::start().await;
-    let mut proxy = ChildProxy::start(&with(
-        &sim.vars(),
-        &[("IPPROXY_TRACING__OTLP_ENDPOINT", &receiver.endpoint())],
-    ))
-    .await;
-    until_ready(&proxy).await;
-    let (trace_id, parent) = client_context();
-    echoed(
-        client()
-            .get(proxy.url("/_rest/v4/echo/last"))
-            .header("traceparent", traceparent(&trace_id, &parent, true))
-            .send()
-            .await
-            .expect("answer"),
-    )
-    .await;
-    proxy.signal("TERM");
-    let status = proxy
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{status}");
+    let (receiver, mut proxy) = exporting_to_receiver(&sim, &[]).await;
+    let trace_id = get_in_new_trace(&proxy, "/_rest/v4/echo/last").await;
+    stop_cleanly(&mut proxy).await;
     // Already there when the process has gone: it sent them before exiting.
     let spans = receiver.spans();
     assert!(
@@ -426,27 +400,10 @@ async fn shutdown_sends_the_last_spans_and_a_hanging_collector_delays_exit_by_a_
     );
 
     let hanging = BlackHole::start().await;
-    let mut proxy = ChildProxy::start(&with(
-        &sim.vars(),
-        &[("IPPROXY_TRACING__OTLP_ENDPOINT", &hanging.endpoint())],
-    ))
-    .await;
-    until_ready(&proxy).await;
-    echoed(
-        client()
-            .get(proxy.url("/_rest/v4/echo/stuck"))
-            .send()
-            .await
-            .expect("answer"),
-    )
-    .await;
+    let mut proxy = exporting_to(&sim, &hanging.endpoint(), &[]).await;
+    get_echo(&proxy, "/_rest/v4/echo/stuck", None).await;
     let stopping = Instant::now();
-    proxy.signal("TERM");
-    let status = proxy
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut proxy).await;
     // The flush waits at most 2 s for the collector (the exporter's own timeout would
     // be 5 s, a black hole forever).
     assert!(
@@ -460,18 +417,10 @@ async fn shutdown_sends_the_last_spans_and_a_hanging_collector_delays_exit_by_a_
 async fn with_tracing_off_the_clients_traceparent_passes_through_and_no_trace_id_is_logged() {
     let sim = Sim::default().await;
     let proxy = ChildProxy::start(&sim.vars()).await;
-    until_ready(&proxy).await;
+    proxy.until_ready().await;
     let (trace_id, parent) = client_context();
     let sent = traceparent(&trace_id, &parent, true);
-    let echo = echoed(
-        client()
-            .get(proxy.url("/_rest/v4/echo/untraced"))
-            .header("traceparent", &sent)
-            .send()
-            .await
-            .expect("answer"),
-    )
-    .await;
+    let echo = get_echo(&proxy, "/_rest/v4/echo/untraced", Some(&sent)).await;
     assert_eq!(echo["headers"]["traceparent"], sent.as_str());
     let logged = eventually(PATIENCE, || async {
         proxy
@@ -495,29 +444,17 @@ async fn a_401_caused_refresh_through_the_shared_store_shows_each_store_operatio
     let dir = tempfile::tempdir().expect("dir");
     let key = dir.path().join("store-key");
     std::fs::write(&key, format!("{}\n", "3c".repeat(32))).expect("key file");
-    let receiver = Receiver::start().await;
-    let proxy = ChildProxy::start(&with(
-        &sim.vars(),
+    let (receiver, proxy) = exporting_to_receiver(
+        &sim,
         &[
             ("IPPROXY_STORE__KIND", "redis"),
             ("IPPROXY_STORE__URL", &redis.url()),
             ("IPPROXY_STORE__KEY_FILE", &key.display().to_string()),
-            ("IPPROXY_TRACING__OTLP_ENDPOINT", &receiver.endpoint()),
         ],
-    ))
-    .await;
-    until_ready(&proxy).await;
-    sim.sim.revoke_all();
-    let (trace_id, parent) = client_context();
-    echoed(
-        client()
-            .get(proxy.url("/_rest/v4/echo/stored"))
-            .header("traceparent", traceparent(&trace_id, &parent, true))
-            .send()
-            .await
-            .expect("answer"),
     )
     .await;
+    sim.sim.revoke_all();
+    let trace_id = get_in_new_trace(&proxy, "/_rest/v4/echo/stored").await;
     let store_ops = |spans: &[ReceivedSpan]| -> Vec<String> {
         let trace = of_trace(spans, &trace_id);
         named(&trace, "ipproxy.store")

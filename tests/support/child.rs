@@ -82,6 +82,11 @@ impl ChildProxy {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Waits for `/readyz` to answer 200; fails the test after [`super::PATIENCE`].
+    pub(crate) async fn until_ready(&self) {
+        super::until_ready(&self.admin_url("/readyz")).await;
+    }
+
     /// Sends a signal by name (`TERM`, `INT`) with `kill(1)`.
     pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")

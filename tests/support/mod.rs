@@ -173,6 +173,11 @@ impl Proxy {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Waits for `/readyz` to answer 200; fails the test after [`PATIENCE`].
+    pub(crate) async fn until_ready(&self) {
+        until_ready(&self.admin_url("/readyz")).await;
+    }
+
     /// Signals shutdown and waits for `serve` to return.
     pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -197,6 +202,21 @@ pub(crate) fn client() -> reqwest::Client {
 /// because a deadline costs nothing when things go right and a busy machine (other
 /// builds, `stress-ng`) can stall a process for seconds.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits for `readyz` (a proxy's admin `/readyz` URL) to answer 200; fails the test
+/// after [`PATIENCE`].
+pub(crate) async fn until_ready(readyz: &str) {
+    let client = client();
+    let ready = eventually(PATIENCE, || async {
+        client
+            .get(readyz)
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    })
+    .await;
+    assert!(ready, "the proxy became ready");
+}
 
 /// Waits until `condition` holds, checking every 20 ms, at most `limit`. Returns
 /// whether it held. For conditions that are driven by time passing (a token's
@@ -335,6 +355,18 @@ pub(crate) fn server_binary(name: &str, hint: &str) -> std::path::PathBuf {
         }
     }
     panic!("{name} is not installed: {hint}");
+}
+
+/// Whether the server process in `child` has exited (a start that failed); one that
+/// has is cleared, so that nothing signals its pid, which may be reused, later.
+pub(crate) fn exited(child: &mut Option<std::process::Child>) -> bool {
+    let gone = child
+        .as_mut()
+        .is_some_and(|running| matches!(running.try_wait(), Ok(Some(_))));
+    if gone {
+        *child = None;
+    }
+    gone
 }
 
 /// A loopback port that was free a moment ago (for servers started by the tests,

@@ -154,10 +154,7 @@ impl PrometheusServer {
             {
                 return true;
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_status)) = child.try_wait()
-            {
-                self.child = None;
+            if super::exited(&mut self.child) {
                 return false;
             }
             assert!(

@@ -220,10 +220,7 @@ impl RedisServer {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return true;
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_status)) = child.try_wait()
-            {
-                self.child = None;
+            if super::exited(&mut self.child) {
                 return false;
             }
             assert!(

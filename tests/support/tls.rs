@@ -97,7 +97,18 @@ pub(crate) async fn serve_tls_app(
     app: axum::Router,
     pki: &TestPki,
 ) -> (SocketAddr, oneshot::Sender<()>) {
-    let acceptor = pki.acceptor();
+    serve_tls(pki.acceptor(), app, true, |_| {}).await
+}
+
+/// Serves `app` over TLS with `acceptor` on `127.0.0.1:0` until the returned sender is
+/// dropped: HTTP/1.1 keep-alive as `keep_alive` says, or HTTP/2; `handshaken` sees
+/// each connection whose handshake succeeded.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    keep_alive: bool,
+    handshaken: impl Fn(&rustls::ServerConnection) + Clone + Send + 'static,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, mut stopped) = oneshot::channel::<()>();
@@ -112,12 +123,16 @@ pub(crate) async fn serve_tls_app(
             };
             let acceptor = acceptor.clone();
             let service = TowerToHyperService::new(app.clone());
+            let handshaken = handshaken.clone();
             tokio::spawn(async move {
                 // A refused handshake (the untrusted case) ends here.
                 let Ok(tls_stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let _ = auto::Builder::new(TokioExecutor::new())
+                handshaken(tls_stream.get_ref().1);
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().keep_alive(keep_alive);
+                let _ = builder
                     .serve_connection(TokioIo::new(tls_stream), service)
                     .await;
             });
@@ -193,42 +208,16 @@ impl HandshakeCounter {
         let mut config = pki.server_config();
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let handshakes = Arc::new(AtomicUsize::new(0));
         let resumed = Arc::new(AtomicUsize::new(0));
         let (all, again) = (Arc::clone(&handshakes), Arc::clone(&resumed));
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(app.clone());
-                let (all, again) = (Arc::clone(&all), Arc::clone(&again));
-                tokio::spawn(async move {
-                    let Ok(tls_stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    all.fetch_add(1, Ordering::SeqCst);
-                    if tls_stream.get_ref().1.handshake_kind()
-                        == Some(rustls::HandshakeKind::Resumed)
-                    {
-                        again.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().keep_alive(!close_each);
-                    let _ = builder
-                        .serve_connection(TokioIo::new(tls_stream), service)
-                        .await;
-                });
+        let count = move |connection: &rustls::ServerConnection| {
+            all.fetch_add(1, Ordering::SeqCst);
+            if connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                again.fetch_add(1, Ordering::SeqCst);
             }
-        });
+        };
+        let (addr, stop) = serve_tls(acceptor, app, !close_each, count).await;
         Self {
             addr,
             handshakes,
