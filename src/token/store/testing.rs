@@ -91,13 +91,16 @@ impl RefusingWrites {
         self.operations.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// `write` is only called when writes are accepted: the in-process backend applies
+    /// a write when it is called, not when its future is polled, so a refused write
+    /// must never reach it.
     fn write<'a, T: Send + 'a>(
         &'a self,
-        write: BoxFuture<'a, Result<T, BackendError>>,
+        write: impl FnOnce() -> BoxFuture<'a, Result<T, BackendError>>,
     ) -> BoxFuture<'a, Result<T, BackendError>> {
         self.count();
         if self.accepting.load(Ordering::SeqCst) {
-            write
+            write()
         } else {
             Box::pin(async {
                 Err(BackendError::refused(
@@ -119,7 +122,7 @@ impl Backend for RefusingWrites {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.write(self.inner.set_if_absent(key, value, ttl))
+        self.write(|| self.inner.set_if_absent(key, value, ttl))
     }
     fn set_if_generation<'a>(
         &'a self,
@@ -128,14 +131,14 @@ impl Backend for RefusingWrites {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.write(self.inner.set_if_generation(key, expected, value, ttl))
+        self.write(|| self.inner.set_if_generation(key, expected, value, ttl))
     }
     fn delete_if_equal<'a>(
         &'a self,
         key: &'a str,
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.write(self.inner.delete_if_equal(key, value))
+        self.write(|| self.inner.delete_if_equal(key, value))
     }
     fn expire_if_equal<'a>(
         &'a self,
@@ -143,7 +146,7 @@ impl Backend for RefusingWrites {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.write(self.inner.expire_if_equal(key, value, ttl))
+        self.write(|| self.inner.expire_if_equal(key, value, ttl))
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.count();
