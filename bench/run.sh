@@ -27,7 +27,9 @@
 #              WORKERS (nginx worker_processes; default 1 pinned, else nproc, as
 #              ipproxy's workers),
 #              QUIET=0 (do not wait for a quiet machine), QUIET_WAIT (s, 1200),
-#              QUIET_LOAD (0.5), INFO=0 (no ipproxy at log level info).
+#              QUIET_LOAD (0.5), INFO=0 (no ipproxy at log level info),
+#              COUNTS=0 (no syscall, context-switch and TCP segment counts; they need
+#              perf with tracepoint access, and are on when it works).
 # Needs: cargo, nginx, wrk, curl, openssl, python3 (see bench/README.md).
 set -euo pipefail
 
@@ -66,6 +68,14 @@ WORK=$(mktemp -d /tmp/ipproxy-bench.XXXXXX)
 chmod 755 "$WORK"
 
 PIN=${PIN:-1}
+# Per-request counts of the target's syscalls and context switches (perf stat attached
+# to its processes for the measured run) and of the TCP segments the whole machine sent
+# (/proc/net/snmp: client, proxy and upstream together, so the three hops of a proxied
+# request against the direct target's one).
+if [[ -z "${COUNTS:-}" ]]; then
+    COUNTS=0
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1 && COUNTS=1
+fi
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 if [[ "$PIN" == 1 ]]; then
@@ -271,6 +281,16 @@ EOF
 RUNS="$OUT/runs.jsonl"
 : >"$RUNS"
 
+# TCP segments sent by the whole machine so far.
+out_segments() {
+    awk '$1 == "Tcp:" && $2 != "RtoAlgorithm" {print $12}' /proc/net/snmp
+}
+# One event's count from `perf stat -x,` output (-1 when perf counted nothing).
+perf_count() {
+    awk -F, -v event="$1" '$3 == event {print ($1 ~ /^[0-9]+$/) ? $1 : -1; found = 1}
+        END {if (!found) print -1}' "$2"
+}
+
 # run_wrk SCENARIO MODE TARGET CONNS REP PATH BODY_BYTES RECORD
 run_wrk() {
     local scenario=$1 mode=$2 target=$3 conns=$4 rep=$5 path=$6 body=$7 record=$8
@@ -287,6 +307,13 @@ run_wrk() {
     read -r -a b <<<"$(cpu_split $pids)"
     raw="$OUT/raw/$scenario.$target.rep$rep.txt"
     mkdir -p "$OUT/raw"
+    local perf_out="$raw.perf" perf_pid="" segs_before
+    segs_before=$(out_segments)
+    if [[ "$record" == 1 && "$COUNTS" == 1 && -n "$pids" ]]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(echo $pids | tr ' ' ,)" \
+            -o "$perf_out" &
+        perf_pid=$!
+    fi
     BENCH_BODY_BYTES=$body BENCH_HEADER="${HEADER[$key]}" \
         timeout $((duration + WRK_GRACE)) \
         $ON_LOAD wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s \
@@ -296,6 +323,13 @@ run_wrk() {
     }
     read -r -a a <<<"$(cpu_split $pids)"
     read -r -a ua <<<"$(cpu_split $up_pids)"
+    local segments=$(($(out_segments) - segs_before)) syscalls=-1 switches=-1
+    if [[ -n "$perf_pid" ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        syscalls=$(perf_count raw_syscalls:sys_enter "$perf_out")
+        switches=$(perf_count context-switches "$perf_out")
+    fi
     builds_after=$(builds_running && echo 1 || echo 0)
     if [[ "$record" != 1 ]]; then
         rm -f "$raw"
@@ -306,12 +340,12 @@ run_wrk() {
     [[ -n "$line" ]] || { echo "bench: no result in $raw" >&2; exit 1; }
     local rss_list
     rss_list=$(rss_pids "$mode" "$target")
-    printf '{"scenario":"%s","mode":"%s","target":"%s","conns":%d,"rep":%d,"cpu_ticks":%d,"user_ticks":%d,"sys_ticks":%d,"sim_cpu_ticks":%d,"sim_user_ticks":%d,"sim_sys_ticks":%d,"rss_kib":%d,"hwm_kib":%d,"load1":%s,"builds":%d,"wrk":%s}\n' \
+    printf '{"scenario":"%s","mode":"%s","target":"%s","conns":%d,"rep":%d,"cpu_ticks":%d,"user_ticks":%d,"sys_ticks":%d,"sim_cpu_ticks":%d,"sim_user_ticks":%d,"sim_sys_ticks":%d,"rss_kib":%d,"hwm_kib":%d,"load1":%s,"builds":%d,"syscalls":%d,"ctx_switches":%d,"segments":%d,"wrk":%s}\n' \
         "$scenario" "$mode" "$target" "$conns" "$rep" \
         $((a[0] + a[1] - b[0] - b[1])) $((a[0] - b[0])) $((a[1] - b[1])) \
         $((ua[0] + ua[1] - ub[0] - ub[1])) $((ua[0] - ub[0])) $((ua[1] - ub[1])) \
         "$(status_kib VmRSS $rss_list)" "$(status_kib VmHWM $rss_list)" "$load" \
-        $((builds_before | builds_after)) "$line" >>"$RUNS"
+        $((builds_before | builds_after)) "$syscalls" "$switches" "$segments" "$line" >>"$RUNS"
     printf 'bench: %-17s %-13s rep %d  %s  (load %s)\n' "$scenario" "$target" "$rep" \
         "$(python3 -c 'import json,sys; w=json.loads(sys.argv[1]); print("%8.0f req/s  p50 %6.3f ms  p99 %6.3f ms" % (w["requests"]/w["duration_us"]*1e6, w["p50_us"]/1e3, w["p99_us"]/1e3))' "$line")" "$load"
 }

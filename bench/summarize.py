@@ -49,6 +49,10 @@ def cell_values(runs, clk_tck):
             "errors": errors,
             "load1": run.get("load1", 0.0),
             "builds": run.get("builds", 0),
+            # -1: not counted (perf unavailable, or the direct target: no process).
+            "syscalls": run.get("syscalls", -1) / requests if run.get("syscalls", -1) >= 0 else None,
+            "switches": run.get("ctx_switches", -1) / requests if run.get("ctx_switches", -1) >= 0 else None,
+            "segments": run.get("segments", -1) / requests if run.get("segments", -1) >= 0 else None,
         })
     return out
 
@@ -115,7 +119,7 @@ def main():
             if not values:
                 continue
             col = lambda name: [v[name] for v in values]
-            m = {name: med(col(name)) for name in values[0]}
+            m = {name: med(col(name)) if None not in col(name) else None for name in values[0]}
             m["hwm_mib"] = max(col("hwm_mib"))
             medians[(scenario, target)] = m
             add50 = add99 = cpu = hwm = user = system = "–"
@@ -133,6 +137,17 @@ def main():
             print(f"| {scenario} | {target} | {rps} | {spread(col('p50'), '{:.3f}')} | "
                   f"{spread(col('p99'), '{:.3f}')} | {spread(col('p999'), '{:.3f}')} | {add50} | "
                   f"{add99} | {cpu} | {user} | {system} | {m['up_cpu_us']:.1f} | {hwm} | {sum(col('errors'))} |")
+
+    counted = [(key, m) for key, m in medians.items() if m.get("segments") is not None]
+    if counted:
+        print("\nPer request (medians): the target's syscalls and context switches (perf stat "
+              "attached to its processes), and the TCP segments the whole machine sent "
+              "(client, proxy and upstream: a proxied request crosses two connections).\n")
+        print("| scenario | target | syscalls | context switches | TCP segments |")
+        print("|---|---|---|---|---|")
+        for (scenario, target), m in counted:
+            per = lambda name: "–" if m.get(name) is None else f"{m[name]:.2f}"
+            print(f"| {scenario} | {target} | {per('syscalls')} | {per('switches')} | {per('segments')} |")
 
     print("\nipproxy ÷ nginx and ipproxy ÷ floor (medians; req/s above 1 is better, the rest "
           "below 1 is better):\n")
