@@ -2,12 +2,15 @@
 //! apps don't have to.
 //!
 //! Module map (data flows one way: `server` → `pipeline` → `access` → `route` →
-//! `proxy` → `token` → `token::store`; see docs/DESIGN.md "The parts"):
+//! `proxy` → `token` → `token::store`, and no module imports one above it; see
+//! docs/DESIGN.md "The parts"):
 //!
 //! - [`config`]: the TOML file and the variables → a validated [`config::Config`] of
 //!   domain types.
-//! - [`server`]: listeners, one runtime per CPU, the accept loop, per-connection bounds
-//!   on slow and silent clients; [`serve`] wires it all.
+//! - [`server`]: listeners, one runtime per CPU, the accept loop; [`serve`] wires it
+//!   all.
+//! - [`inbound`]: per-connection bounds on slow and silent clients, and the client's
+//!   request body the layers below read (so they need nothing from `server`).
 //! - [`shutdown`]: signals and the drain.
 //! - [`pipeline`]: the order of a request's checks, the in-flight count, the log line.
 //! - [`proxy`]: forwarding (header rules, replay buffer, the one retry on 401), the one
@@ -32,6 +35,7 @@ pub mod config;
 pub mod error;
 pub(crate) mod hop_by_hop;
 pub(crate) mod idempotency;
+pub mod inbound;
 pub(crate) mod pipeline;
 pub mod proxy;
 pub(crate) mod reload;

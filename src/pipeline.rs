@@ -22,10 +22,10 @@ use tracing::Instrument as _;
 use crate::access::{self, Access, Caller};
 use crate::error::ProxyError;
 use crate::idempotency::{self, Exchange, Idempotency, KeptBody, OwnAnswer};
+use crate::inbound::{ClientBody, RequestHandle};
 use crate::proxy::{self, Limits, Outcome, UpstreamClient};
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteTable};
-use crate::server::connection::{ClientBody, RequestHandle};
 use crate::shutdown::ShutdownFlag;
 use crate::telemetry::{self, RouteMetrics, trace};
 

@@ -22,8 +22,8 @@ use http_body_util::{BodyExt, Either, Full};
 
 use crate::error::ProxyError;
 #[cfg(doc)]
-use crate::server::connection::ClientBody;
-use crate::server::connection::ClientBodyError;
+use crate::inbound::ClientBody;
+use crate::inbound::ClientBodyError;
 
 /// How long the rest of an over-limit body is read and dropped.
 const DISCARD_TIME: Duration = Duration::from_secs(5);

@@ -11,9 +11,9 @@ use super::headers;
 use super::pool::{ResponseBody, UpstreamClient};
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::inbound::ClientBody;
 use crate::request_id::{self, RequestId};
 use crate::route::Route;
-use crate::server::connection::ClientBody;
 use crate::telemetry::trace;
 
 /// Limits that apply to every forwarded request.

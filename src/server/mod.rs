@@ -2,13 +2,11 @@
 //! listener, and hands the shutdown to [`shutdown::Stages::drain`].
 //!
 //! - `worker`: a proxy worker's thread, runtime and accept loop, and the loop that
-//!   serves one accepted connection.
-//! - `connection`: per-connection bounds on slow and silent clients.
+//!   serves one accepted connection under [`crate::inbound`]'s bounds.
 //!
 //! [`serve`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0`
 //! and run everything in process; [`run`] adds what a process needs (binding, signals).
 
-pub mod connection;
 mod worker;
 
 use std::future::Future;
@@ -19,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::access::{Access, AccessError};
 use crate::config::Config;
+use crate::inbound::ClientLimits;
 use crate::pipeline::Pipeline;
 use crate::proxy::{self, ClientError, Limits};
 use crate::reload::Reloader;
@@ -28,7 +27,6 @@ use crate::task::BackgroundTask;
 use crate::telemetry;
 use crate::token::Registry;
 use crate::token::store::{Store, StoreConfigError};
-use connection::ClientLimits;
 use worker::{Worker, accept_loop, worker_count};
 
 /// The two bound listeners.

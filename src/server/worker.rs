@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use super::ServeError;
-use super::connection::{ClientBody, ClientLimits, ConnectionWatch, Verdict, WatchedBody};
+use crate::inbound::{ClientBody, ClientLimits, ConnectionWatch, Verdict, WatchedBody};
 use crate::pipeline::Pipeline;
 use crate::proxy;
 use crate::shutdown::{Stage, reached};

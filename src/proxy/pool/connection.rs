@@ -251,10 +251,7 @@ impl Http1 {
         match result {
             Ok(response) => Ok(response.map(|incoming| {
                 if incoming.is_end_stream() {
-                    if free_at_head {
-                        super::idle::release(self);
-                    }
-                    super::ResponseBody::detached(incoming)
+                    super::ResponseBody::http1_ended(incoming, self, free_at_head)
                 } else {
                     super::ResponseBody::http1(incoming, self)
                 }

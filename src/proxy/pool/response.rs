@@ -30,6 +30,16 @@ impl ResponseBody {
         }
     }
 
+    /// An HTTP/1.1 body that was over with its head (HEAD, 204, 304,
+    /// `Content-Length: 0`): its connection goes back to the idle list now when
+    /// `reusable` (hyper was done with it when the head came in), else it is closed.
+    pub(super) fn http1_ended(incoming: Incoming, connection: Http1, reusable: bool) -> Self {
+        if reusable {
+            idle::release(connection);
+        }
+        Self::detached(incoming)
+    }
+
     /// A body that needs no driving: HTTP/2 (the connection has its own task), or
     /// an HTTP/1.1 body that was over with the head.
     pub(super) fn detached(incoming: Incoming) -> Self {

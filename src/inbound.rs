@@ -33,17 +33,17 @@ use tokio::time::Instant;
 
 /// The two bounds, from `[server]`.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientLimits {
+pub(crate) struct ClientLimits {
     /// No request in progress for this long (from accept, or since the last one
     /// ended) closes the connection.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// A wait on the client for this long in the middle of a request abandons it.
-    pub client_timeout: Duration,
+    pub(crate) client_timeout: Duration,
 }
 
 /// What the connection's task should do after a [`ConnectionWatch::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing is overdue.
     InTime,
     /// A request body stalled: its reader has been told (it answers `408`); the
@@ -58,7 +58,7 @@ pub enum Verdict {
 
 /// The state one connection shares with its requests.
 #[derive(Debug)]
-pub struct ConnectionWatch {
+pub(crate) struct ConnectionWatch {
     limits: ClientLimits,
     state: Mutex<Requests>,
 }
@@ -93,7 +93,7 @@ struct RequestEntry {
 
 impl ConnectionWatch {
     /// The watch of a connection accepted now.
-    pub fn new(limits: ClientLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: ClientLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
             state: Mutex::new(Requests {
@@ -108,7 +108,7 @@ impl ConnectionWatch {
     /// The longest time between two checks: any wait or idle period that begins
     /// after a check ends no sooner than this after it, so checking at least this
     /// often (and at every known deadline) acts on every deadline on time.
-    pub fn check_interval(&self) -> Duration {
+    pub(crate) fn check_interval(&self) -> Duration {
         self.limits
             .header_read_timeout
             .min(self.limits.client_timeout)
@@ -120,7 +120,7 @@ impl ConnectionWatch {
     }
 
     /// Starts a request; it ends when the returned slot is dropped.
-    pub fn begin(self: &Arc<Self>) -> RequestSlot {
+    pub(crate) fn begin(self: &Arc<Self>) -> RequestSlot {
         let mut state = self.lock();
         let index = state.free.pop().unwrap_or_else(|| {
             state.slots.push(RequestEntry::default());
@@ -142,7 +142,7 @@ impl ConnectionWatch {
     }
 
     /// Acts on every deadline that has passed at `now`, and says when to check next.
-    pub fn check(&self, now: Instant) -> (Verdict, Instant) {
+    pub(crate) fn check(&self, now: Instant) -> (Verdict, Instant) {
         let limits = self.limits;
         let mut next = now + self.check_interval();
         let mut verdict = Verdict::InTime;
@@ -218,13 +218,13 @@ impl ConnectionWatch {
 /// moves it into the response body, so a request lasts until its response is sent
 /// (or dropped).
 #[derive(Debug)]
-pub struct RequestSlot {
+pub(crate) struct RequestSlot {
     handle: RequestHandle,
 }
 
 impl RequestSlot {
     /// A handle for the request body and the pipeline.
-    pub fn handle(&self) -> RequestHandle {
+    pub(crate) fn handle(&self) -> RequestHandle {
         self.handle.clone()
     }
 }
@@ -237,7 +237,7 @@ impl Drop for RequestSlot {
 
 /// Refers to a request's slot without owning it; stale once the request ended.
 #[derive(Debug, Clone)]
-pub struct RequestHandle {
+pub(crate) struct RequestHandle {
     watch: Arc<ConnectionWatch>,
     index: usize,
     generation: u32,
@@ -245,14 +245,14 @@ pub struct RequestHandle {
 
 impl RequestHandle {
     /// True once the request waited on its client for longer than `client_timeout`.
-    pub fn stalled(&self) -> bool {
+    pub(crate) fn stalled(&self) -> bool {
         self.watch
             .with_slot(self, |slot| slot.stalled)
             .unwrap_or(false)
     }
 
     /// `client_timeout`, for the `408`'s message.
-    pub fn client_timeout(&self) -> Duration {
+    pub(crate) fn client_timeout(&self) -> Duration {
         self.watch.limits.client_timeout
     }
 }
@@ -278,7 +278,7 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, handle: RequestHandle) -> Self {
+    pub(crate) fn new(inner: Incoming, handle: RequestHandle) -> Self {
         Self {
             inner,
             handle,
@@ -287,7 +287,7 @@ impl ClientBody {
     }
 
     /// The request this body belongs to.
-    pub fn handle(&self) -> &RequestHandle {
+    pub(crate) fn handle(&self) -> &RequestHandle {
         &self.handle
     }
 }
@@ -350,7 +350,7 @@ impl Body for ClientBody {
 /// A response body that records how long the client takes to take each chunk, and
 /// ends its request (the slot) when it is dropped.
 #[derive(Debug)]
-pub struct WatchedBody<B> {
+pub(crate) struct WatchedBody<B> {
     /// Declared before `slot`: fields drop in order, so the body (whose drop writes
     /// the request log line) can still ask its request whether it stalled.
     inner: B,
@@ -360,7 +360,7 @@ pub struct WatchedBody<B> {
 }
 
 impl<B> WatchedBody<B> {
-    pub fn new(inner: B, slot: RequestSlot) -> Self {
+    pub(crate) fn new(inner: B, slot: RequestSlot) -> Self {
         Self {
             inner,
             slot,
