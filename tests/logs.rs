@@ -136,22 +136,8 @@ async fn get(addr: SocketAddr, path: &str, request_id: &str) -> Vec<u8> {
 
 /// The JSON request line of `request_id`, once written.
 async fn request_line(proxy: &ChildProxy, request_id: &str) -> Value {
-    let mut found = None;
-    let written = eventually(LINE_LIMIT, || {
-        found = proxy.lines().iter().find_map(|line| {
-            let event: Value = serde_json::from_str(line).ok()?;
-            (event["message"] == "request" && event["request_id"] == request_id).then_some(event)
-        });
-        let done = found.is_some();
-        async move { done }
-    })
-    .await;
-    assert!(
-        written,
-        "no request line for {request_id}: {:?}",
-        proxy.lines()
-    );
-    found.expect("found")
+    let line = proxy.request_line(request_id, LINE_LIMIT).await;
+    line.unwrap_or_else(|| panic!("no request line for {request_id}: {:?}", proxy.lines()))
 }
 
 #[tokio::test]

@@ -207,18 +207,8 @@ async fn slot_is_free(proxy: &ChildProxy) {
 
 /// The `request` log line of the request whose id is `request_id`, once written.
 async fn request_log_line(proxy: &ChildProxy, request_id: &str) -> Value {
-    let mut found = None;
-    let written = eventually(PATIENCE, || {
-        found = proxy.lines().iter().find_map(|line| {
-            let event: Value = serde_json::from_str(line).ok()?;
-            (event["message"] == "request" && event["request_id"] == request_id).then_some(event)
-        });
-        let done = found.is_some();
-        async move { done }
-    })
-    .await;
-    assert!(written, "no request log line for {request_id}");
-    found.expect("found")
+    let line = proxy.request_line(request_id, PATIENCE).await;
+    line.unwrap_or_else(|| panic!("no request log line for {request_id}"))
 }
 
 /// The real binary in front of `sim`, with `extra` settings.

@@ -122,6 +122,27 @@ impl ChildProxy {
         self.lines.lock().expect("lines").clone()
     }
 
+    /// The JSON `request` log line of the request whose id is `request_id`, once
+    /// written; `None` if it is not written within `within`.
+    pub(crate) async fn request_line(
+        &self,
+        request_id: &str,
+        within: Duration,
+    ) -> Option<serde_json::Value> {
+        let mut found = None;
+        super::eventually(within, || {
+            found = self.lines().iter().find_map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).ok()?;
+                (event["message"] == "request" && event["request_id"] == request_id)
+                    .then_some(event)
+            });
+            let done = found.is_some();
+            async move { done }
+        })
+        .await;
+        found
+    }
+
     /// After the child exited: every line it ever printed.
     pub(crate) fn all_lines(mut self) -> Vec<String> {
         assert!(
