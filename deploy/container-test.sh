@@ -21,7 +21,8 @@
 #   deploy/container-test.sh                    # builds the static release binary
 #   IPPROXY_BIN=path/to/static/ipproxy deploy/container-test.sh
 #
-# Installs podman, runc, wrk and redis-server with apt-get when missing (as root).
+# Installs podman, runc, netavark, aardvark-dns, iptables, wrk and redis-server with
+# apt-get when missing (as root).
 # Containers need the runc runtime and explicit ulimits on some hosts (crun refuses a
 # mixed cgroup layout; the runtime cannot raise limits above the shell's hard limits),
 # so everything runs under a containers.conf of its own (CONTAINERS_CONF). Where
@@ -47,6 +48,9 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 # netavark and aardvark-dns: the network backend whose DNS resolves container names.
 [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
+# netavark sets up container networks with iptables; without it every `podman run`
+# fails with "netavark: No such file or directory" (a fresh Debian has no iptables).
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

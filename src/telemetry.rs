@@ -20,3 +20,14 @@ pub use logs::{LogGuard, TelemetryGuard, exit_now, init, init_logging};
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_is_utc_in_whole_seconds() {
+        let time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_999);
+        assert_eq!(super::rfc3339(time), "2023-11-14T22:13:20Z");
+    }
+}
