@@ -180,3 +180,23 @@ fn local_addr(listener: &TcpListener) -> String {
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServeError;
+
+    /// Exit 2 is for what the configuration names; a port in use or a worker that
+    /// cannot start is the machine's trouble (exit 1), which `tests/operations.rs`
+    /// does not provoke.
+    #[test]
+    fn only_what_the_configuration_names_is_a_configuration_error() {
+        let bind = ServeError::Bind {
+            key: "server.listen",
+            addr: ([127, 0, 0, 1], 8080).into(),
+            cause: std::io::ErrorKind::AddrInUse.into(),
+        };
+        assert!(!bind.is_configuration());
+        let worker = ServeError::Worker(std::io::Error::other("no thread"));
+        assert!(!worker.is_configuration());
+    }
+}

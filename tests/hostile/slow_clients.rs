@@ -1,4 +1,4 @@
-//! Silent and slow connections: heads and bodies that never finish, clients that never read, a flood of silent connections, running out of file descriptors; and slow but steady transfers that must not be cut.
+//! Silent and slow connections: heads and bodies that never finish, clients that never read, a flood of silent connections, running out of file descriptors; and slow but steady transfers, and a slow upstream, that must not be cut.
 
 use super::*;
 
@@ -423,4 +423,33 @@ async fn a_slow_but_steady_download_and_upload_are_not_cut() {
     assert_eq!(response.status(), 200);
     let echo: Value = response.json().await.expect("echo");
     assert_eq!(echo["body_len"], CHUNKS * 1024);
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_client_timeout_is_not_blamed_on_a_reading_client() {
+    // `client_timeout` bounds the client taking what it was handed, not the upstream
+    // producing the next chunk: a gap three times the limit must not cut the download.
+    const CHUNKS: u32 = 2;
+    let gap = Duration::from_secs(3);
+    let sim = Sim::default().await;
+    let (upstream, _stop) = steady_upstream(CHUNKS, gap).await;
+    let config = format!(
+        "[[route]]\nname = \"slow\"\nprefix = \"/slow/\"\nupstream = \"{upstream}\"\n\n\
+         [[route]]\nname = \"sim\"\nprefix = \"/\"\n"
+    );
+    let mut all = sim.vars();
+    all.extend(vars(&[("IPPROXY_SERVER__CLIENT_TIMEOUT", "1s")]));
+    let proxy = Proxy::start_with_file(&config, all).await;
+
+    let mut response = client()
+        .get(proxy.url("/slow/x"))
+        .send()
+        .await
+        .expect("response head");
+    assert_eq!(response.status(), 200);
+    let mut received = 0;
+    while let Some(chunk) = response.chunk().await.expect("the download is not cut") {
+        received += chunk.len();
+    }
+    assert_eq!(received, CHUNKS as usize * 1024);
 }
