@@ -373,6 +373,28 @@ async fn steady_upstream(
     (format!("http://{addr}"), stop)
 }
 
+/// A proxy that routes `/steady/` to `upstream` and the rest to `sim`, with `settings`.
+async fn proxy_with_steady_route(sim: &Sim, upstream: &str, settings: &[(&str, &str)]) -> Proxy {
+    let config = format!(
+        "[[route]]\nname = \"steady\"\nprefix = \"/steady/\"\nupstream = \"{upstream}\"\n\n\
+         [[route]]\nname = \"sim\"\nprefix = \"/\"\n"
+    );
+    let mut all = sim.vars();
+    all.extend(vars(settings));
+    Proxy::start_with_file(&config, all).await
+}
+
+/// Downloads `url` to its end (200 expected, no error on the way): the bytes received.
+async fn download(client: &reqwest::Client, url: String) -> usize {
+    let mut response = client.get(url).send().await.expect("response head");
+    assert_eq!(response.status(), 200);
+    let mut received = 0;
+    while let Some(chunk) = response.chunk().await.expect("the download is not cut") {
+        received += chunk.len();
+    }
+    received
+}
+
 #[tokio::test]
 async fn a_slow_but_steady_download_and_upload_are_not_cut() {
     const CHUNKS: u32 = 12;
@@ -381,29 +403,19 @@ async fn a_slow_but_steady_download_and_upload_are_not_cut() {
     let every = Duration::from_millis(400);
     let sim = Sim::default().await;
     let (upstream, _stop) = steady_upstream(CHUNKS, every).await;
-    let config = format!(
-        "[[route]]\nname = \"steady\"\nprefix = \"/steady/\"\nupstream = \"{upstream}\"\n\n\
-         [[route]]\nname = \"sim\"\nprefix = \"/\"\n"
-    );
-    let mut all = sim.vars();
-    all.extend(vars(&[
-        ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
-        ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "3s"),
-    ]));
-    let proxy = Proxy::start_with_file(&config, all).await;
+    let proxy = proxy_with_steady_route(
+        &sim,
+        &upstream,
+        &[
+            ("IPPROXY_SERVER__CLIENT_TIMEOUT", "3s"),
+            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "3s"),
+        ],
+    )
+    .await;
     let client = client();
 
     let started = Instant::now();
-    let mut response = client
-        .get(proxy.url("/steady/x"))
-        .send()
-        .await
-        .expect("response head");
-    assert_eq!(response.status(), 200);
-    let mut received = 0;
-    while let Some(chunk) = response.chunk().await.expect("the download goes on") {
-        received += chunk.len();
-    }
+    let received = download(&client, proxy.url("/steady/x")).await;
     assert_eq!(received, CHUNKS as usize * 1024);
     assert!(started.elapsed() >= every * CHUNKS, "it was slow");
 
@@ -433,23 +445,8 @@ async fn an_upstream_slower_than_client_timeout_is_not_blamed_on_a_reading_clien
     let gap = Duration::from_secs(3);
     let sim = Sim::default().await;
     let (upstream, _stop) = steady_upstream(CHUNKS, gap).await;
-    let config = format!(
-        "[[route]]\nname = \"slow\"\nprefix = \"/slow/\"\nupstream = \"{upstream}\"\n\n\
-         [[route]]\nname = \"sim\"\nprefix = \"/\"\n"
-    );
-    let mut all = sim.vars();
-    all.extend(vars(&[("IPPROXY_SERVER__CLIENT_TIMEOUT", "1s")]));
-    let proxy = Proxy::start_with_file(&config, all).await;
-
-    let mut response = client()
-        .get(proxy.url("/slow/x"))
-        .send()
-        .await
-        .expect("response head");
-    assert_eq!(response.status(), 200);
-    let mut received = 0;
-    while let Some(chunk) = response.chunk().await.expect("the download is not cut") {
-        received += chunk.len();
-    }
+    let proxy =
+        proxy_with_steady_route(&sim, &upstream, &[("IPPROXY_SERVER__CLIENT_TIMEOUT", "1s")]).await;
+    let received = download(&client(), proxy.url("/steady/x")).await;
     assert_eq!(received, CHUNKS as usize * 1024);
 }
