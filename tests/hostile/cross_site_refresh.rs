@@ -2,12 +2,18 @@
 
 use super::*;
 
-#[tokio::test]
-async fn a_cross_site_refresh_is_403_and_causes_no_login() {
+/// A ready proxy in front of a simulator, and the logins made so far.
+async fn ready_proxy() -> (Sim, Proxy, u64) {
     let sim = Sim::default().await;
     let proxy = Proxy::start(sim.vars()).await;
     wait_ready(proxy.admin).await;
     let logins = sim.counters().auth_calls;
+    (sim, proxy, logins)
+}
+
+#[tokio::test]
+async fn a_cross_site_refresh_is_403_and_causes_no_login() {
+    let (sim, proxy, logins) = ready_proxy().await;
     let client = client();
     let url = proxy.admin_url("/refresh");
     let evil = "http://evil.example";
@@ -62,10 +68,7 @@ async fn a_cross_site_refresh_is_403_and_causes_no_login() {
 
 #[tokio::test]
 async fn same_origin_tools_still_refresh() {
-    let sim = Sim::default().await;
-    let proxy = Proxy::start(sim.vars()).await;
-    wait_ready(proxy.admin).await;
-    let logins = sim.counters().auth_calls;
+    let (sim, proxy, logins) = ready_proxy().await;
     let client = client();
     let url = proxy.admin_url("/refresh");
     let own = format!("http://{}", proxy.admin);

@@ -49,16 +49,7 @@ async fn h2_rapid_reset_leaves_nothing_in_flight_and_the_proxy_serving() {
     // Bounded: this many streams opened and reset at once, in one write.
     const STREAMS: u32 = 2000;
     let sim = Sim::default().await;
-    let (_dir, keys) = keys_file();
-    let keys = keys.display().to_string();
-    let proxy = child_proxy(
-        &sim,
-        &[
-            ("IPPROXY_ACCESS__KEYS_FILE", &keys),
-            ("IPPROXY_SERVER__MAX_CONCURRENCY", "4"),
-        ],
-    )
-    .await;
+    let (_keys, proxy) = keyed_child_proxy(&sim, &[("IPPROXY_SERVER__MAX_CONCURRENCY", "4")]).await;
     let mut flood = h2_opening();
     // GET http://x/_rest/v4/my/did with the key, then RST_STREAM(CANCEL) at once.
     let mut block = vec![

@@ -220,6 +220,17 @@ async fn child_proxy(sim: &Sim, extra: &[(&str, &str)]) -> ChildProxy {
     proxy
 }
 
+/// [`child_proxy`] with an inbound keys file holding [`KEY`] (kept while the returned
+/// guard lives).
+async fn keyed_child_proxy(sim: &Sim, extra: &[(&str, &str)]) -> (tempfile::TempDir, ChildProxy) {
+    let (dir, keys) = keys_file();
+    let keys = keys.display().to_string();
+    let mut settings = vec![("IPPROXY_ACCESS__KEYS_FILE", keys.as_str())];
+    settings.extend_from_slice(extra);
+    let proxy = child_proxy(sim, &settings).await;
+    (dir, proxy)
+}
+
 /// A connection to `addr` whose receive buffer is small, so that a client that does
 /// not read stops the proxy's writes after a few hundred KiB instead of megabytes.
 async fn small_window_connection(addr: SocketAddr) -> TcpStream {

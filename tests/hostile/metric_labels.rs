@@ -68,12 +68,9 @@ async fn distinct_methods(stream: &mut TcpStream, from: usize, count: usize) {
 #[tokio::test]
 async fn a_thousand_distinct_methods_grow_neither_the_metrics_nor_the_memory() {
     let sim = Sim::default().await;
-    let (_dir, keys) = keys_file();
-    let keys = keys.display().to_string();
-    let proxy = child_proxy(
+    let (_keys, proxy) = keyed_child_proxy(
         &sim,
         &[
-            ("IPPROXY_ACCESS__KEYS_FILE", &keys),
             // One 60 KB request line per request would only measure the log writer;
             // the "listening" line (another target) is still needed.
             ("RUST_LOG", "info,ipproxy::pipeline=warn"),

@@ -190,16 +190,25 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again_afte
     );
 }
 
+/// The real binary with one slot (`max_concurrency = 1`) that a hostile client holds
+/// for [`HOLD`], and `extra` settings.
+async fn one_slot_proxy(sim: &Sim, extra: &[(&str, &str)]) -> ChildProxy {
+    let mut settings = vec![
+        ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
+        ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
+        // Far from the client timeout, so that it is not what closes anything.
+        ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
+    ];
+    settings.extend_from_slice(extra);
+    child_proxy(sim, &settings).await
+}
+
 #[tokio::test]
 async fn a_stalled_request_body_frees_its_slot_and_is_logged_408() {
     let sim = Sim::default().await;
-    let proxy = child_proxy(
+    let proxy = one_slot_proxy(
         &sim,
         &[
-            ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
-            // Far from the client timeout, so that it is not what closes anything.
-            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
             // Bodies past 1 KiB stream to the upstream: both paths are covered.
             ("IPPROXY_SERVER__REPLAY_LIMIT", "1KiB"),
         ],
@@ -286,16 +295,7 @@ async fn a_client_that_never_reads_its_response_frees_its_slot_and_cancels_the_u
     let file = dir.path().join("ipproxy.toml");
     std::fs::write(&file, config).expect("write config");
     let file = file.display().to_string();
-    let proxy = child_proxy(
-        &sim,
-        &[
-            ("IPPROXY_CONFIG", &file),
-            ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
-            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
-        ],
-    )
-    .await;
+    let proxy = one_slot_proxy(&sim, &[("IPPROXY_CONFIG", &file)]).await;
     let mut stream = small_window_connection(proxy.addr).await;
     let request = "GET /download/big HTTP/1.1\r\nHost: x\r\nx-request-id: never-reads\r\n\r\n";
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -315,15 +315,7 @@ async fn a_client_that_never_reads_its_response_frees_its_slot_and_cancels_the_u
 #[tokio::test]
 async fn an_h2_stream_whose_window_is_never_released_frees_its_slot() {
     let sim = Sim::default().await;
-    let proxy = child_proxy(
-        &sim,
-        &[
-            ("IPPROXY_SERVER__MAX_CONCURRENCY", "1"),
-            ("IPPROXY_SERVER__CLIENT_TIMEOUT", HOLD_SETTING),
-            ("IPPROXY_SERVER__HEADER_READ_TIMEOUT", "30s"),
-        ],
-    )
-    .await;
+    let proxy = one_slot_proxy(&sim, &[]).await;
     let (send, connection) = h2_connect(proxy.addr, &h2::client::Builder::new()).await;
     let request = http::Request::builder()
         .uri(format!(
