@@ -70,8 +70,8 @@ chmod 755 "$WORK"
 PIN=${PIN:-1}
 # Per-request counts of the target's syscalls and context switches (perf stat attached
 # to its processes for the measured run) and of the TCP segments the whole machine sent
-# (/proc/net/snmp: client, proxy and upstream together, so the three hops of a proxied
-# request against the direct target's one).
+# (/proc/net/snmp: client, proxy and upstream together, so a proxied request's two
+# connections against the direct target's one).
 if [[ -z "${COUNTS:-}" ]]; then
     COUNTS=0
     perf stat -x, -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1 && COUNTS=1

@@ -26,6 +26,13 @@ def load(directory):
     return meta, runs
 
 
+def per_request(run, key, requests):
+    """A count divided by the requests; None when it was not counted (-1 or absent:
+    perf unavailable, or the direct target, which has no process of its own)."""
+    count = run.get(key, -1)
+    return count / requests if count >= 0 else None
+
+
 def cell_values(runs, clk_tck):
     """Per-run derived numbers."""
     out = []
@@ -49,10 +56,9 @@ def cell_values(runs, clk_tck):
             "errors": errors,
             "load1": run.get("load1", 0.0),
             "builds": run.get("builds", 0),
-            # -1: not counted (perf unavailable, or the direct target: no process).
-            "syscalls": run.get("syscalls", -1) / requests if run.get("syscalls", -1) >= 0 else None,
-            "switches": run.get("ctx_switches", -1) / requests if run.get("ctx_switches", -1) >= 0 else None,
-            "segments": run.get("segments", -1) / requests if run.get("segments", -1) >= 0 else None,
+            "syscalls": per_request(run, "syscalls", requests),
+            "switches": per_request(run, "ctx_switches", requests),
+            "segments": per_request(run, "segments", requests),
         })
     return out
 
